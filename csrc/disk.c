@@ -1,0 +1,617 @@
+/*
+ * disk.c — the disk backend: segments and indexes as files under a data directory.
+ *
+ *   data_dir/kimberlite.lock                the writer's flock
+ *   data_dir/{stream}/segment_%06u.log      records
+ *   data_dir/{stream}/segment_%06u.log.idx  offset index (a cache)
+ *   data_dir/{stream}/segment_%06u.log.torn-K   quarantined torn tails
+ *
+ * Open descriptors are bounded: segment files are kept in a small LRU cache of
+ * KMB_DISK_MAX_FDS descriptors, plus the lock file. All file operations go through io.c.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "disk.h"
+#include "io.h"
+#include "kimberlite/backend.h"
+#include "kimberlite/errors.h"
+#include "kimberlite/index.h"
+
+#define KMB_DISK_MAX_FDS 8
+#define KMB_LOCK_NAME "kimberlite.lock"
+
+typedef struct fd_slot {
+    int fd; /* -1: free */
+    uint64_t stream;
+    uint32_t seg;
+    uint64_t used; /* LRU tick */
+} fd_slot;
+
+typedef struct disk_backend {
+    kmb_backend base;
+    char *root;
+    int lock_fd;
+    kmb_io io;
+    fd_slot slots[KMB_DISK_MAX_FDS];
+    uint64_t tick;
+} disk_backend;
+
+static disk_backend *D(kmb_backend *b) { return (disk_backend *)b; }
+
+/* Record an OS error with its path: "what failed: strerror (path)". */
+static int io_error(int err, const char *path, const char *what)
+{
+    kmb_error_set(KMB_EIO, err, "%s: %s (%s)", what, strerror(err), path);
+    kmb_error_set_path(path);
+    return KMB_EIO;
+}
+
+static int path_too_long(const char *root)
+{
+    return io_error(ENAMETOOLONG, root, "path too long");
+}
+
+static int stream_dir(disk_backend *d, uint64_t stream, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s/%" PRIu64, d->root, stream);
+    return (n < 0 || (size_t)n >= cap) ? path_too_long(d->root) : KMB_OK;
+}
+
+static int segment_path(disk_backend *d, uint64_t stream, uint32_t seg, const char *suffix,
+                        char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s/%" PRIu64 "/segment_%06" PRIu32 ".log%s", d->root, stream,
+                     seg, suffix);
+    return (n < 0 || (size_t)n >= cap) ? path_too_long(d->root) : KMB_OK;
+}
+
+/* Parse a canonical decimal u64 ("0", "17"; no sign, no leading zero). 1 on success. */
+static int parse_u64(const char *s, uint64_t *out)
+{
+    if (*s == '\0' || (s[0] == '0' && s[1] != '\0')) return 0;
+    uint64_t v = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9') return 0;
+        unsigned digit = (unsigned)(*s - '0');
+        if (v > (UINT64_MAX - digit) / 10) return 0;
+        v = v * 10 + digit;
+    }
+    *out = v;
+    return 1;
+}
+
+/* Parse "segment_%06u.log" exactly as the writer formats it. 1 on success. */
+static int parse_segment_name(const char *name, uint32_t *out)
+{
+    if (strncmp(name, "segment_", 8) != 0) return 0;
+    const char *p = name + 8;
+    uint64_t v = 0;
+    size_t digits = 0;
+    while (p[digits] >= '0' && p[digits] <= '9') {
+        v = v * 10 + (uint64_t)(p[digits] - '0');
+        if (v > UINT32_MAX) return 0;
+        digits++;
+    }
+    if (digits < 6 || strcmp(p + digits, ".log") != 0) return 0;
+    char canon[32];
+    snprintf(canon, sizeof(canon), "segment_%06" PRIu32 ".log", (uint32_t)v);
+    if (strcmp(canon, name) != 0) return 0;
+    *out = (uint32_t)v;
+    return 1;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Release the descriptor cached for (stream, seg), if any. */
+static void drop_fd(disk_backend *d, uint64_t stream, uint32_t seg)
+{
+    for (int i = 0; i < KMB_DISK_MAX_FDS; i++) {
+        if (d->slots[i].fd >= 0 && d->slots[i].stream == stream && d->slots[i].seg == seg) {
+            close(d->slots[i].fd);
+            d->slots[i].fd = -1;
+        }
+    }
+}
+
+/*
+ * A descriptor for a segment, from the cache or newly opened (evicting the least recently
+ * used). create: O_CREAT. The descriptor stays owned by the cache.
+ */
+static int get_fd(disk_backend *d, uint64_t stream, uint32_t seg, int create, int *out)
+{
+    int victim = 0;
+    for (int i = 0; i < KMB_DISK_MAX_FDS; i++) {
+        fd_slot *s = &d->slots[i];
+        if (s->fd >= 0 && s->stream == stream && s->seg == seg) {
+            s->used = ++d->tick;
+            *out = s->fd;
+            return KMB_OK;
+        }
+        if (s->fd < 0 || (d->slots[victim].fd >= 0 && s->used < d->slots[victim].used))
+            victim = i;
+    }
+    char path[PATH_MAX];
+    int rc = segment_path(d, stream, seg, "", path, sizeof(path));
+    if (rc) return rc;
+    int flags = d->base.read_only ? O_RDONLY : O_RDWR;
+    if (create) flags |= O_CREAT;
+    int fd = kmb_io_open(&d->io, path, flags, 0644);
+    if (fd < 0) return io_error(errno, path, create ? "cannot create segment" : "cannot open segment");
+    fd_slot *s = &d->slots[victim];
+    if (s->fd >= 0) close(s->fd);
+    s->fd = fd;
+    s->stream = stream;
+    s->seg = seg;
+    s->used = ++d->tick;
+    *out = fd;
+    return KMB_OK;
+}
+
+static int disk_list_streams(kmb_backend *b, uint64_t **out, size_t *count)
+{
+    disk_backend *d = D(b);
+    *out = NULL;
+    *count = 0;
+    DIR *dir = opendir(d->root);
+    if (!dir) return io_error(errno, d->root, "cannot list data directory");
+    uint64_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    int rc = KMB_OK;
+    struct dirent *ent;
+    char path[PATH_MAX];
+    while ((ent = readdir(dir)) != NULL) {
+        uint64_t id;
+        if (!parse_u64(ent->d_name, &id)) continue;
+        /* A stream is a directory holding its first segment. */
+        int n2 = snprintf(path, sizeof(path), "%s/%s/segment_000000.log", d->root, ent->d_name);
+        struct stat st;
+        if (n2 < 0 || (size_t)n2 >= sizeof(path) || stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            uint64_t *p = realloc(ids, ncap * sizeof(*ids));
+            if (!p) {
+                rc = kmb_error_set(KMB_ENOMEM, 0, "out of memory listing streams");
+                break;
+            }
+            ids = p;
+            cap = ncap;
+        }
+        ids[n++] = id;
+    }
+    closedir(dir);
+    if (rc) {
+        free(ids);
+        return rc;
+    }
+    if (n) qsort(ids, n, sizeof(*ids), cmp_u64);
+    *out = ids;
+    *count = n;
+    return KMB_OK;
+}
+
+static int disk_list_segments(kmb_backend *b, uint64_t stream, uint32_t **out, size_t *count)
+{
+    disk_backend *d = D(b);
+    *out = NULL;
+    *count = 0;
+    char path[PATH_MAX];
+    int rc = stream_dir(d, stream, path, sizeof(path));
+    if (rc) return rc;
+    DIR *dir = opendir(path);
+    if (!dir) {
+        if (errno == ENOENT) return KMB_OK;
+        return io_error(errno, path, "cannot list stream directory");
+    }
+    uint32_t *segs = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *ent;
+    while ((ent = readdir(dir)) != NULL) {
+        uint32_t seg;
+        if (!parse_segment_name(ent->d_name, &seg)) continue;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            uint32_t *p = realloc(segs, ncap * sizeof(*segs));
+            if (!p) {
+                rc = kmb_error_set(KMB_ENOMEM, 0, "out of memory listing segments");
+                break;
+            }
+            segs = p;
+            cap = ncap;
+        }
+        segs[n++] = seg;
+    }
+    closedir(dir);
+    if (rc) {
+        free(segs);
+        return rc;
+    }
+    if (n) qsort(segs, n, sizeof(*segs), cmp_u32);
+    *out = segs;
+    *count = n;
+    return KMB_OK;
+}
+
+static int disk_segment_exists(kmb_backend *b, uint64_t stream, uint32_t seg, int *exists)
+{
+    char path[PATH_MAX];
+    int rc = segment_path(D(b), stream, seg, "", path, sizeof(path));
+    if (rc) return rc;
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        *exists = 1;
+        return KMB_OK;
+    }
+    if (errno == ENOENT) {
+        *exists = 0;
+        return KMB_OK;
+    }
+    return io_error(errno, path, "cannot stat segment");
+}
+
+static int disk_segment_size(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t *out)
+{
+    disk_backend *d = D(b);
+    int fd, rc = get_fd(d, stream, seg, 0, &fd);
+    if (rc) return rc;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        char path[PATH_MAX];
+        segment_path(d, stream, seg, "", path, sizeof(path));
+        return io_error(errno, path, "cannot stat segment");
+    }
+    *out = (uint64_t)st.st_size;
+    return KMB_OK;
+}
+
+static int disk_read(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t pos, void *buf,
+                     size_t len, size_t *nread)
+{
+    disk_backend *d = D(b);
+    int fd, rc = get_fd(d, stream, seg, 0, &fd);
+    if (rc) return rc;
+    ssize_t n = kmb_io_pread(&d->io, fd, buf, len, pos);
+    if (n < 0) {
+        char path[PATH_MAX];
+        segment_path(d, stream, seg, "", path, sizeof(path));
+        return io_error(errno, path, "cannot read segment");
+    }
+    *nread = (size_t)n;
+    return KMB_OK;
+}
+
+static int disk_write(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t pos,
+                      const void *buf, size_t len)
+{
+    disk_backend *d = D(b);
+    int fd, rc = get_fd(d, stream, seg, 0, &fd);
+    if (rc) return rc;
+    if (kmb_io_pwrite(&d->io, fd, buf, len, pos) != 0) {
+        char path[PATH_MAX];
+        int err = errno;
+        segment_path(d, stream, seg, "", path, sizeof(path));
+        return io_error(err, path, "cannot write segment");
+    }
+    return KMB_OK;
+}
+
+static int disk_truncate(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t size)
+{
+    disk_backend *d = D(b);
+    int fd, rc = get_fd(d, stream, seg, 0, &fd);
+    if (rc) return rc;
+    if (kmb_io_truncate(&d->io, fd, size) != 0) {
+        char path[PATH_MAX];
+        int err = errno;
+        segment_path(d, stream, seg, "", path, sizeof(path));
+        return io_error(err, path, "cannot truncate segment");
+    }
+    return KMB_OK;
+}
+
+static int disk_sync(kmb_backend *b, uint64_t stream, uint32_t seg)
+{
+    disk_backend *d = D(b);
+    int fd, rc = get_fd(d, stream, seg, 0, &fd);
+    if (rc) return rc;
+    if (kmb_io_sync(&d->io, fd) != 0) {
+        char path[PATH_MAX];
+        int err = errno;
+        segment_path(d, stream, seg, "", path, sizeof(path));
+        return io_error(err, path, "cannot sync segment");
+    }
+    return KMB_OK;
+}
+
+static int disk_create_segment(kmb_backend *b, uint64_t stream, uint32_t seg, int durable)
+{
+    disk_backend *d = D(b);
+    char dir[PATH_MAX];
+    int rc = stream_dir(d, stream, dir, sizeof(dir));
+    if (rc) return rc;
+    int new_dir = 0;
+    if (kmb_io_mkdir(&d->io, dir, 0755) == 0) {
+        new_dir = 1;
+    } else if (errno != EEXIST) {
+        return io_error(errno, dir, "cannot create stream directory");
+    }
+    if (new_dir && durable && kmb_io_sync_dir(&d->io, d->root) != 0)
+        return io_error(errno, d->root, "cannot sync data directory");
+    int fd;
+    rc = get_fd(d, stream, seg, 1, &fd);
+    if (rc) return rc;
+    if (durable && kmb_io_sync_dir(&d->io, dir) != 0)
+        return io_error(errno, dir, "cannot sync stream directory");
+    return KMB_OK;
+}
+
+static int disk_quarantine(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t from,
+                           char *name_out, size_t name_cap)
+{
+    disk_backend *d = D(b);
+    char seg_path[PATH_MAX], qpath[PATH_MAX], dir[PATH_MAX];
+    int rc = segment_path(d, stream, seg, "", seg_path, sizeof(seg_path));
+    if (rc) return rc;
+    rc = stream_dir(d, stream, dir, sizeof(dir));
+    if (rc) return rc;
+    int src;
+    rc = get_fd(d, stream, seg, 0, &src);
+    if (rc) return rc;
+
+    /* The first free name: segment_NNNNNN.log.torn-K. O_EXCL makes "free" race-proof. */
+    int qfd = -1;
+    for (unsigned k = 1; k < 100000; k++) {
+        int n = snprintf(qpath, sizeof(qpath), "%s.torn-%u", seg_path, k);
+        if (n < 0 || (size_t)n >= sizeof(qpath)) return path_too_long(d->root);
+        qfd = kmb_io_open(&d->io, qpath, O_WRONLY | O_CREAT | O_EXCL, 0644);
+        if (qfd >= 0 || errno != EEXIST) break;
+    }
+    if (qfd < 0) return io_error(errno, qpath, "cannot create quarantine file");
+
+    uint8_t buf[65536];
+    uint64_t pos = from, out_pos = 0;
+    for (;;) {
+        ssize_t n = kmb_io_pread(&d->io, src, buf, sizeof(buf), pos);
+        if (n < 0) {
+            rc = io_error(errno, seg_path, "cannot read torn tail");
+            goto fail;
+        }
+        if (n == 0) break;
+        if (kmb_io_pwrite(&d->io, qfd, buf, (size_t)n, out_pos) != 0) {
+            rc = io_error(errno, qpath, "cannot write quarantine file");
+            goto fail;
+        }
+        pos += (uint64_t)n;
+        out_pos += (uint64_t)n;
+    }
+    /* The copy must be durable before the segment loses those bytes. */
+    if (kmb_io_sync(&d->io, qfd) != 0) {
+        rc = io_error(errno, qpath, "cannot sync quarantine file");
+        goto fail;
+    }
+    close(qfd);
+    qfd = -1;
+    if (kmb_io_sync_dir(&d->io, dir) != 0) return io_error(errno, dir, "cannot sync stream directory");
+    if (kmb_io_truncate(&d->io, src, from) != 0) return io_error(errno, seg_path, "cannot cut torn tail");
+    if (kmb_io_sync(&d->io, src) != 0) return io_error(errno, seg_path, "cannot sync segment");
+    if (name_out && name_cap) snprintf(name_out, name_cap, "%s", qpath);
+    return KMB_OK;
+fail:
+    close(qfd);
+    unlink(qpath); /* only our own partial copy; the segment is untouched */
+    return rc;
+}
+
+static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, kmb_index *out)
+{
+    disk_backend *d = D(b);
+    char path[PATH_MAX];
+    int rc = segment_path(d, stream, seg, ".idx", path, sizeof(path));
+    if (rc) return rc;
+    int fd = kmb_io_open(&d->io, path, O_RDONLY, 0);
+    if (fd < 0) {
+        if (errno == ENOENT) return kmb_error_set(KMB_ENOTFOUND, 0, "no index file %s", path);
+        return io_error(errno, path, "cannot open index");
+    }
+    struct stat st;
+    uint8_t *data = NULL;
+    if (fstat(fd, &st) != 0) {
+        rc = io_error(errno, path, "cannot stat index");
+        goto done;
+    }
+    size_t len = (size_t)st.st_size;
+    data = malloc(len ? len : 1);
+    if (!data) {
+        rc = kmb_error_set(KMB_ENOMEM, 0, "out of memory reading index %s", path);
+        goto done;
+    }
+    ssize_t n = kmb_io_pread(&d->io, fd, data, len, 0);
+    if (n < 0) {
+        rc = io_error(errno, path, "cannot read index");
+        goto done;
+    }
+    rc = kmb_index_decode(out, data, (size_t)n);
+    if (rc) {
+        kmb_error_set_path(path);
+    }
+done:
+    free(data);
+    close(fd);
+    return rc;
+}
+
+static int disk_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const kmb_index *ix)
+{
+    disk_backend *d = D(b);
+    char path[PATH_MAX], tmp[PATH_MAX];
+    int rc = segment_path(d, stream, seg, ".idx", path, sizeof(path));
+    if (rc) return rc;
+    rc = segment_path(d, stream, seg, ".idx.tmp", tmp, sizeof(tmp));
+    if (rc) return rc;
+    uint8_t *data = NULL;
+    size_t len = 0;
+    rc = kmb_index_encode(ix, &data, &len);
+    if (rc) return rc;
+    int fd = kmb_io_open(&d->io, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        rc = io_error(errno, tmp, "cannot create index");
+    } else {
+        if (kmb_io_pwrite(&d->io, fd, data, len, 0) != 0) {
+            rc = io_error(errno, tmp, "cannot write index");
+        }
+        close(fd);
+        if (rc == KMB_OK && kmb_io_rename(&d->io, tmp, path) != 0)
+            rc = io_error(errno, path, "cannot rename index into place");
+        if (rc) unlink(tmp);
+    }
+    free(data);
+    return rc;
+}
+
+static void disk_describe(kmb_backend *b, uint64_t stream, uint32_t seg, char *out, size_t cap)
+{
+    if (segment_path(D(b), stream, seg, "", out, cap) != KMB_OK && cap) out[0] = '\0';
+}
+
+static void disk_free(kmb_backend *b)
+{
+    disk_backend *d = D(b);
+    if (!d) return;
+    for (int i = 0; i < KMB_DISK_MAX_FDS; i++)
+        if (d->slots[i].fd >= 0) close(d->slots[i].fd);
+    if (d->lock_fd >= 0) close(d->lock_fd); /* releases the flock */
+    free(d->root);
+    free(d);
+}
+
+/* mkdir -p: create `path` and its missing parents. */
+static int make_dirs(kmb_io *io, const char *path)
+{
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof(buf)) return io_error(ENAMETOOLONG, path, "bad data directory path");
+    memcpy(buf, path, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (buf[i] != '/' && buf[i] != '\0') continue;
+        char saved = buf[i];
+        buf[i] = '\0';
+        if (kmb_io_mkdir(io, buf, 0755) != 0 && errno != EEXIST)
+            return io_error(errno, buf, "cannot create data directory");
+        buf[i] = saved;
+    }
+    struct stat st;
+    if (stat(path, &st) != 0) return io_error(errno, path, "cannot open data directory");
+    if (!S_ISDIR(st.st_mode)) return io_error(ENOTDIR, path, "data directory is not a directory");
+    return KMB_OK;
+}
+
+int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
+{
+    *out = NULL;
+    if (path == NULL || *path == '\0')
+        return kmb_error_set(KMB_EINVAL, 0, "the data directory path is empty");
+    disk_backend *d = calloc(1, sizeof(*d));
+    if (!d) return kmb_error_set(KMB_ENOMEM, 0, "out of memory opening %s", path);
+    d->lock_fd = -1;
+    for (int i = 0; i < KMB_DISK_MAX_FDS; i++) d->slots[i].fd = -1;
+    kmb_io_init(&d->io);
+    /* Strip trailing slashes so that messages show clean paths. */
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/') len--;
+    d->root = malloc(len + 1);
+    if (!d->root) {
+        free(d);
+        return kmb_error_set(KMB_ENOMEM, 0, "out of memory opening %s", path);
+    }
+    memcpy(d->root, path, len);
+    d->root[len] = '\0';
+
+    kmb_backend *b = &d->base;
+    b->version = KMB_BACKEND_VERSION;
+    b->read_only = read_only ? 1 : 0;
+    b->list_streams = disk_list_streams;
+    b->list_segments = disk_list_segments;
+    b->segment_exists = disk_segment_exists;
+    b->segment_size = disk_segment_size;
+    b->read = disk_read;
+    b->write = disk_write;
+    b->truncate = disk_truncate;
+    b->sync = disk_sync;
+    b->create_segment = disk_create_segment;
+    b->quarantine = disk_quarantine;
+    b->load_index = disk_load_index;
+    b->save_index = disk_save_index;
+    b->describe = disk_describe;
+    b->free = disk_free;
+
+    int rc;
+    if (read_only) {
+        struct stat st;
+        if (stat(d->root, &st) != 0) {
+            rc = io_error(errno, d->root, "cannot open data directory read-only");
+            goto fail;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            rc = io_error(ENOTDIR, d->root, "data directory is not a directory");
+            goto fail;
+        }
+    } else {
+        rc = make_dirs(&d->io, d->root);
+        if (rc) goto fail;
+        char lock[PATH_MAX];
+        int n = snprintf(lock, sizeof(lock), "%s/%s", d->root, KMB_LOCK_NAME);
+        if (n < 0 || (size_t)n >= sizeof(lock)) {
+            rc = path_too_long(d->root);
+            goto fail;
+        }
+        d->lock_fd = kmb_io_open(&d->io, lock, O_RDWR | O_CREAT, 0644);
+        if (d->lock_fd < 0) {
+            rc = io_error(errno, lock, "cannot open lock file");
+            goto fail;
+        }
+        if (flock(d->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+            if (errno == EWOULDBLOCK) {
+                rc = kmb_error_set(KMB_ELOCKED, 0,
+                                   "another writer holds %s; close it first, or open this "
+                                   "directory with read_only=True",
+                                   lock);
+                kmb_error_set_path(lock);
+            } else {
+                rc = io_error(errno, lock, "cannot lock data directory");
+            }
+            goto fail;
+        }
+    }
+    *out = b;
+    return KMB_OK;
+fail:
+    disk_free(b);
+    return rc;
+}
+
+kmb_io *kmb_backend_disk_io(kmb_backend *b) { return b ? &D(b)->io : NULL; }
+
+void kmb_backend_disk_drop_fd(kmb_backend *b, uint64_t stream, uint32_t seg)
+{
+    drop_fd(D(b), stream, seg);
+}

@@ -1,0 +1,18 @@
+/*
+ * disk.h — internal hooks of the disk backend (not part of the public API).
+ */
+#ifndef KIMBERLITE_DISK_INTERNAL_H
+#define KIMBERLITE_DISK_INTERNAL_H
+
+#include <stdint.h>
+
+#include "io.h"
+#include "kimberlite/backend.h"
+
+/* The fault plan of a disk backend (tests only). `b` must come from kmb_backend_disk_open. */
+kmb_io *kmb_backend_disk_io(kmb_backend *b);
+
+/* Close the cached descriptor of a segment, if any. */
+void kmb_backend_disk_drop_fd(kmb_backend *b, uint64_t stream, uint32_t seg);
+
+#endif

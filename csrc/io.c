@@ -1,0 +1,132 @@
+/*
+ * io.c — the disk backend's file operations, with an optional fault plan for tests.
+ */
+#include "io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void kmb_io_init(kmb_io *io) { memset(io, 0, sizeof(*io)); }
+
+/* Count a call of class `op` against the plan; 1 if it must fail (errno is set). */
+static int inject(kmb_io *io, unsigned op)
+{
+    if (io == NULL || !(io->fault_ops & op) || io->fault_nth == 0) return 0;
+    io->calls++;
+    if (io->calls == io->fault_nth || (io->fault_persistent && io->calls > io->fault_nth)) {
+        io->faults++;
+        errno = io->fault_errno ? io->fault_errno : EIO;
+        return 1;
+    }
+    return 0;
+}
+
+int kmb_io_open(kmb_io *io, const char *path, int flags, mode_t mode)
+{
+    if (inject(io, KMB_IO_OPEN)) return -1;
+    int fd;
+    do {
+        fd = open(path, flags | O_CLOEXEC, mode);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+ssize_t kmb_io_pread(kmb_io *io, int fd, void *buf, size_t len, uint64_t pos)
+{
+    if (inject(io, KMB_IO_READ)) return -1;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(pos + done));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (n == 0) break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+int kmb_io_pwrite(kmb_io *io, int fd, const void *buf, size_t len, uint64_t pos)
+{
+    size_t done = 0;
+    if (inject(io, KMB_IO_WRITE)) {
+        if (!io->fault_short || len < 2) return -1;
+        int saved = errno;
+        /* A short write: half the bytes land, then the failure (as a full disk does). */
+        ssize_t n = pwrite(fd, buf, len / 2, (off_t)pos);
+        (void)n;
+        errno = saved;
+        return -1;
+    }
+    while (done < len) {
+        ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(pos + done));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (n == 0) {
+            errno = EIO;
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+int kmb_io_sync(kmb_io *io, int fd)
+{
+    if (inject(io, KMB_IO_SYNC)) return -1;
+    int rc;
+    do {
+#if defined(__linux__)
+        rc = fdatasync(fd);
+#else
+        rc = fsync(fd);
+#endif
+    } while (rc < 0 && errno == EINTR);
+    return rc;
+}
+
+int kmb_io_sync_dir(kmb_io *io, const char *path)
+{
+    if (inject(io, KMB_IO_SYNC)) return -1;
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc;
+    do {
+        rc = fsync(fd);
+    } while (rc < 0 && errno == EINTR);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    /* Some filesystems refuse fsync on directories; that is not a data-loss error. */
+    if (rc < 0 && (errno == EINVAL || errno == EBADF)) rc = 0;
+    return rc;
+}
+
+int kmb_io_truncate(kmb_io *io, int fd, uint64_t size)
+{
+    if (inject(io, KMB_IO_TRUNCATE)) return -1;
+    int rc;
+    do {
+        rc = ftruncate(fd, (off_t)size);
+    } while (rc < 0 && errno == EINTR);
+    return rc;
+}
+
+int kmb_io_rename(kmb_io *io, const char *from, const char *to)
+{
+    if (inject(io, KMB_IO_RENAME)) return -1;
+    return rename(from, to);
+}
+
+int kmb_io_mkdir(kmb_io *io, const char *path, mode_t mode)
+{
+    if (inject(io, KMB_IO_MKDIR)) return -1;
+    return mkdir(path, mode);
+}

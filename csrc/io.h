@@ -1,0 +1,62 @@
+/*
+ * io.h — the disk backend's file operations, in one small layer (internal).
+ *
+ * Every open, read, write, sync, rename and truncate of the disk backend goes through
+ * these wrappers, so that tests can make the Nth call fail on demand (SQLite's test_vfs
+ * approach): with an errno, or as a short write, once or from then on. The fault plan
+ * lives in a kmb_io owned by one backend instance; there is no global state.
+ */
+#ifndef KIMBERLITE_IO_H
+#define KIMBERLITE_IO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Operation classes a fault plan can target (bit mask). */
+enum {
+    KMB_IO_OPEN = 1u << 0,
+    KMB_IO_READ = 1u << 1,
+    KMB_IO_WRITE = 1u << 2,
+    KMB_IO_SYNC = 1u << 3,
+    KMB_IO_RENAME = 1u << 4,
+    KMB_IO_TRUNCATE = 1u << 5,
+    KMB_IO_MKDIR = 1u << 6,
+    KMB_IO_ALL = (1u << 7) - 1
+};
+
+typedef struct kmb_io {
+    unsigned fault_ops;     /* classes counted by the plan; 0 = no plan */
+    uint64_t fault_nth;     /* fail the nth counted call (1-based) */
+    int fault_errno;        /* errno to fail with (EIO, ENOSPC, …) */
+    int fault_persistent;   /* keep failing every counted call after the nth */
+    int fault_short;        /* writes: write half the bytes, then fail with fault_errno */
+    uint64_t calls;         /* counted calls so far */
+    uint64_t faults;        /* faults injected so far */
+} kmb_io;
+
+/* Reset the plan and counters (no faults). */
+void kmb_io_init(kmb_io *io);
+
+/* Open a file; -1 with errno on failure. O_CLOEXEC is always added. */
+int kmb_io_open(kmb_io *io, const char *path, int flags, mode_t mode);
+
+/* Read up to len bytes at pos, retrying short reads and EINTR; the count read (less than len
+ * only at end of file) or -1 with errno. */
+ssize_t kmb_io_pread(kmb_io *io, int fd, void *buf, size_t len, uint64_t pos);
+
+/* Write all len bytes at pos, retrying short writes and EINTR; 0 or -1 with errno. */
+int kmb_io_pwrite(kmb_io *io, int fd, const void *buf, size_t len, uint64_t pos);
+
+/* fdatasync (fsync where fdatasync is missing); 0 or -1 with errno. */
+int kmb_io_sync(kmb_io *io, int fd);
+
+/* Open `path` (a directory) and fsync it, so new names in it survive a power cut. */
+int kmb_io_sync_dir(kmb_io *io, const char *path);
+
+int kmb_io_truncate(kmb_io *io, int fd, uint64_t size);
+int kmb_io_rename(kmb_io *io, const char *from, const char *to);
+/* mkdir; EEXIST is reported like any error (callers decide). */
+int kmb_io_mkdir(kmb_io *io, const char *path, mode_t mode);
+
+#endif

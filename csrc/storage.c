@@ -1,0 +1,1395 @@
+/*
+ * storage.c — the log engine: streams, segments, rotation, recovery and the hash chain.
+ *
+ * Everything about records lives here once, for every backend (disk.c, memory.c), so
+ * that Storage and MemoryStorage behave identically. The rule every loader applies:
+ *
+ *   A record at byte p of a segment is valid if and only if its header, payload and CRC
+ *   lie inside the segment, the CRC matches, and its offset is the one expected at p.
+ *
+ * Loading a segment scans from the end of its confirmed index to the end of the file.
+ * Where scanning stops before the end, the active segment's remainder is a torn tail (an
+ * append that never returned) unless a valid record follows; then, as anywhere in a sealed
+ * segment, it is corruption: nothing is cut, reads that reach it and appends fail.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kimberlite/backend.h"
+#include "kimberlite/chain.h"
+#include "kimberlite/crc32.h"
+#include "kimberlite/errors.h"
+#include "kimberlite/index.h"
+#include "kimberlite/record.h"
+#include "kimberlite/storage.h"
+
+#define SCAN_CHUNK ((size_t)1 << 20)   /* bytes read at a time when scanning */
+#define VERIFY_CHUNK ((size_t)8 << 20) /* bytes checked at a time by verify */
+#define READER_SETTLE_TRIES 20         /* a reader's retries before calling a tail damaged */
+
+typedef struct seg_state {
+    uint32_t number;
+    uint64_t base;      /* offset of the segment's first record */
+    uint64_t size;      /* end of the last valid record: where the next append goes */
+    kmb_index ix;       /* positions of the valid records */
+    int index_dirty;    /* ix differs from the stored index */
+    int index_verified; /* ix was built by scanning in this process */
+    int damaged;        /* invalid data at `size` that is not a torn tail */
+} seg_state;
+
+typedef struct stream_state {
+    uint64_t id;
+    seg_state *segs;
+    size_t nsegs, cap;
+    uint64_t next; /* next offset */
+    uint8_t head[KMB_HASH_SIZE];
+    int has_head;
+    int needs_reload; /* a failed write could not be cut back: reload before use */
+    int damaged;      /* corruption found: appends refused */
+    uint64_t damage_offset, damage_pos;
+    uint32_t damage_seg;
+    char damage_what[160];
+} stream_state;
+
+/* A sliding window over a segment's bytes, for scanning. */
+typedef struct window {
+    uint8_t *buf;
+    size_t cap;
+    uint64_t start;
+    size_t len;
+} window;
+
+struct kmb_storage {
+    pthread_mutex_t mu;
+    kmb_backend *backend;
+    kmb_options opts;
+    int closed;
+    stream_state **table; /* open addressing on stream id */
+    size_t tcap, tcount;
+    uint8_t *scratch; /* append encoding buffer, reused */
+    size_t scratch_cap;
+    window win;       /* scanning window, reused */
+    uint8_t *rbuf;    /* single-record reads, reused */
+    size_t rbuf_cap;
+    kmb_event_fn event_fn;
+    void *event_ctx;
+};
+
+/* ---------------------------------------------------------------- small helpers */
+
+static int oom(void) { return kmb_error_set(KMB_ENOMEM, 0, "out of memory"); }
+
+static int grow(uint8_t **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap) return KMB_OK;
+    size_t ncap = *cap ? *cap : 4096;
+    while (ncap < need) ncap = ncap > SIZE_MAX / 2 ? need : ncap * 2;
+    uint8_t *p = realloc(*buf, ncap);
+    if (!p) return oom();
+    *buf = p;
+    *cap = ncap;
+    return KMB_OK;
+}
+
+static void note(kmb_storage *st, const char *fmt, ...)
+{
+    if (!st->event_fn) return;
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    st->event_fn(st->event_ctx, msg);
+}
+
+static void describe(kmb_storage *st, uint64_t stream, uint32_t seg, char *out, size_t cap)
+{
+    st->backend->describe(st->backend, stream, seg, out, cap);
+}
+
+/* Add stream/segment context to the error a backend call just recorded. */
+static int with_stream(kmb_storage *st, int rc, uint64_t stream, uint32_t seg)
+{
+    kmb_error *e = kmb_error_mut();
+    e->has_stream = 1;
+    e->stream_id = stream;
+    if (e->path[0] == '\0') describe(st, stream, seg, e->path, sizeof(e->path));
+    return rc;
+}
+
+/* Record a corruption error: what, where, and what the user can do. */
+static int corrupt(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t offset,
+                   uint64_t pos, const char *what)
+{
+    char path[KMB_PATH_MAX];
+    describe(st, stream, seg, path, sizeof(path));
+    kmb_error_set(KMB_ECORRUPT, 0,
+                  "stream %" PRIu64 ": %s at offset %" PRIu64 " (byte %" PRIu64
+                  " of %s); the records before it are intact: read them with read_from up "
+                  "to that offset and restore the rest from a copy",
+                  stream, what, offset, pos, path);
+    kmb_error *e = kmb_error_mut();
+    kmb_error_set_path(path);
+    e->has_stream = 1;
+    e->stream_id = stream;
+    e->has_offset = 1;
+    e->offset = offset;
+    e->has_position = 1;
+    e->position = pos;
+    return KMB_ECORRUPT;
+}
+
+static int damaged_error(kmb_storage *st, stream_state *s)
+{
+    return corrupt(st, s->id, s->damage_seg, s->damage_offset, s->damage_pos, s->damage_what);
+}
+
+static void mark_damaged(kmb_storage *st, stream_state *s, seg_state *g, uint64_t offset,
+                         uint64_t pos, const char *what)
+{
+    g->damaged = 1;
+    if (!s->damaged) {
+        s->damaged = 1;
+        s->damage_seg = g->number;
+        s->damage_offset = offset;
+        s->damage_pos = pos;
+        snprintf(s->damage_what, sizeof(s->damage_what), "%s", what);
+        char path[KMB_PATH_MAX];
+        describe(st, s->id, g->number, path, sizeof(path));
+        note(st,
+             "stream %" PRIu64 ": %s at byte %" PRIu64 " of %s (offset %" PRIu64
+             "); nothing was cut; reads reaching it and appends to this stream will fail",
+             s->id, what, pos, path, offset);
+    }
+}
+
+static uint64_t seg_count(const seg_state *g) { return g->ix.count; }
+
+/* End of record i of g: the next record's start, or the end of the valid bytes. */
+static uint64_t rec_end(const seg_state *g, size_t i)
+{
+    return i + 1 < g->ix.count ? g->ix.positions[i + 1] : g->size;
+}
+
+/* ---------------------------------------------------------------- stream table */
+
+static size_t slot_of(uint64_t id, size_t cap)
+{
+    uint64_t z = id + 0x9E3779B97F4A7C15ull; /* splitmix64 finaliser */
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (size_t)(z ^ (z >> 31)) & (cap - 1);
+}
+
+static stream_state *table_find(kmb_storage *st, uint64_t id)
+{
+    if (!st->tcap) return NULL;
+    for (size_t i = slot_of(id, st->tcap);; i = (i + 1) & (st->tcap - 1)) {
+        stream_state *s = st->table[i];
+        if (!s) return NULL;
+        if (s->id == id) return s;
+    }
+}
+
+static int table_insert(kmb_storage *st, stream_state *s)
+{
+    if ((st->tcount + 1) * 10 >= st->tcap * 7) {
+        size_t ncap = st->tcap ? st->tcap * 2 : 64;
+        stream_state **nt = calloc(ncap, sizeof(*nt));
+        if (!nt) return oom();
+        for (size_t i = 0; i < st->tcap; i++) {
+            stream_state *x = st->table[i];
+            if (!x) continue;
+            size_t j = slot_of(x->id, ncap);
+            while (nt[j]) j = (j + 1) & (ncap - 1);
+            nt[j] = x;
+        }
+        free(st->table);
+        st->table = nt;
+        st->tcap = ncap;
+    }
+    size_t j = slot_of(s->id, st->tcap);
+    while (st->table[j]) j = (j + 1) & (st->tcap - 1);
+    st->table[j] = s;
+    st->tcount++;
+    return KMB_OK;
+}
+
+/* Remove a stream from the table (backward-shift deletion keeps probing correct). */
+static void table_remove(kmb_storage *st, stream_state *s)
+{
+    size_t i = slot_of(s->id, st->tcap);
+    while (st->table[i] != s) i = (i + 1) & (st->tcap - 1);
+    st->table[i] = NULL;
+    for (size_t j = (i + 1) & (st->tcap - 1); st->table[j]; j = (j + 1) & (st->tcap - 1)) {
+        stream_state *x = st->table[j];
+        st->table[j] = NULL;
+        size_t k = slot_of(x->id, st->tcap);
+        while (st->table[k]) k = (k + 1) & (st->tcap - 1);
+        st->table[k] = x;
+    }
+    st->tcount--;
+}
+
+static void stream_free(stream_state *s)
+{
+    if (!s) return;
+    for (size_t i = 0; i < s->nsegs; i++) kmb_index_free(&s->segs[i].ix);
+    free(s->segs);
+    free(s);
+}
+
+static seg_state *push_segment(stream_state *s, uint32_t number, uint64_t base)
+{
+    if (s->nsegs == s->cap) {
+        size_t ncap = s->cap ? s->cap * 2 : 4;
+        seg_state *p = realloc(s->segs, ncap * sizeof(*p));
+        if (!p) return NULL;
+        s->segs = p;
+        s->cap = ncap;
+    }
+    seg_state *g = &s->segs[s->nsegs++];
+    memset(g, 0, sizeof(*g));
+    g->number = number;
+    g->base = base;
+    kmb_index_init(&g->ix);
+    return g;
+}
+
+/* ---------------------------------------------------------------- reading bytes */
+
+/*
+ * Make the window cover [at, at+len) of a segment whose readable end is `end`, reading
+ * SCAN_CHUNK bytes (or len, if larger) at a time. *out points at byte `at`.
+ * KMB_EEOF when fewer bytes exist than [at, at+len) needs (the file shrank).
+ */
+static int window_get(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t at, size_t len,
+                      uint64_t end, const uint8_t **out)
+{
+    window *w = &st->win;
+    if (at >= w->start && at + len <= w->start + w->len) {
+        *out = w->buf + (at - w->start);
+        return KMB_OK;
+    }
+    size_t want = len > SCAN_CHUNK ? len : SCAN_CHUNK;
+    if (end - at < want) want = (size_t)(end - at);
+    if (want < len) return kmb_error_set(KMB_EEOF, 0, "segment ends inside a record");
+    w->len = 0;
+    int rc = grow(&w->buf, &w->cap, want);
+    if (rc) return rc;
+    size_t n = 0;
+    rc = st->backend->read(st->backend, stream, seg, at, w->buf, want, &n);
+    if (rc) return with_stream(st, rc, stream, seg);
+    w->start = at;
+    w->len = n;
+    if (n < len) return kmb_error_set(KMB_EEOF, 0, "segment ends inside a record");
+    *out = w->buf;
+    return KMB_OK;
+}
+
+static void window_reset(kmb_storage *st) { st->win.len = 0; }
+
+/*
+ * Read and check the single record at byte `pos` of segment g (valid bytes end at `end`).
+ * On KMB_OK *out borrows st->rbuf. Returns KMB_ECORRUPT/KMB_EEOF (no context) when the
+ * bytes there are not a whole, valid record, KMB_EIO on read errors.
+ */
+static int read_record_at(kmb_storage *st, uint64_t stream, const seg_state *g, uint64_t pos,
+                          uint64_t end, kmb_record *out, size_t *size_out)
+{
+    if (pos >= end || end - pos < KMB_RECORD_OVERHEAD)
+        return kmb_error_set(KMB_EEOF, 0, "segment ends inside a record");
+    uint8_t hdr[KMB_HEADER_SIZE];
+    size_t n = 0;
+    int rc = st->backend->read(st->backend, stream, g->number, pos, hdr, sizeof(hdr), &n);
+    if (rc) return with_stream(st, rc, stream, g->number);
+    if (n < sizeof(hdr)) return kmb_error_set(KMB_EEOF, 0, "segment ends inside a record");
+    uint64_t total = kmb_record_size(kmb_load_u32le(hdr + 40));
+    if (total > end - pos) return kmb_error_set(KMB_EEOF, 0, "segment ends inside a record");
+    rc = grow(&st->rbuf, &st->rbuf_cap, (size_t)total);
+    if (rc) return rc;
+    rc = st->backend->read(st->backend, stream, g->number, pos, st->rbuf, (size_t)total, &n);
+    if (rc) return with_stream(st, rc, stream, g->number);
+    if (n < total) return kmb_error_set(KMB_EEOF, 0, "segment ends inside a record");
+    if (!kmb_record_probe(out, size_out, st->rbuf, (size_t)total))
+        return kmb_error_set(KMB_ECORRUPT, 0, "record fails its CRC check");
+    return KMB_OK;
+}
+
+/* ---------------------------------------------------------------- loading */
+
+/*
+ * Scan segment g from byte `pos` to `end`, appending the positions of valid records to
+ * g->ix. *stop is where scanning stopped (== end when everything was valid).
+ */
+static int scan(kmb_storage *st, stream_state *s, seg_state *g, uint64_t pos, uint64_t end,
+                int *base_known, uint64_t *stop)
+{
+    window_reset(st);
+    while (end - pos >= KMB_RECORD_OVERHEAD) {
+        const uint8_t *p;
+        int rc = window_get(st, s->id, g->number, pos, KMB_HEADER_SIZE, end, &p);
+        if (rc == KMB_EEOF) break;
+        if (rc) return rc;
+        uint64_t total = kmb_record_size(kmb_load_u32le(p + 40));
+        if (total > end - pos) break;
+        rc = window_get(st, s->id, g->number, pos, (size_t)total, end, &p);
+        if (rc == KMB_EEOF) break;
+        if (rc) return rc;
+        kmb_record r;
+        size_t used;
+        if (!kmb_record_probe(&r, &used, p, (size_t)total)) break;
+        if (!*base_known && g->ix.count == 0) {
+            g->base = r.offset; /* after damage upstream: take the segment's own word */
+            *base_known = 1;
+        }
+        if (r.offset != g->base + g->ix.count) break;
+        rc = kmb_index_append(&g->ix, pos);
+        if (rc) return oom();
+        pos += total;
+    }
+    *stop = pos;
+    return KMB_OK;
+}
+
+/*
+ * Whether a valid record starts anywhere in [from, end) of segment g: the test that tells
+ * a torn tail (nothing valid follows) from corruption. A record at `from` itself counts
+ * whatever its offset (a whole record with a wrong offset is not a torn write); further on,
+ * only records whose offset could follow `expected` count, which keeps random bytes from
+ * costing a CRC each.
+ */
+static int valid_record_follows(kmb_storage *st, uint64_t stream, seg_state *g, uint64_t from,
+                                uint64_t end, uint64_t expected, int *found)
+{
+    *found = 0;
+    window_reset(st);
+    uint64_t span = (end - from) / KMB_RECORD_OVERHEAD + 1;
+    for (uint64_t q = from; end - q >= KMB_RECORD_OVERHEAD; q++) {
+        const uint8_t *p;
+        int rc = window_get(st, stream, g->number, q, KMB_HEADER_SIZE, end, &p);
+        if (rc == KMB_EEOF) break;
+        if (rc) return rc;
+        uint64_t off = kmb_load_u64le(p);
+        uint64_t total = kmb_record_size(kmb_load_u32le(p + 40));
+        if (total > end - q) continue;
+        if (q != from && (off < expected || off - expected > span)) continue;
+        rc = window_get(st, stream, g->number, q, (size_t)total, end, &p);
+        if (rc == KMB_EEOF) continue;
+        if (rc) return rc;
+        kmb_record r;
+        size_t used;
+        if (kmb_record_probe(&r, &used, p, (size_t)total)) {
+            *found = 1;
+            return KMB_OK;
+        }
+    }
+    return KMB_OK;
+}
+
+/* Check a stored index against the segment; 1 if it can be used. *scan_from is its end. */
+static int index_confirmed(kmb_storage *st, stream_state *s, seg_state *g, uint64_t disk_size,
+                           int *base_known, uint64_t *scan_from)
+{
+    size_t n = g->ix.count;
+    const uint64_t *pos = g->ix.positions;
+    if (n == 0) {
+        *scan_from = 0;
+        return 1;
+    }
+    if (pos[0] != 0) return 0;
+    for (size_t i = 1; i < n; i++)
+        if (pos[i] < pos[i - 1] || pos[i] - pos[i - 1] < KMB_RECORD_OVERHEAD) return 0;
+    if (pos[n - 1] >= disk_size) return 0;
+    kmb_record r;
+    size_t size;
+    /* The first and last entries must hold records with the offsets the index implies. */
+    if (read_record_at(st, s->id, g, pos[0], disk_size, &r, &size) != KMB_OK) return 0;
+    if (*base_known && r.offset != g->base) return 0;
+    uint64_t base = r.offset;
+    if (read_record_at(st, s->id, g, pos[n - 1], disk_size, &r, &size) != KMB_OK) return 0;
+    if (r.offset != base + n - 1) return 0;
+    g->base = base;
+    *base_known = 1;
+    *scan_from = pos[n - 1] + size;
+    return 1;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {0, ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/*
+ * Decide what the bytes [stop, end) of segment g are, after scanning stopped at `stop`.
+ * Active segment, nothing valid after: a torn tail, quarantined by a writer and simply not
+ * visible to a reader. Otherwise: damage. A reader first lets a live writer finish (its
+ * pages may show up out of order) by re-reading a few times.
+ */
+static int settle_tail(kmb_storage *st, stream_state *s, seg_state *g, int active,
+                       uint64_t *stop, int *base_known)
+{
+    int rc;
+    for (int attempt = 0;; attempt++) {
+        uint64_t end;
+        rc = st->backend->segment_size(st->backend, s->id, g->number, &end);
+        if (rc) return with_stream(st, rc, s->id, g->number);
+        if (*stop >= end) return KMB_OK;
+        uint64_t expected = g->base + g->ix.count;
+        int follows = 1;
+        if (active) {
+            rc = valid_record_follows(st, s->id, g, *stop, end, expected, &follows);
+            if (rc) return rc;
+        }
+        if (!follows) {
+            if (st->opts.read_only) return KMB_OK; /* not visible yet */
+            char qname[KMB_PATH_MAX] = "";
+            char path[KMB_PATH_MAX];
+            describe(st, s->id, g->number, path, sizeof(path));
+            rc = st->backend->quarantine(st->backend, s->id, g->number, *stop, qname,
+                                         sizeof(qname));
+            if (rc) return with_stream(st, rc, s->id, g->number);
+            note(st,
+                 "stream %" PRIu64 ": torn tail of %" PRIu64 " bytes at byte %" PRIu64
+                 " of %s (an append that never returned) moved to %s",
+                 s->id, end - *stop, *stop, path, qname);
+            return KMB_OK;
+        }
+        if (st->opts.read_only && active && attempt < READER_SETTLE_TRIES) {
+            sleep_ms(1);
+            rc = scan(st, s, g, *stop, end, base_known, stop);
+            if (rc) return rc;
+            continue;
+        }
+        mark_damaged(st, s, g, expected, *stop,
+                     active ? "corrupted record followed by valid records"
+                            : "corrupted record in a sealed segment");
+        return KMB_OK;
+    }
+}
+
+/* Load segment `number` of s (appending it to s->segs). */
+static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int active)
+{
+    int base_known = 1;
+    uint64_t base = 0;
+    if (s->nsegs) {
+        seg_state *prev = &s->segs[s->nsegs - 1];
+        base = prev->base + seg_count(prev);
+        base_known = !prev->damaged;
+    }
+    seg_state *g = push_segment(s, number, base);
+    if (!g) return oom();
+    uint64_t disk_size;
+    int rc = st->backend->segment_size(st->backend, s->id, number, &disk_size);
+    if (rc) return with_stream(st, rc, s->id, number);
+
+    char path[KMB_PATH_MAX];
+    uint64_t from = 0;
+    rc = st->backend->load_index(st->backend, s->id, number, &g->ix);
+    if (rc == KMB_ENOMEM) return rc;
+    size_t indexed = g->ix.count;
+    if (rc == KMB_OK && !index_confirmed(st, s, g, disk_size, &base_known, &from)) {
+        describe(st, s->id, number, path, sizeof(path));
+        note(st, "index of %s does not match the segment; rebuilding it", path);
+        kmb_index_truncate(&g->ix, 0);
+        indexed = 0;
+        from = 0;
+        g->base = base;
+        g->index_verified = 1;
+    } else if (rc != KMB_OK) {
+        if (rc != KMB_ENOTFOUND || disk_size > 0) {
+            describe(st, s->id, number, path, sizeof(path));
+            note(st, "index of %s is %s; rebuilding it", path,
+                 rc == KMB_ENOTFOUND ? "missing" : "damaged");
+        }
+        kmb_index_truncate(&g->ix, 0);
+        indexed = 0;
+        g->index_verified = 1;
+    }
+    uint64_t stop;
+    rc = scan(st, s, g, from, disk_size, &base_known, &stop);
+    if (rc) return rc;
+    rc = settle_tail(st, s, g, active, &stop, &base_known);
+    if (rc) return rc;
+    g->size = stop;
+    if (g->ix.count != indexed) g->index_dirty = 1;
+    return KMB_OK;
+}
+
+/* Compute the head hash from the last record of the stream. */
+static int load_head(kmb_storage *st, stream_state *s)
+{
+    s->has_head = 0;
+    if (s->next == 0) return KMB_OK;
+    for (size_t k = s->nsegs; k-- > 0;) {
+        seg_state *g = &s->segs[k];
+        if (seg_count(g) == 0) continue;
+        size_t i = g->ix.count - 1;
+        kmb_record r;
+        size_t size;
+        int rc = read_record_at(st, s->id, g, g->ix.positions[i], g->size, &r, &size);
+        if (rc == KMB_EIO || rc == KMB_ENOMEM) return rc;
+        if (rc) {
+            mark_damaged(st, s, g, g->base + i, g->ix.positions[i], "corrupted last record");
+            return KMB_OK;
+        }
+        kmb_record_hash(s->head, &r);
+        s->has_head = 1;
+        return KMB_OK;
+    }
+    return KMB_OK;
+}
+
+static void update_next(stream_state *s)
+{
+    seg_state *last = &s->segs[s->nsegs - 1];
+    s->next = last->base + seg_count(last);
+}
+
+/* Load a stream from the backend. *out is NULL (and KMB_OK) when the stream is absent. */
+static int load_stream(kmb_storage *st, uint64_t id, stream_state **out)
+{
+    *out = NULL;
+    uint32_t *nums = NULL;
+    size_t n = 0;
+    int rc = st->backend->list_segments(st->backend, id, &nums, &n);
+    if (rc) return with_stream(st, rc, id, 0);
+    if (n == 0) return KMB_OK;
+    stream_state *s = calloc(1, sizeof(*s));
+    if (!s) {
+        free(nums);
+        return oom();
+    }
+    s->id = id;
+    for (size_t i = 0; i < n; i++) {
+        if (nums[i] != i) {
+            /* A missing segment: records are missing. Keep what precedes it. */
+            if (s->nsegs) {
+                seg_state *g = &s->segs[s->nsegs - 1];
+                mark_damaged(st, s, g, g->base + seg_count(g), g->size, "missing segment file");
+            }
+            break;
+        }
+        rc = load_segment(st, s, nums[i], i + 1 == n);
+        if (rc) goto fail;
+    }
+    free(nums);
+    nums = NULL;
+    if (s->nsegs == 0) {
+        stream_free(s);
+        return KMB_OK;
+    }
+    update_next(s);
+    rc = load_head(st, s);
+    if (rc) goto fail;
+    rc = table_insert(st, s);
+    if (rc) goto fail;
+    *out = s;
+    return KMB_OK;
+fail:
+    free(nums);
+    stream_free(s);
+    return rc;
+}
+
+/* A reader's catch-up with a live writer: new records, new segments. */
+static int refresh(kmb_storage *st, stream_state *s)
+{
+    uint64_t before = s->next;
+    for (;;) {
+        seg_state *g = &s->segs[s->nsegs - 1];
+        int exists = 0;
+        int rc = st->backend->segment_exists(st->backend, s->id, g->number + 1, &exists);
+        if (rc) return with_stream(st, rc, s->id, g->number + 1);
+        if (!g->damaged) {
+            uint64_t end;
+            rc = st->backend->segment_size(st->backend, s->id, g->number, &end);
+            if (rc) return with_stream(st, rc, s->id, g->number);
+            int base_known = 1;
+            uint64_t stop = g->size;
+            if (end > g->size) {
+                rc = scan(st, s, g, g->size, end, &base_known, &stop);
+                if (rc) return rc;
+                if (exists && stop < end) {
+                    /* Sealed now: whatever does not scan is damage. */
+                    rc = settle_tail(st, s, g, 0, &stop, &base_known);
+                    if (rc) return rc;
+                }
+                g->size = stop;
+            }
+        }
+        if (!exists) break;
+        rc = st->backend->segment_exists(st->backend, s->id, g->number + 2, &exists);
+        if (rc) return with_stream(st, rc, s->id, g->number + 2);
+        rc = load_segment(st, s, g->number + 1, !exists);
+        if (rc) return rc;
+    }
+    update_next(s);
+    if (s->next != before) return load_head(st, s);
+    return KMB_OK;
+}
+
+/* The stream's state, loading it on first use. *out NULL when the stream does not exist. */
+static int get_stream(kmb_storage *st, uint64_t id, stream_state **out)
+{
+    stream_state *s = table_find(st, id);
+    if (s && s->needs_reload) {
+        table_remove(st, s);
+        stream_free(s);
+        s = NULL;
+    }
+    if (s) {
+        *out = s;
+        return st->opts.read_only ? refresh(st, s) : KMB_OK;
+    }
+    return load_stream(st, id, out);
+}
+
+/* ---------------------------------------------------------------- checking records */
+
+/* Index of the segment holding `offset` (its base <= offset < base + count), or -1. */
+static long locate(const stream_state *s, uint64_t offset)
+{
+    size_t lo = 0, hi = s->nsegs;
+    while (lo < hi) { /* first segment whose base > offset */
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->segs[mid].base <= offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    /* Empty segments share their base with the next one: step back to one holding it. */
+    for (size_t k = lo; k-- > 0;) {
+        const seg_state *g = &s->segs[k];
+        if (offset >= g->base && offset - g->base < seg_count(g)) return (long)k;
+        if (seg_count(g) > 0) break;
+    }
+    return -1;
+}
+
+/* Error for an offset that falls where damage hides records. */
+static int unreachable(kmb_storage *st, stream_state *s, uint64_t offset)
+{
+    if (s->damaged) return damaged_error(st, s);
+    return corrupt(st, s->id, s->segs[s->nsegs - 1].number, offset, 0, "record missing");
+}
+
+/*
+ * Check the records [i0, i1) of segment g that were read into buf (starting at position
+ * pos[i0]): CRC, offset, and chain link against *running, which is updated to the last
+ * record's hash. Records are written to recs when it is not NULL.
+ */
+static int check_records(kmb_storage *st, stream_state *s, seg_state *g, size_t i0, size_t i1,
+                         const uint8_t *buf, uint8_t running[KMB_HASH_SIZE], kmb_record *recs)
+{
+    uint64_t start = g->ix.positions[i0];
+    for (size_t i = i0; i < i1; i++) {
+        uint64_t pos = g->ix.positions[i];
+        size_t size = (size_t)(rec_end(g, i) - pos);
+        kmb_record r;
+        size_t used;
+        uint64_t offset = g->base + i;
+        if (!kmb_record_probe(&r, &used, buf + (pos - start), size) || used != size)
+            return corrupt(st, s->id, g->number, offset, pos, "record fails its CRC check");
+        if (r.offset != offset)
+            return corrupt(st, s->id, g->number, offset, pos, "record carries the wrong offset");
+        const uint8_t *want = running;
+        uint8_t zeros[KMB_HASH_SIZE] = {0};
+        if (offset == 0) want = zeros;
+        if (memcmp(r.prev_hash, want, KMB_HASH_SIZE) != 0) {
+            char path[KMB_PATH_MAX];
+            describe(st, s->id, g->number, path, sizeof(path));
+            kmb_error_set(KMB_ECHAIN, 0,
+                          "stream %" PRIu64 ": hash chain broken at offset %" PRIu64
+                          " (byte %" PRIu64 " of %s): its prev_hash does not match the hash "
+                          "of the record before it, so the log was altered; restore it from "
+                          "a trusted copy",
+                          s->id, offset, pos, path);
+            kmb_error *e = kmb_error_mut();
+            kmb_error_set_path(path);
+            e->has_stream = 1;
+            e->stream_id = s->id;
+            e->has_offset = 1;
+            e->offset = offset;
+            e->has_position = 1;
+            e->position = pos;
+            e->has_expected_hash = 1;
+            memcpy(e->expected_hash, want, KMB_HASH_SIZE);
+            e->has_actual_hash = 1;
+            memcpy(e->actual_hash, r.prev_hash, KMB_HASH_SIZE);
+            return KMB_ECHAIN;
+        }
+        kmb_record_hash(running, &r);
+        if (recs) recs[i - i0] = r;
+    }
+    return KMB_OK;
+}
+
+/* Read the bytes of records [i0, i1) of g into buf. */
+static int read_range(kmb_storage *st, stream_state *s, seg_state *g, size_t i0, size_t i1,
+                      uint8_t *buf)
+{
+    uint64_t start = g->ix.positions[i0], end = rec_end(g, i1 - 1);
+    size_t n = 0;
+    int rc = st->backend->read(st->backend, s->id, g->number, start, buf, (size_t)(end - start), &n);
+    if (rc) return with_stream(st, rc, s->id, g->number);
+    if (n < end - start)
+        return corrupt(st, s->id, g->number, g->base + i0, start, "segment is shorter than its records");
+    return KMB_OK;
+}
+
+/* The hash of the record before `offset` (zeros at genesis), after checking its CRC. */
+static int hash_before(kmb_storage *st, stream_state *s, uint64_t offset,
+                       uint8_t out[KMB_HASH_SIZE])
+{
+    memset(out, 0, KMB_HASH_SIZE);
+    if (offset == 0) return KMB_OK;
+    long k = locate(s, offset - 1);
+    if (k < 0) return unreachable(st, s, offset - 1);
+    seg_state *g = &s->segs[k];
+    size_t i = (size_t)(offset - 1 - g->base);
+    uint64_t pos = g->ix.positions[i];
+    kmb_record r;
+    size_t size;
+    int rc = read_record_at(st, s->id, g, pos, rec_end(g, i), &r, &size);
+    if (rc == KMB_EIO || rc == KMB_ENOMEM) return rc;
+    if (rc || r.offset != offset - 1)
+        return corrupt(st, s->id, g->number, offset - 1, pos, "record fails its CRC check");
+    kmb_record_hash(out, &r);
+    return KMB_OK;
+}
+
+/*
+ * After a check failed on segment g: if its index came from disk unconfirmed, rebuild it by
+ * scanning and return 1 (the caller retries). Otherwise mark the damage and return 0.
+ */
+static int rescan_after_failure(kmb_storage *st, stream_state *s, seg_state *g)
+{
+    if (g->index_verified) return 0;
+    const kmb_error *e = kmb_error_last();
+    int code = e->code;
+    if (code != KMB_ECORRUPT) return 0;
+    size_t before = g->ix.count;
+    uint64_t end = g->size;
+    kmb_index_truncate(&g->ix, 0);
+    g->index_verified = 1;
+    g->index_dirty = 1;
+    int base_known = 1;
+    uint64_t stop;
+    int rc = scan(st, s, g, 0, end, &base_known, &stop);
+    char path[KMB_PATH_MAX];
+    describe(st, s->id, g->number, path, sizeof(path));
+    note(st, "index of %s pointed at bad records; rebuilt it by scanning", path);
+    if (rc) return 0;
+    if (stop < end || g->ix.count != before) {
+        uint64_t offset = g->base + g->ix.count;
+        g->size = stop < end ? stop : end;
+        mark_damaged(st, s, g, offset, stop, "corrupted record");
+        (void)before;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------- public API */
+
+void kmb_options_init(kmb_options *opts)
+{
+    opts->max_segment_size = KMB_DEFAULT_MAX_SEGMENT_SIZE;
+    opts->max_event_size = KMB_DEFAULT_MAX_EVENT_SIZE;
+    opts->read_only = 0;
+}
+
+int kmb_storage_open_backend(kmb_storage **out, kmb_backend *backend, const kmb_options *opts)
+{
+    *out = NULL;
+    kmb_options o;
+    kmb_options_init(&o);
+    if (opts) o = *opts;
+    if (o.max_segment_size == 0) {
+        backend->free(backend);
+        return kmb_error_set(KMB_EINVAL, 0, "max_segment_size must be positive");
+    }
+    if (o.max_event_size == 0) {
+        backend->free(backend);
+        return kmb_error_set(KMB_EINVAL, 0, "max_event_size must be positive");
+    }
+    if (o.max_event_size > UINT32_MAX) o.max_event_size = UINT32_MAX;
+    o.read_only = backend->read_only;
+    kmb_storage *st = calloc(1, sizeof(*st));
+    if (!st) {
+        backend->free(backend);
+        return oom();
+    }
+    if (pthread_mutex_init(&st->mu, NULL) != 0) {
+        free(st);
+        backend->free(backend);
+        return kmb_error_set(KMB_ERROR, 0, "cannot create a mutex");
+    }
+    st->backend = backend;
+    st->opts = o;
+    *out = st;
+    return KMB_OK;
+}
+
+int kmb_storage_open(kmb_storage **out, const char *path, const kmb_options *opts)
+{
+    *out = NULL;
+    if (opts && (opts->max_segment_size == 0 || opts->max_event_size == 0))
+        return kmb_error_set(KMB_EINVAL, 0, "max_segment_size and max_event_size must be positive");
+    kmb_backend *b;
+    int rc = kmb_backend_disk_open(&b, path, opts ? opts->read_only : 0);
+    if (rc) return rc;
+    return kmb_storage_open_backend(out, b, opts);
+}
+
+int kmb_storage_open_memory(kmb_storage **out, const kmb_options *opts)
+{
+    *out = NULL;
+    if (opts && opts->read_only)
+        return kmb_error_set(KMB_EINVAL, 0, "a memory storage cannot be read-only");
+    kmb_backend *b;
+    int rc = kmb_backend_memory_new(&b);
+    if (rc) return rc;
+    return kmb_storage_open_backend(out, b, opts);
+}
+
+const kmb_options *kmb_storage_options(kmb_storage *st) { return &st->opts; }
+
+void kmb_storage_set_event_callback(kmb_storage *st, kmb_event_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&st->mu);
+    st->event_fn = fn;
+    st->event_ctx = ctx;
+    pthread_mutex_unlock(&st->mu);
+}
+
+static int closed_error(void)
+{
+    return kmb_error_set(KMB_ECLOSED, 0, "I/O operation on a closed storage");
+}
+
+/* Lock and check the storage is open; on failure the lock is not held. */
+static int enter(kmb_storage *st)
+{
+    pthread_mutex_lock(&st->mu);
+    if (st->closed) {
+        pthread_mutex_unlock(&st->mu);
+        return closed_error();
+    }
+    return KMB_OK;
+}
+
+static void leave(kmb_storage *st) { pthread_mutex_unlock(&st->mu); }
+
+static int flush_locked(kmb_storage *st)
+{
+    if (st->opts.read_only) return KMB_OK;
+    int first = KMB_OK;
+    for (size_t i = 0; i < st->tcap; i++) {
+        stream_state *s = st->table[i];
+        if (!s) continue;
+        for (size_t k = 0; k < s->nsegs; k++) {
+            seg_state *g = &s->segs[k];
+            if (!g->index_dirty || g->damaged) continue;
+            int rc = st->backend->save_index(st->backend, s->id, g->number, &g->ix);
+            if (rc == KMB_OK)
+                g->index_dirty = 0;
+            else if (first == KMB_OK)
+                first = with_stream(st, rc, s->id, g->number);
+        }
+    }
+    return first;
+}
+
+int kmb_storage_flush_indexes(kmb_storage *st)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    rc = flush_locked(st);
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_close(kmb_storage *st)
+{
+    pthread_mutex_lock(&st->mu);
+    if (st->closed) {
+        pthread_mutex_unlock(&st->mu);
+        return KMB_OK;
+    }
+    int rc = flush_locked(st);
+    kmb_error saved = *kmb_error_last();
+    for (size_t i = 0; i < st->tcap; i++) stream_free(st->table[i]);
+    free(st->table);
+    st->table = NULL;
+    st->tcap = st->tcount = 0;
+    st->backend->free(st->backend);
+    st->backend = NULL;
+    free(st->scratch);
+    st->scratch = NULL;
+    st->scratch_cap = 0;
+    free(st->win.buf);
+    memset(&st->win, 0, sizeof(st->win));
+    free(st->rbuf);
+    st->rbuf = NULL;
+    st->rbuf_cap = 0;
+    st->closed = 1;
+    pthread_mutex_unlock(&st->mu);
+    if (rc) *kmb_error_mut() = saved;
+    return rc;
+}
+
+int kmb_storage_is_closed(kmb_storage *st)
+{
+    pthread_mutex_lock(&st->mu);
+    int c = st->closed;
+    pthread_mutex_unlock(&st->mu);
+    return c;
+}
+
+void kmb_storage_free(kmb_storage *st)
+{
+    if (!st) return;
+    kmb_storage_close(st);
+    pthread_mutex_destroy(&st->mu);
+    free(st);
+}
+
+/* Seal the active segment and start the next one. */
+static int rotate(kmb_storage *st, stream_state *s, int durable)
+{
+    seg_state *g = &s->segs[s->nsegs - 1];
+    uint32_t number = g->number;
+    if (g->index_dirty && !g->damaged &&
+        st->backend->save_index(st->backend, s->id, number, &g->ix) == KMB_OK)
+        g->index_dirty = 0; /* a failed index write only costs a rebuild later */
+    int rc = st->backend->create_segment(st->backend, s->id, number + 1, durable);
+    if (rc) return with_stream(st, rc, s->id, number + 1);
+    seg_state *n = push_segment(s, number + 1, s->next);
+    if (!n) return oom();
+    n->index_verified = 1;
+    return KMB_OK;
+}
+
+int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events, size_t count,
+                       const uint64_t *expected_offset, int fsync, uint64_t *next_out)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s = NULL;
+    if (st->opts.read_only) {
+        rc = kmb_error_set(KMB_EREADONLY, 0,
+                           "this storage is read-only; open it without read_only=True to append");
+        goto out;
+    }
+    if (count == 0) {
+        rc = kmb_error_set(KMB_EINVAL, 0, "empty batch: append_batch needs at least one event");
+        goto out;
+    }
+    /* Validate everything before a byte is written. */
+    uint64_t total = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (events[i].len > st->opts.max_event_size) {
+            rc = kmb_error_set(KMB_EINVAL, 0,
+                               "event %zu of the batch is %zu bytes, larger than max_event_size "
+                               "(%" PRIu64 " bytes); split it or open the storage with a larger "
+                               "max_event_size",
+                               i, events[i].len, st->opts.max_event_size);
+            goto out;
+        }
+        total += kmb_record_size(events[i].len);
+    }
+    if (total > SIZE_MAX / 2) {
+        rc = kmb_error_set(KMB_EINVAL, 0, "batch too large (%" PRIu64 " bytes)", total);
+        goto out;
+    }
+    rc = get_stream(st, stream, &s);
+    if (rc) goto out;
+    if (s && s->damaged) {
+        rc = damaged_error(st, s);
+        goto out;
+    }
+    uint64_t next = s ? s->next : 0;
+    if (expected_offset && *expected_offset != next) {
+        kmb_error_set(KMB_EOFFSET, 0,
+                      "stream %" PRIu64 ": expected offset %" PRIu64
+                      " but the stream's next offset is %" PRIu64
+                      "; nothing was written (another append got there first: re-read the "
+                      "stream and retry)",
+                      stream, *expected_offset, next);
+        kmb_error *e = kmb_error_mut();
+        e->has_stream = 1;
+        e->stream_id = stream;
+        e->expected_offset = *expected_offset;
+        e->actual_offset = next;
+        rc = KMB_EOFFSET;
+        goto out;
+    }
+    if (count > KMB_MAX_OFFSET - next) {
+        rc = kmb_error_set(KMB_EINVAL, 0, "stream %" PRIu64 ": offsets would reach 2**63", stream);
+        goto out;
+    }
+    rc = grow(&st->scratch, &st->scratch_cap, (size_t)total);
+    if (rc) goto out;
+
+    if (!s) {
+        rc = st->backend->create_segment(st->backend, stream, 0, fsync);
+        if (rc) {
+            rc = with_stream(st, rc, stream, 0);
+            goto out;
+        }
+        s = calloc(1, sizeof(*s));
+        if (!s) {
+            rc = oom();
+            goto out;
+        }
+        s->id = stream;
+        seg_state *g0 = push_segment(s, 0, 0);
+        if (!g0 || table_insert(st, s) != KMB_OK) {
+            stream_free(s);
+            s = NULL;
+            rc = oom();
+            goto out;
+        }
+        g0->index_verified = 1;
+    }
+    if (s->segs[s->nsegs - 1].size >= st->opts.max_segment_size) {
+        rc = rotate(st, s, fsync); /* a rotation that failed after the previous batch */
+        if (rc) goto out;
+    }
+    seg_state *g = &s->segs[s->nsegs - 1];
+    rc = kmb_index_reserve(&g->ix, count);
+    if (rc) goto out;
+
+    /* Encode the whole batch, chaining hashes, into one buffer: one write per batch. */
+    uint8_t head[KMB_HASH_SIZE];
+    memcpy(head, s->head, KMB_HASH_SIZE);
+    uint8_t *p = st->scratch;
+    uint64_t pos = g->size;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t offset = next + i;
+        g->ix.positions[g->ix.count + i] = pos;
+        size_t n = kmb_record_encode(p, offset, offset ? head : NULL, events[i].data,
+                                     (uint32_t)events[i].len);
+        kmb_chain_hash(head, offset ? head : NULL, events[i].data, events[i].len);
+        p += n;
+        pos += n;
+    }
+    rc = st->backend->write(st->backend, stream, g->number, g->size, st->scratch, (size_t)total);
+    if (rc == KMB_OK && fsync) rc = st->backend->sync(st->backend, stream, g->number);
+    if (rc) {
+        kmb_error saved = *kmb_error_last();
+        /* All or nothing: cut the segment back to its size before the batch. */
+        if (st->backend->truncate(st->backend, stream, g->number, g->size) != KMB_OK)
+            s->needs_reload = 1; /* the next load quarantines what is left */
+        *kmb_error_mut() = saved;
+        rc = with_stream(st, rc, stream, g->number);
+        goto out;
+    }
+    g->ix.count += count;
+    g->size = pos;
+    g->index_dirty = 1;
+    s->next = next + count;
+    memcpy(s->head, head, KMB_HASH_SIZE);
+    s->has_head = 1;
+    if (g->size >= st->opts.max_segment_size) {
+        /* Eager rotation. The batch stands even if this fails: it is retried next time. */
+        kmb_error saved = *kmb_error_last();
+        if (rotate(st, s, fsync) != KMB_OK) {
+            char path[KMB_PATH_MAX];
+            describe(st, stream, g->number, path, sizeof(path));
+            note(st, "stream %" PRIu64 ": could not start a new segment after %s (%s); will retry",
+                 stream, path, kmb_error_last()->message);
+        }
+        *kmb_error_mut() = saved;
+    }
+    if (next_out) *next_out = s->next;
+out:
+    leave(st);
+    return rc;
+}
+
+void kmb_read_result_free(kmb_read_result *r)
+{
+    if (!r) return;
+    free(r->records);
+    free(r->buffer);
+    memset(r, 0, sizeof(*r));
+}
+
+/* Plan a read: how many records from `from`, and how many bytes they take. */
+static int plan_read(kmb_storage *st, stream_state *s, uint64_t from, uint64_t max_bytes,
+                     size_t *n_out, uint64_t *bytes_out)
+{
+    uint64_t sum = 0, bytes = 0, offset = from;
+    size_t n = 0;
+    long k = locate(s, from);
+    if (k < 0) return unreachable(st, s, from);
+    while (offset < s->next && sum < max_bytes) {
+        seg_state *g = &s->segs[k];
+        if (offset < g->base || offset - g->base >= seg_count(g)) {
+            /* Past this segment's valid records: the next segment must continue here. */
+            if (g->damaged) return damaged_error(st, s);
+            if ((size_t)k + 1 >= s->nsegs) break;
+            k++;
+            if (s->segs[k].base != offset && seg_count(&s->segs[k]) > 0)
+                return unreachable(st, s, offset);
+            continue;
+        }
+        size_t i = (size_t)(offset - g->base);
+        uint64_t size = rec_end(g, i) - g->ix.positions[i];
+        sum += size - KMB_RECORD_OVERHEAD;
+        bytes += size;
+        n++;
+        offset++;
+    }
+    if (bytes > SIZE_MAX / 2) return kmb_error_set(KMB_ENOMEM, 0, "read too large; pass max_bytes");
+    *n_out = n;
+    *bytes_out = bytes;
+    return KMB_OK;
+}
+
+static int read_locked(kmb_storage *st, stream_state *s, uint64_t from, size_t n,
+                       uint64_t bytes, kmb_read_result *out)
+{
+    int rc = grow(&out->buffer, &out->buffer_cap, (size_t)bytes);
+    if (rc) return rc;
+    if (n > out->records_cap) {
+        kmb_record *p = realloc(out->records, n * sizeof(*p));
+        if (!p) return oom();
+        out->records = p;
+        out->records_cap = n;
+    }
+    uint8_t running[KMB_HASH_SIZE];
+    rc = hash_before(st, s, from, running);
+    if (rc) return rc;
+    size_t done = 0;
+    uint64_t cursor = 0;
+    while (done < n) {
+        uint64_t offset = from + done;
+        long k = locate(s, offset);
+        if (k < 0) return unreachable(st, s, offset);
+        seg_state *g = &s->segs[k];
+        size_t i0 = (size_t)(offset - g->base);
+        size_t i1 = i0 + (n - done);
+        if (i1 > g->ix.count) i1 = g->ix.count;
+        rc = read_range(st, s, g, i0, i1, out->buffer + cursor);
+        if (rc == KMB_OK)
+            rc = check_records(st, s, g, i0, i1, out->buffer + cursor, running,
+                               out->records + done);
+        if (rc) return rc;
+        cursor += rec_end(g, i1 - 1) - g->ix.positions[i0];
+        done += i1 - i0;
+    }
+    out->count = n;
+    for (size_t i = 0; i < n; i++) out->payload_bytes += out->records[i].length;
+    return KMB_OK;
+}
+
+int kmb_storage_read(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t max_bytes,
+                     kmb_read_result *out)
+{
+    out->count = 0;
+    out->payload_bytes = 0;
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s;
+    rc = get_stream(st, stream, &s);
+    if (rc || !s || from >= s->next || max_bytes == 0) goto out;
+    for (int attempt = 0;; attempt++) {
+        size_t n = 0;
+        uint64_t bytes = 0;
+        rc = plan_read(st, s, from, max_bytes, &n, &bytes);
+        if (rc == KMB_OK && n) rc = read_locked(st, s, from, n, bytes, out);
+        if (rc == KMB_OK) break;
+        out->count = 0;
+        out->payload_bytes = 0;
+        if (attempt > 0 || rc != KMB_ECORRUPT) break;
+        /* A stored index may have pointed us wrong: rebuild unconfirmed ones and retry. */
+        int retried = 0;
+        kmb_error saved = *kmb_error_last();
+        for (size_t k = 0; k < s->nsegs; k++) {
+            seg_state *g = &s->segs[k];
+            if (!g->index_verified && rescan_after_failure(st, s, g)) retried = 1;
+        }
+        *kmb_error_mut() = saved;
+        if (!retried) {
+            long k = locate(s, saved.has_offset ? saved.offset : from);
+            if (k >= 0)
+                mark_damaged(st, s, &s->segs[k], saved.offset, saved.position, "corrupted record");
+            break;
+        }
+        if (s->nsegs) update_next(s);
+    }
+out:
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_next_offset(kmb_storage *st, uint64_t stream, uint64_t *out)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s;
+    rc = get_stream(st, stream, &s);
+    *out = (rc == KMB_OK && s) ? s->next : 0;
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_head(kmb_storage *st, uint64_t stream, uint8_t out[KMB_HASH_SIZE], int *has)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s;
+    rc = get_stream(st, stream, &s);
+    *has = 0;
+    if (rc == KMB_OK && s && s->has_head) {
+        memcpy(out, s->head, KMB_HASH_SIZE);
+        *has = 1;
+    }
+    leave(st);
+    return rc;
+}
+
+static int head_mismatch(uint64_t stream, const uint8_t *expected, const uint8_t *actual,
+                         int has_actual, uint64_t next)
+{
+    kmb_error_set(KMB_ECHAIN, 0,
+                  "stream %" PRIu64 ": head hash does not match the trusted head (%" PRIu64
+                  " records); records were altered, removed or added since that head was "
+                  "recorded",
+                  stream, next);
+    kmb_error *e = kmb_error_mut();
+    e->has_stream = 1;
+    e->stream_id = stream;
+    if (next > 0) {
+        e->has_offset = 1;
+        e->offset = next - 1;
+    }
+    e->has_expected_hash = 1;
+    memcpy(e->expected_hash, expected, KMB_HASH_SIZE);
+    if (has_actual) {
+        e->has_actual_hash = 1;
+        memcpy(e->actual_hash, actual, KMB_HASH_SIZE);
+    }
+    return KMB_ECHAIN;
+}
+
+int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected_head,
+                       uint64_t *next_out, uint8_t head_out[KMB_HASH_SIZE], int *has_head)
+{
+    *next_out = 0;
+    *has_head = 0;
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s;
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    rc = get_stream(st, stream, &s);
+    if (rc) goto out;
+    if (!s || s->next == 0) {
+        if (expected_head) rc = head_mismatch(stream, expected_head, NULL, 0, 0);
+        goto out;
+    }
+    if (s->damaged) {
+        rc = damaged_error(st, s);
+        goto out;
+    }
+    uint8_t running[KMB_HASH_SIZE] = {0};
+    uint64_t offset = 0;
+    for (size_t k = 0; k < s->nsegs && rc == KMB_OK; k++) {
+        seg_state *g = &s->segs[k];
+        if (seg_count(g) == 0) continue;
+        if (g->base != offset) {
+            rc = corrupt(st, s->id, g->number, offset, 0,
+                         "segment does not continue the previous one");
+            break;
+        }
+        for (size_t i0 = 0; i0 < g->ix.count;) {
+            /* A chunk of records of about VERIFY_CHUNK bytes (at least one record). */
+            size_t i1 = i0 + 1;
+            uint64_t start = g->ix.positions[i0];
+            while (i1 < g->ix.count && rec_end(g, i1) - start <= VERIFY_CHUNK) i1++;
+            uint64_t bytes = rec_end(g, i1 - 1) - start;
+            rc = grow(&buf, &cap, (size_t)bytes);
+            if (rc) break;
+            rc = read_range(st, s, g, i0, i1, buf);
+            if (rc == KMB_OK) rc = check_records(st, s, g, i0, i1, buf, running, NULL);
+            if (rc == KMB_ECORRUPT && rescan_after_failure(st, s, g)) {
+                rc = damaged_error(st, s);
+                if (!s->damaged) rc = kmb_error_set(KMB_ERROR, 0,
+                    "stream %" PRIu64 ": index was rebuilt during verify; run verify again", stream);
+            }
+            if (rc) break;
+            offset += i1 - i0;
+            i0 = i1;
+        }
+    }
+    if (rc == KMB_OK && offset != s->next)
+        rc = corrupt(st, s->id, s->segs[s->nsegs - 1].number, offset, 0, "records missing");
+    if (rc == KMB_OK && expected_head && memcmp(expected_head, running, KMB_HASH_SIZE) != 0)
+        rc = head_mismatch(stream, expected_head, running, 1, s->next);
+    if (rc == KMB_OK) {
+        *next_out = s->next;
+        memcpy(head_out, running, KMB_HASH_SIZE);
+        *has_head = 1;
+    }
+out:
+    free(buf);
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_streams(kmb_storage *st, uint64_t **out, size_t *count)
+{
+    *out = NULL;
+    *count = 0;
+    int rc = enter(st);
+    if (rc) return rc;
+    rc = st->backend->list_streams(st->backend, out, count);
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_segment_count(kmb_storage *st, uint64_t stream, uint64_t *out)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s;
+    rc = get_stream(st, stream, &s);
+    *out = (rc == KMB_OK && s) ? s->nsegs : 0;
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_completed_segments(kmb_storage *st, uint64_t stream, uint32_t **out,
+                                   size_t *count)
+{
+    *out = NULL;
+    *count = 0;
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s;
+    rc = get_stream(st, stream, &s);
+    if (rc == KMB_OK && s && s->nsegs > 1) {
+        uint32_t *nums = malloc((s->nsegs - 1) * sizeof(*nums));
+        if (!nums) {
+            rc = oom();
+        } else {
+            for (size_t i = 0; i + 1 < s->nsegs; i++) nums[i] = s->segs[i].number;
+            *out = nums;
+            *count = s->nsegs - 1;
+        }
+    }
+    leave(st);
+    return rc;
+}

@@ -1,0 +1,93 @@
+/*
+ * kimberlite/index.h — the offset index of one segment and its .idx file format.
+ *
+ *   0       4     magic "VDXI"
+ *   4       1     version 0x01
+ *   5       3     reserved, zero
+ *   8       8     entry count N (u64 LE)
+ *   16      8*N   byte position of each record of the segment, in order (u64 LE)
+ *   16+8*N  4     CRC-32 of bytes 0 .. 16+8*N
+ *
+ * Entry i is where the segment's i-th record starts. The index is a cache: the engine
+ * never trusts it beyond what the segment confirms and rebuilds it when it is missing or bad.
+ */
+#ifndef KIMBERLITE_INDEX_H
+#define KIMBERLITE_INDEX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KMB_INDEX_MAGIC "VDXI"
+#define KMB_INDEX_VERSION 1
+#define KMB_INDEX_HEADER_SIZE 16
+#define KMB_INDEX_TRAILER_SIZE 4
+
+/*
+ * An index in memory: a growable array of positions. A plain value type: zero-initialise
+ * it (or call kmb_index_init) and release it with kmb_index_free. Not thread-safe.
+ */
+typedef struct kmb_index {
+    uint64_t *positions; /* owned; NULL when capacity is 0 */
+    size_t count;
+    size_t capacity;
+} kmb_index;
+
+/* Make an empty index. Cannot fail (allocates nothing). */
+void kmb_index_init(kmb_index *ix);
+
+/* Release the positions; the index is empty and reusable afterwards. NULL is ignored. */
+void kmb_index_free(kmb_index *ix);
+
+/* Append a position. KMB_ENOMEM if the array cannot grow (the index is unchanged). */
+int kmb_index_append(kmb_index *ix, uint64_t position);
+
+/* Make room for `extra` more entries. KMB_ENOMEM on failure (index unchanged). */
+int kmb_index_reserve(kmb_index *ix, size_t extra);
+
+/* Drop the entries from `count` on (no-op if count >= ix->count). */
+void kmb_index_truncate(kmb_index *ix, size_t count);
+
+/* 1 and *out = position of entry i if i < count, else 0. */
+int kmb_index_lookup(const kmb_index *ix, uint64_t i, uint64_t *out);
+
+/* Size in bytes of the encoded file of an index with `count` entries. */
+static inline uint64_t kmb_index_encoded_size(uint64_t count)
+{
+    return KMB_INDEX_HEADER_SIZE + 8 * count + KMB_INDEX_TRAILER_SIZE;
+}
+
+/*
+ * Encode the index in the .idx format into a new buffer. On KMB_OK the caller owns *out
+ * (free() it) of *len bytes. KMB_ENOMEM on allocation failure.
+ */
+int kmb_index_encode(const kmb_index *ix, uint8_t **out, size_t *len);
+
+/*
+ * Decode an .idx image into `out` (which must be initialised; its previous entries are
+ * replaced). KMB_EINDEX on bad magic, version, reserved bytes, size or CRC (out is then
+ * empty), KMB_ENOMEM on allocation failure.
+ */
+int kmb_index_decode(kmb_index *out, const void *data, size_t len);
+
+/*
+ * Write the index to `path`: to "path.tmp" first, then renamed over `path`, so a reader
+ * sees the old or the new file, never a mixture. Not synced (an index is a cache).
+ * KMB_EIO (errno, path set) or KMB_ENOMEM.
+ */
+int kmb_index_save(const kmb_index *ix, const char *path);
+
+/*
+ * Read and decode the index file at `path` into `out` (initialised). KMB_EIO on a read
+ * error (ENOENT when the file does not exist), KMB_EINDEX when the contents are bad,
+ * KMB_ENOMEM.
+ */
+int kmb_index_load(kmb_index *out, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

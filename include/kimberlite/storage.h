@@ -1,0 +1,164 @@
+/*
+ * kimberlite/storage.h — the log engine: numbered streams of records in rotating segments.
+ *
+ * Design (SPEC.md §3, docs/FORMAT.md):
+ *  - A stream is an append-only sequence of records, offsets 0, 1, 2, … with no gaps, kept
+ *    in segments numbered from 0. Rotation is eager: an append that leaves the active
+ *    segment at or above max_segment_size makes a new, empty segment the active one. A
+ *    batch never straddles two segments.
+ *  - Appends are all or nothing: every input is validated before a byte is written, and a
+ *    failed write is cut back. fsync = 1 makes the batch durable before the call returns.
+ *  - Streams load lazily, on first use, in time proportional to their indexes plus the
+ *    unindexed tail of each segment. A writer moves a torn tail of the active segment into a
+ *    quarantine file; damage followed by valid records, or in a sealed segment, is
+ *    corruption: reads that reach it and appends to that stream fail with KMB_ECORRUPT.
+ *  - Reads check every record they return (CRC, offset, chain link) and cost what they
+ *    return, not the size of the stream.
+ *
+ * Threads: every function may be called from any thread; calls on one kmb_storage are
+ * serialised by a mutex inside it. Errors: see errors.h; details via kmb_error_last().
+ */
+#ifndef KIMBERLITE_STORAGE_H
+#define KIMBERLITE_STORAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "chain.h"
+#include "record.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KMB_DEFAULT_MAX_SEGMENT_SIZE (UINT64_C(256) * 1024 * 1024)
+#define KMB_DEFAULT_MAX_EVENT_SIZE (UINT64_C(64) * 1024 * 1024)
+#define KMB_NO_LIMIT UINT64_MAX
+
+typedef struct kmb_storage kmb_storage;
+
+typedef struct kmb_options {
+    uint64_t max_segment_size; /* > 0; default KMB_DEFAULT_MAX_SEGMENT_SIZE */
+    uint64_t max_event_size;   /* > 0; default KMB_DEFAULT_MAX_EVENT_SIZE; capped at 2**32-1 */
+    int read_only;             /* disk only: no lock, no writes */
+} kmb_options;
+
+/* One event to append: borrowed bytes. */
+typedef struct kmb_slice {
+    const void *data;
+    size_t len;
+} kmb_slice;
+
+/* Records returned by kmb_storage_read: payloads point into `buffer`. */
+typedef struct kmb_read_result {
+    kmb_record *records; /* count entries, owned */
+    size_t count;
+    uint64_t payload_bytes; /* sum of the payload lengths */
+    uint8_t *buffer;        /* owned; backs every records[i].payload */
+    size_t buffer_cap;
+    size_t records_cap;
+} kmb_read_result;
+
+/* Fill `opts` with the defaults. */
+void kmb_options_init(kmb_options *opts);
+
+/*
+ * Open a storage on a data directory (the disk backend). `opts` NULL means defaults.
+ * On KMB_OK the caller owns *out: release it with kmb_storage_free.
+ * Errors: KMB_EINVAL (bad options), KMB_EIO (cannot create or open the directory; the
+ * directory is missing in read-only mode), KMB_ELOCKED, KMB_ENOMEM.
+ */
+int kmb_storage_open(kmb_storage **out, const char *path, const kmb_options *opts);
+
+/* Open a storage over a new memory backend. opts->read_only must be 0. */
+int kmb_storage_open_memory(kmb_storage **out, const kmb_options *opts);
+
+/*
+ * Open a storage over any backend. Takes ownership of `backend` in every case (it is
+ * freed on failure). opts->read_only is taken from backend->read_only.
+ */
+int kmb_storage_open_backend(kmb_storage **out, kmb_backend *backend, const kmb_options *opts);
+
+/*
+ * Flush indexes and release the backend (files, lock). Idempotent; after it every other
+ * call fails with KMB_ECLOSED. Returns the first index-flush error, if any, but closes
+ * regardless.
+ */
+int kmb_storage_close(kmb_storage *st);
+
+/* Close (errors ignored) and free. NULL is ignored. */
+void kmb_storage_free(kmb_storage *st);
+
+/* 1 once kmb_storage_close has run. */
+int kmb_storage_is_closed(kmb_storage *st);
+
+/* The options in force (read-only flag included). */
+const kmb_options *kmb_storage_options(kmb_storage *st);
+
+/*
+ * Append a batch of `count` events to a stream, creating the stream if needed.
+ * expected_offset: NULL appends at the end; otherwise it must equal the stream's next
+ * offset. fsync: 1 = durable on return. On KMB_OK *next_out (may be NULL) is the new next
+ * offset. Errors, with nothing written: KMB_EINVAL (count 0, an event larger than
+ * max_event_size), KMB_EOFFSET, KMB_EREADONLY, KMB_ECLOSED, KMB_ECORRUPT (the stream is
+ * damaged), KMB_EIO (the segment is cut back to its size before the batch), KMB_ENOMEM.
+ */
+int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events,
+                       size_t count, const uint64_t *expected_offset, int fsync,
+                       uint64_t *next_out);
+
+/*
+ * Read records from `from` on, while the sum of payload sizes returned so far is below
+ * max_bytes (KMB_NO_LIMIT: no limit; 0 returns nothing). Every record is checked (CRC,
+ * offset, chain link). *out must be zero-initialised or a previously used result (reused
+ * buffers); release it with kmb_read_result_free. An absent stream or `from` at or past
+ * the end gives 0 records. Errors: KMB_ECORRUPT, KMB_ECHAIN, KMB_EIO, KMB_ECLOSED,
+ * KMB_ENOMEM; *out then holds 0 records.
+ */
+int kmb_storage_read(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t max_bytes,
+                     kmb_read_result *out);
+
+/* Release a read result's memory (it is zeroed and reusable). */
+void kmb_read_result_free(kmb_read_result *r);
+
+/* Number of records in the stream (0 if absent). */
+int kmb_storage_next_offset(kmb_storage *st, uint64_t stream, uint64_t *out);
+
+/* The stream's head hash; *has = 0 for an absent or empty stream. */
+int kmb_storage_head(kmb_storage *st, uint64_t stream, uint8_t out[KMB_HASH_SIZE], int *has);
+
+/*
+ * Verify the whole stream from genesis: every CRC, offset and chain link, in bounded
+ * memory. expected_head (NULL: none) must equal the head, else KMB_ECHAIN. On KMB_OK
+ * *next_out is the record count and head_out and *has_head the head.
+ * Errors: KMB_ECORRUPT, KMB_ECHAIN, KMB_EIO, KMB_ECLOSED, KMB_ENOMEM.
+ */
+int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected_head,
+                       uint64_t *next_out, uint8_t head_out[KMB_HASH_SIZE], int *has_head);
+
+/* Streams that exist, ascending; the caller frees *out (NULL when *count is 0). */
+int kmb_storage_streams(kmb_storage *st, uint64_t **out, size_t *count);
+
+/* Number of segments of a stream, the active one included (0 if absent). */
+int kmb_storage_segment_count(kmb_storage *st, uint64_t stream, uint64_t *out);
+
+/* Sealed segment numbers, ascending; the caller frees *out (NULL when *count is 0). */
+int kmb_storage_completed_segments(kmb_storage *st, uint64_t stream, uint32_t **out,
+                                   size_t *count);
+
+/* Write every index that changed since it was last written. No-op when read-only. */
+int kmb_storage_flush_indexes(kmb_storage *st);
+
+/*
+ * Recovery actions taken while loading streams (quarantines, index rebuilds, damage found)
+ * are reported to this callback, if set, with a one-line message. The callback runs with
+ * the storage's mutex held and must not call back into the storage.
+ */
+typedef void (*kmb_event_fn)(void *ctx, const char *message);
+void kmb_storage_set_event_callback(kmb_storage *st, kmb_event_fn fn, void *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
