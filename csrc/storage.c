@@ -798,6 +798,26 @@ static int rescan_after_failure(kmb_storage *st, stream_state *s, seg_state *g)
     return 1;
 }
 
+/*
+ * A check failed (the thread's error says where). Rebuild the failing segment's index if it
+ * came unconfirmed from storage and return 1 so the caller retries; otherwise record the
+ * damage and return 0. The error is preserved either way.
+ */
+static int retry_after_failure(kmb_storage *st, stream_state *s, uint64_t fallback_offset)
+{
+    kmb_error saved = *kmb_error_last();
+    long k = locate(s, saved.has_offset ? saved.offset : fallback_offset);
+    int retry = 0;
+    if (k >= 0) {
+        seg_state *g = &s->segs[k];
+        retry = rescan_after_failure(st, s, g);
+        if (!retry) mark_damaged(st, s, g, saved.offset, saved.position, "corrupted record");
+        update_next(s);
+    }
+    *kmb_error_mut() = saved;
+    return retry;
+}
+
 /* ---------------------------------------------------------------- public API */
 
 void kmb_options_init(kmb_options *opts)
@@ -1131,9 +1151,14 @@ static int plan_read(kmb_storage *st, stream_state *s, uint64_t from, uint64_t m
 {
     uint64_t sum = 0, bytes = 0, offset = from;
     size_t n = 0;
-    long k = locate(s, from);
+    long k = from < s->next ? locate(s, from) : (long)s->nsegs - 1;
     if (k < 0) return unreachable(st, s, from);
-    while (offset < s->next && sum < max_bytes) {
+    while (sum < max_bytes) {
+        if (offset >= s->next) {
+            /* Damage at the end hides how many records follow: reaching it is an error. */
+            if (s->segs[s->nsegs - 1].damaged) return damaged_error(st, s);
+            break;
+        }
         seg_state *g = &s->segs[k];
         if (offset < g->base || offset - g->base >= seg_count(g)) {
             /* Past this segment's valid records: the next segment must continue here. */
@@ -1203,8 +1228,10 @@ int kmb_storage_read(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t m
     if (rc) return rc;
     stream_state *s;
     rc = get_stream(st, stream, &s);
-    if (rc || !s || from >= s->next || max_bytes == 0) goto out;
+    if (rc || !s || max_bytes == 0) goto out;
+    if (from >= s->next && !s->segs[s->nsegs - 1].damaged) goto out;
     for (int attempt = 0;; attempt++) {
+        int was_damaged = s->damaged;
         size_t n = 0;
         uint64_t bytes = 0;
         rc = plan_read(st, s, from, max_bytes, &n, &bytes);
@@ -1212,22 +1239,8 @@ int kmb_storage_read(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t m
         if (rc == KMB_OK) break;
         out->count = 0;
         out->payload_bytes = 0;
-        if (attempt > 0 || rc != KMB_ECORRUPT) break;
-        /* A stored index may have pointed us wrong: rebuild unconfirmed ones and retry. */
-        int retried = 0;
-        kmb_error saved = *kmb_error_last();
-        for (size_t k = 0; k < s->nsegs; k++) {
-            seg_state *g = &s->segs[k];
-            if (!g->index_verified && rescan_after_failure(st, s, g)) retried = 1;
-        }
-        *kmb_error_mut() = saved;
-        if (!retried) {
-            long k = locate(s, saved.has_offset ? saved.offset : from);
-            if (k >= 0)
-                mark_damaged(st, s, &s->segs[k], saved.offset, saved.position, "corrupted record");
-            break;
-        }
-        if (s->nsegs) update_next(s);
+        if (attempt > 0 || rc != KMB_ECORRUPT || was_damaged) break;
+        if (!retry_after_failure(st, s, from)) break;
     }
 out:
     leave(st);
@@ -1284,6 +1297,37 @@ static int head_mismatch(uint64_t stream, const uint8_t *expected, const uint8_t
     return KMB_ECHAIN;
 }
 
+/* One pass of verify over a loaded, undamaged stream; *head_out is the computed head. */
+static int verify_once(kmb_storage *st, stream_state *s, uint8_t head_out[KMB_HASH_SIZE],
+                       uint8_t **buf, size_t *cap)
+{
+    uint8_t running[KMB_HASH_SIZE] = {0};
+    uint64_t offset = 0;
+    for (size_t k = 0; k < s->nsegs; k++) {
+        seg_state *g = &s->segs[k];
+        if (seg_count(g) == 0) continue;
+        if (g->base != offset)
+            return corrupt(st, s->id, g->number, offset, 0,
+                           "segment does not continue the previous one");
+        for (size_t i0 = 0; i0 < g->ix.count;) {
+            /* A chunk of records of about VERIFY_CHUNK bytes (at least one record). */
+            size_t i1 = i0 + 1;
+            uint64_t start = g->ix.positions[i0];
+            while (i1 < g->ix.count && rec_end(g, i1) - start <= VERIFY_CHUNK) i1++;
+            int rc = grow(buf, cap, (size_t)(rec_end(g, i1 - 1) - start));
+            if (rc == KMB_OK) rc = read_range(st, s, g, i0, i1, *buf);
+            if (rc == KMB_OK) rc = check_records(st, s, g, i0, i1, *buf, running, NULL);
+            if (rc) return rc;
+            offset += i1 - i0;
+            i0 = i1;
+        }
+    }
+    if (offset != s->next)
+        return corrupt(st, s->id, s->segs[s->nsegs - 1].number, offset, 0, "records missing");
+    memcpy(head_out, running, KMB_HASH_SIZE);
+    return KMB_OK;
+}
+
 int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected_head,
                        uint64_t *next_out, uint8_t head_out[KMB_HASH_SIZE], int *has_head)
 {
@@ -1294,53 +1338,26 @@ int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected
     stream_state *s;
     uint8_t *buf = NULL;
     size_t cap = 0;
+    uint8_t head[KMB_HASH_SIZE];
     rc = get_stream(st, stream, &s);
     if (rc) goto out;
-    if (!s || s->next == 0) {
+    if (!s || (s->next == 0 && !s->damaged)) {
         if (expected_head) rc = head_mismatch(stream, expected_head, NULL, 0, 0);
         goto out;
     }
-    if (s->damaged) {
-        rc = damaged_error(st, s);
-        goto out;
-    }
-    uint8_t running[KMB_HASH_SIZE] = {0};
-    uint64_t offset = 0;
-    for (size_t k = 0; k < s->nsegs && rc == KMB_OK; k++) {
-        seg_state *g = &s->segs[k];
-        if (seg_count(g) == 0) continue;
-        if (g->base != offset) {
-            rc = corrupt(st, s->id, g->number, offset, 0,
-                         "segment does not continue the previous one");
+    for (int attempt = 0;; attempt++) {
+        if (s->damaged) {
+            rc = damaged_error(st, s);
             break;
         }
-        for (size_t i0 = 0; i0 < g->ix.count;) {
-            /* A chunk of records of about VERIFY_CHUNK bytes (at least one record). */
-            size_t i1 = i0 + 1;
-            uint64_t start = g->ix.positions[i0];
-            while (i1 < g->ix.count && rec_end(g, i1) - start <= VERIFY_CHUNK) i1++;
-            uint64_t bytes = rec_end(g, i1 - 1) - start;
-            rc = grow(&buf, &cap, (size_t)bytes);
-            if (rc) break;
-            rc = read_range(st, s, g, i0, i1, buf);
-            if (rc == KMB_OK) rc = check_records(st, s, g, i0, i1, buf, running, NULL);
-            if (rc == KMB_ECORRUPT && rescan_after_failure(st, s, g)) {
-                rc = damaged_error(st, s);
-                if (!s->damaged) rc = kmb_error_set(KMB_ERROR, 0,
-                    "stream %" PRIu64 ": index was rebuilt during verify; run verify again", stream);
-            }
-            if (rc) break;
-            offset += i1 - i0;
-            i0 = i1;
-        }
+        rc = verify_once(st, s, head, &buf, &cap);
+        if (rc != KMB_ECORRUPT || attempt > 0 || !retry_after_failure(st, s, 0)) break;
     }
-    if (rc == KMB_OK && offset != s->next)
-        rc = corrupt(st, s->id, s->segs[s->nsegs - 1].number, offset, 0, "records missing");
-    if (rc == KMB_OK && expected_head && memcmp(expected_head, running, KMB_HASH_SIZE) != 0)
-        rc = head_mismatch(stream, expected_head, running, 1, s->next);
+    if (rc == KMB_OK && expected_head && memcmp(expected_head, head, KMB_HASH_SIZE) != 0)
+        rc = head_mismatch(stream, expected_head, head, 1, s->next);
     if (rc == KMB_OK) {
         *next_out = s->next;
-        memcpy(head_out, running, KMB_HASH_SIZE);
+        memcpy(head_out, head, KMB_HASH_SIZE);
         *has_head = 1;
     }
 out:
