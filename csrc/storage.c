@@ -1331,6 +1331,12 @@ static int verify_once(kmb_storage *st, stream_state *s, uint8_t head_out[KMB_HA
 int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected_head,
                        uint64_t *next_out, uint8_t head_out[KMB_HASH_SIZE], int *has_head)
 {
+    uint64_t next_dummy;
+    uint8_t head_dummy[KMB_HASH_SIZE];
+    int has_dummy;
+    if (!next_out) next_out = &next_dummy;
+    if (!head_out) head_out = head_dummy;
+    if (!has_head) has_head = &has_dummy;
     *next_out = 0;
     *has_head = 0;
     int rc = enter(st);

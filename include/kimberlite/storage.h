@@ -131,7 +131,7 @@ int kmb_storage_head(kmb_storage *st, uint64_t stream, uint8_t out[KMB_HASH_SIZE
 /*
  * Verify the whole stream from genesis: every CRC, offset and chain link, in bounded
  * memory. expected_head (NULL: none) must equal the head, else KMB_ECHAIN. On KMB_OK
- * *next_out is the record count and head_out and *has_head the head.
+ * *next_out is the record count and head_out and *has_head the head (each output may be NULL).
  * Errors: KMB_ECORRUPT, KMB_ECHAIN, KMB_EIO, KMB_ECLOSED, KMB_ENOMEM.
  */
 int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected_head,

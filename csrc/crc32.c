@@ -1,0 +1,289 @@
+/*
+ * crc32.c — CRC-32/IEEE (crc32.h), bit-for-bit zlib.crc32, for every length and alignment.
+ *
+ * Every record and index file carries this checksum, so it sits on the path of every write
+ * and every read. Three implementations compute the same function:
+ *   slice8  portable: eight 256-entry tables, eight bytes per step (Intel's "slicing-by-8").
+ *   pclmul  x86_64 with PCLMULQDQ and SSE4.1: folds 64 bytes per step with carry-less
+ *           multiplication (Gopal et al., "Fast CRC Computation for Generic Polynomials
+ *           Using PCLMULQDQ Instruction", Intel 2009 — the same folding constants as
+ *           Linux's crc32-pclmul and Chromium's zlib), then slice8 for the tail.
+ *   armv8   aarch64 with the CRC32 extension, whose CRC32X/CRC32B instructions use the
+ *           IEEE polynomial (CRC32CX would be Castagnoli and is *not* used).
+ * x86's SSE4.2 crc32 instruction is deliberately absent: it computes CRC-32C, a different
+ * polynomial.
+ *
+ * The tables are built, and the CPU probed (cpuid / getauxval), once under pthread_once:
+ * after that the only state is read-only, so every function here is thread-safe. Tests
+ * reach each variant through crc32_impl.h.
+ */
+#if defined(__aarch64__) && defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE 1 /* getauxval */
+#endif
+
+#include "kimberlite/crc32.h"
+
+#include "crc32_impl.h"
+
+#include <pthread.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define KMB_CRC32_HAVE_PCLMUL 1
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+#if defined(__aarch64__) && defined(__linux__) && defined(__GNUC__)
+#define KMB_CRC32_HAVE_ARMV8 1
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
+
+#define CRC32_POLY 0xEDB88320u /* IEEE 802.3, reflected */
+
+/* crc_table[k][b]: CRC of byte b followed by k zero bytes. Written once, in crc32_init. */
+static uint32_t crc_table[8][256];
+
+static inline uint32_t load32le(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void build_tables(void)
+{
+    for (uint32_t b = 0; b < 256; b++) {
+        uint32_t c = b;
+        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (CRC32_POLY & (0u - (c & 1u)));
+        crc_table[0][b] = c;
+    }
+    for (uint32_t b = 0; b < 256; b++) {
+        uint32_t c = crc_table[0][b];
+        for (int k = 1; k < 8; k++) {
+            c = (c >> 8) ^ crc_table[0][c & 0xFF];
+            crc_table[k][b] = c;
+        }
+    }
+}
+
+/* ---- slice8: portable ------------------------------------------------------------------ */
+
+/* Operates on the internal (inverted) register value; callers do the zlib inversions. */
+static uint32_t slice8_raw(uint32_t c, const uint8_t *p, size_t n)
+{
+    while (n >= 8) {
+        /* Byte loads keep this endian-neutral; compilers merge them into one load. */
+        uint32_t a = c ^ load32le(p);
+        uint32_t b = load32le(p + 4);
+        c = crc_table[7][a & 0xFF] ^ crc_table[6][(a >> 8) & 0xFF] ^
+            crc_table[5][(a >> 16) & 0xFF] ^ crc_table[4][a >> 24] ^
+            crc_table[3][b & 0xFF] ^ crc_table[2][(b >> 8) & 0xFF] ^
+            crc_table[1][(b >> 16) & 0xFF] ^ crc_table[0][b >> 24];
+        p += 8;
+        n -= 8;
+    }
+    while (n-- > 0) c = (c >> 8) ^ crc_table[0][(c ^ *p++) & 0xFF];
+    return c;
+}
+
+static uint32_t crc32_slice8(uint32_t crc, const void *data, size_t len)
+{
+    return ~slice8_raw(~crc, (const uint8_t *)data, len);
+}
+
+/* ---- pclmul: x86_64 carry-less multiplication folding ----------------------------------- */
+
+#ifdef KMB_CRC32_HAVE_PCLMUL
+/*
+ * Fold `len` bytes (len >= 64, a multiple of 16) into the internal register value `c`.
+ * Constants are x^(k) mod P(x), bit-reflected, from the Intel paper: k1/k2 fold 512 bits,
+ * k3/k4 fold 128 bits, k5 folds 64 to 32; poly holds P(x) and its Barrett constant mu.
+ */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t pclmul_fold(uint32_t c,
+                                                                       const uint8_t *buf,
+                                                                       size_t len)
+{
+    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596, 0x0154442bd4);
+    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009e, 0x01751997d0);
+    const __m128i k5k0 = _mm_set_epi64x(0x0000000000, 0x0163cd6124);
+    const __m128i poly = _mm_set_epi64x(0x01f7011641, 0x01db710641);
+    __m128i x0, x1, x2, x3, x4, x5, x6, x7, x8, y5, y6, y7, y8;
+
+    x1 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x00));
+    x2 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x10));
+    x3 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x20));
+    x4 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x30));
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)c));
+    x0 = k1k2;
+    buf += 64;
+    len -= 64;
+
+    /* Four independent 128-bit lanes, each folded 512 bits forward per step. */
+    while (len >= 64) {
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+        x6 = _mm_clmulepi64_si128(x2, x0, 0x00);
+        x7 = _mm_clmulepi64_si128(x3, x0, 0x00);
+        x8 = _mm_clmulepi64_si128(x4, x0, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+        x2 = _mm_clmulepi64_si128(x2, x0, 0x11);
+        x3 = _mm_clmulepi64_si128(x3, x0, 0x11);
+        x4 = _mm_clmulepi64_si128(x4, x0, 0x11);
+        y5 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x00));
+        y6 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x10));
+        y7 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x20));
+        y8 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x30));
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), y5);
+        x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), y6);
+        x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), y7);
+        x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), y8);
+        buf += 64;
+        len -= 64;
+    }
+
+    /* Fold the four lanes into one. */
+    x0 = k3k4;
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x3), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x4), x5);
+
+    /* Remaining 16-byte blocks. */
+    while (len >= 16) {
+        x2 = _mm_loadu_si128((const __m128i *)(const void *)buf);
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+        buf += 16;
+        len -= 16;
+    }
+
+    /* 128 bits -> 64 bits. */
+    x2 = _mm_clmulepi64_si128(x1, x0, 0x10);
+    x3 = _mm_setr_epi32(~0, 0, ~0, 0);
+    x1 = _mm_srli_si128(x1, 8);
+    x1 = _mm_xor_si128(x1, x2);
+    x0 = k5k0;
+    x2 = _mm_srli_si128(x1, 4);
+    x1 = _mm_and_si128(x1, x3);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+
+    /* Barrett reduction to 32 bits. */
+    x0 = poly;
+    x2 = _mm_and_si128(x1, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x10);
+    x2 = _mm_and_si128(x2, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+
+static uint32_t crc32_pclmul(uint32_t crc, const void *data, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)data;
+    uint32_t c = ~crc;
+    /* Below 64 bytes the setup costs more than the table walk. */
+    if (len >= 64) {
+        size_t bulk = len & ~(size_t)15;
+        c = pclmul_fold(c, p, bulk);
+        p += bulk;
+        len -= bulk;
+    }
+    return ~slice8_raw(c, p, len);
+}
+
+static int cpu_has_pclmul(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    return (c & bit_PCLMUL) != 0 && (c & bit_SSE4_1) != 0;
+}
+#endif /* KMB_CRC32_HAVE_PCLMUL */
+
+/* ---- armv8: aarch64 CRC32 instructions -------------------------------------------------- */
+
+#ifdef KMB_CRC32_HAVE_ARMV8
+/*
+ * Inline assembly rather than <arm_acle.h>: the intrinsics need +crc at compile time on
+ * older compilers, while the build targets baseline ARMv8-A and decides at run time.
+ * ".arch_extension crc" lets the assembler accept the instruction in this one spot.
+ */
+static inline uint32_t armv8_crc32x(uint32_t c, uint64_t v)
+{
+    __asm__(".arch_extension crc\n\tcrc32x %w0, %w0, %x1" : "+r"(c) : "r"(v));
+    return c;
+}
+
+static inline uint32_t armv8_crc32b(uint32_t c, uint8_t v)
+{
+    __asm__(".arch_extension crc\n\tcrc32b %w0, %w0, %w1" : "+r"(c) : "r"((uint32_t)v));
+    return c;
+}
+
+static uint32_t crc32_armv8(uint32_t crc, const void *data, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)data;
+    uint32_t c = ~crc;
+    while (len >= 8) {
+        /* CRC32X consumes the register little-end first, i.e. the bytes in memory order. */
+        uint64_t v = (uint64_t)load32le(p) | (uint64_t)load32le(p + 4) << 32;
+        c = armv8_crc32x(c, v);
+        p += 8;
+        len -= 8;
+    }
+    while (len-- > 0) c = armv8_crc32b(c, *p++);
+    return ~c;
+}
+
+static int cpu_has_armv8_crc(void) { return (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0; }
+#endif /* KMB_CRC32_HAVE_ARMV8 */
+
+/* ---- dispatch --------------------------------------------------------------------------- */
+
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+static kmb_crc32_variant available[3];
+static size_t n_available;
+static uint32_t (*active_update)(uint32_t, const void *, size_t);
+static const char *active_name;
+
+static void crc32_init(void)
+{
+    build_tables();
+    n_available = 0;
+    available[n_available++] = (kmb_crc32_variant){"slice8", crc32_slice8};
+#ifdef KMB_CRC32_HAVE_PCLMUL
+    if (cpu_has_pclmul()) available[n_available++] = (kmb_crc32_variant){"pclmul", crc32_pclmul};
+#endif
+#ifdef KMB_CRC32_HAVE_ARMV8
+    if (cpu_has_armv8_crc()) available[n_available++] = (kmb_crc32_variant){"armv8", crc32_armv8};
+#endif
+    /* The last one added is the fastest this CPU supports. */
+    active_update = available[n_available - 1].update;
+    active_name = available[n_available - 1].name;
+}
+
+uint32_t kmb_crc32_update(uint32_t crc, const void *data, size_t len)
+{
+    if (len == 0) return crc; /* also makes data == NULL safe */
+    pthread_once(&crc_once, crc32_init);
+    return active_update(crc, data, len);
+}
+
+uint32_t kmb_crc32(const void *data, size_t len) { return kmb_crc32_update(0, data, len); }
+
+const kmb_crc32_variant *kmb_crc32_variants(size_t *count)
+{
+    pthread_once(&crc_once, crc32_init);
+    *count = n_available;
+    return available;
+}
+
+const char *kmb_crc32_active_name(void)
+{
+    pthread_once(&crc_once, crc32_init);
+    return active_name;
+}

@@ -1,0 +1,319 @@
+/*
+ * index.c — the offset index of one segment (index.h) and its .idx file.
+ *
+ *   "VDXI" | 0x01 | 0 0 0 | N:u64 | N x position:u64 | CRC-32 of everything before it
+ *
+ * An index file is valid if and only if it has the magic, version 1, zero reserved bytes,
+ * exactly 16 + 8*N + 4 bytes and a matching CRC. Index files are caches that anyone (or any
+ * bit rot) may have damaged, so every size derived from N is checked against the real
+ * length before it is used, and nothing is allocated from N alone: a hostile N of 2**64-1
+ * is rejected, not malloc'd.
+ */
+#if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L /* O_CLOEXEC, pread */
+#endif
+
+#include "kimberlite/index.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kimberlite/crc32.h"
+#include "kimberlite/errors.h"
+#include "kimberlite/record.h" /* little-endian helpers */
+
+#define MIN_FILE_SIZE (KMB_INDEX_HEADER_SIZE + KMB_INDEX_TRAILER_SIZE)
+#define REBUILD_HINT "the index is a cache: it is rebuilt from its segment"
+
+void kmb_index_init(kmb_index *ix) { memset(ix, 0, sizeof *ix); }
+
+void kmb_index_free(kmb_index *ix)
+{
+    if (ix == NULL) return;
+    free(ix->positions);
+    memset(ix, 0, sizeof *ix);
+}
+
+int kmb_index_reserve(kmb_index *ix, size_t extra)
+{
+    if (extra <= ix->capacity - ix->count) return KMB_OK;
+    if (extra > SIZE_MAX / sizeof(uint64_t) - ix->count) {
+        return kmb_error_set(KMB_ENOMEM, 0, "offset index cannot hold %zu more entries", extra);
+    }
+    size_t need = ix->count + extra;
+    /* Grow geometrically so that appending one position at a time stays amortised O(1). */
+    size_t cap = ix->capacity < 16 ? 16 : ix->capacity;
+    while (cap < need) cap = cap > SIZE_MAX / sizeof(uint64_t) / 2 ? need : cap * 2;
+    uint64_t *p = realloc(ix->positions, cap * sizeof(uint64_t));
+    if (p == NULL) {
+        return kmb_error_set(KMB_ENOMEM, 0, "out of memory growing an offset index to %zu entries",
+                             cap);
+    }
+    ix->positions = p;
+    ix->capacity = cap;
+    return KMB_OK;
+}
+
+int kmb_index_append(kmb_index *ix, uint64_t position)
+{
+    int rc = kmb_index_reserve(ix, 1);
+    if (rc != KMB_OK) return rc;
+    ix->positions[ix->count++] = position;
+    return KMB_OK;
+}
+
+void kmb_index_truncate(kmb_index *ix, size_t count)
+{
+    if (count < ix->count) ix->count = count;
+}
+
+int kmb_index_lookup(const kmb_index *ix, uint64_t i, uint64_t *out)
+{
+    if (i >= ix->count) return 0;
+    *out = ix->positions[i];
+    return 1;
+}
+
+int kmb_index_encode(const kmb_index *ix, uint8_t **out, size_t *len)
+{
+    /* count entries already sit in memory, so 8*count cannot overflow a size_t. */
+    size_t size = (size_t)kmb_index_encoded_size(ix->count);
+    uint8_t *buf = malloc(size);
+    if (buf == NULL) {
+        return kmb_error_set(KMB_ENOMEM, 0, "out of memory encoding an offset index (%zu bytes)",
+                             size);
+    }
+    memcpy(buf, KMB_INDEX_MAGIC, 4);
+    buf[4] = KMB_INDEX_VERSION;
+    buf[5] = buf[6] = buf[7] = 0;
+    kmb_store_u64le(buf + 8, (uint64_t)ix->count);
+    for (size_t i = 0; i < ix->count; i++) {
+        kmb_store_u64le(buf + KMB_INDEX_HEADER_SIZE + 8 * i, ix->positions[i]);
+    }
+    size_t body = size - KMB_INDEX_TRAILER_SIZE;
+    kmb_store_u32le(buf + body, kmb_crc32(buf, body));
+    *out = buf;
+    *len = size;
+    return KMB_OK;
+}
+
+/*
+ * Check everything the first 16 bytes can tell, given the file's total length: used by
+ * decode, and by load before it allocates a buffer for the whole file. `hdr` holds
+ * min(total, 16) bytes. On success *count is N.
+ */
+static int check_header(const uint8_t *hdr, uint64_t total, uint64_t *count)
+{
+    if (total < MIN_FILE_SIZE) {
+        return kmb_error_set(KMB_EINDEX, 0,
+                             "offset index too short: %" PRIu64 " bytes, at least %d needed (%s)",
+                             total, MIN_FILE_SIZE, REBUILD_HINT);
+    }
+    if (memcmp(hdr, KMB_INDEX_MAGIC, 4) != 0) {
+        return kmb_error_set(KMB_EINDEX, 0,
+                             "bad offset index magic %02x %02x %02x %02x, expected \"VDXI\" (%s)",
+                             hdr[0], hdr[1], hdr[2], hdr[3], REBUILD_HINT);
+    }
+    if (hdr[4] != KMB_INDEX_VERSION) {
+        return kmb_error_set(KMB_EINDEX, 0, "unsupported offset index version %u, expected %d (%s)",
+                             hdr[4], KMB_INDEX_VERSION, REBUILD_HINT);
+    }
+    if (hdr[5] != 0 || hdr[6] != 0 || hdr[7] != 0) {
+        return kmb_error_set(KMB_EINDEX, 0,
+                             "offset index reserved bytes are not zero (%02x %02x %02x) (%s)",
+                             hdr[5], hdr[6], hdr[7], REBUILD_HINT);
+    }
+    uint64_t n = kmb_load_u64le(hdr + 8);
+    /* Compare N with the room the file has, rather than computing 16 + 8*N (may wrap). */
+    uint64_t room = total - MIN_FILE_SIZE;
+    if (room % 8 != 0 || n != room / 8) {
+        return kmb_error_set(KMB_EINDEX, 0,
+                             "offset index size mismatch: header says %" PRIu64
+                             " entries, the file has %" PRIu64 " bytes (%s)",
+                             n, total, REBUILD_HINT);
+    }
+    *count = n;
+    return KMB_OK;
+}
+
+int kmb_index_decode(kmb_index *out, const void *data, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)data;
+    uint64_t n = 0;
+    int rc;
+
+    kmb_index_truncate(out, 0);
+    rc = check_header(p, (uint64_t)len, &n);
+    if (rc != KMB_OK) return rc;
+    size_t body = len - KMB_INDEX_TRAILER_SIZE;
+    uint32_t stored = kmb_load_u32le(p + body);
+    uint32_t actual = kmb_crc32(p, body);
+    if (stored != actual) {
+        return kmb_error_set(KMB_EINDEX, 0,
+                             "offset index CRC mismatch: stored 0x%08" PRIx32
+                             ", computed 0x%08" PRIx32 " (%s)",
+                             stored, actual, REBUILD_HINT);
+    }
+    /* n <= len / 8 now, so it fits a size_t and the allocation is bounded by the input. */
+    rc = kmb_index_reserve(out, (size_t)n);
+    if (rc != KMB_OK) return rc;
+    for (size_t i = 0; i < (size_t)n; i++) {
+        out->positions[i] = kmb_load_u64le(p + KMB_INDEX_HEADER_SIZE + 8 * i);
+    }
+    out->count = (size_t)n;
+    return KMB_OK;
+}
+
+/* Record an I/O failure on `path` (errno preserved for StorageIOError). */
+static int io_error(int err, const char *what, const char *path)
+{
+    kmb_error_set(KMB_EIO, err, "cannot %s offset index file %s: %s", what, path, strerror(err));
+    snprintf(kmb_error_mut()->path, sizeof kmb_error_mut()->path, "%s", path);
+    return KMB_EIO;
+}
+
+/* Prefix the current error message with the file it concerns and set its path. */
+static void add_path_context(const char *path)
+{
+    kmb_error *e = kmb_error_mut();
+    char msg[sizeof e->message];
+    memcpy(msg, e->message, sizeof msg);
+    /* Truncating a long message is fine: it stays NUL-terminated and the path is in ->path. */
+    if (snprintf(e->message, sizeof e->message, "%s: %s", path, msg) < 0) e->message[0] = '\0';
+    snprintf(e->path, sizeof e->path, "%s", path);
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int kmb_index_save(const kmb_index *ix, const char *path)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    char *tmp = NULL;
+    int fd = -1;
+    int rc = kmb_index_encode(ix, &buf, &len);
+    if (rc != KMB_OK) goto cleanup;
+
+    size_t plen = strlen(path);
+    tmp = malloc(plen + sizeof ".tmp");
+    if (tmp == NULL) {
+        rc = kmb_error_set(KMB_ENOMEM, 0, "out of memory saving offset index %s", path);
+        goto cleanup;
+    }
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, ".tmp", sizeof ".tmp");
+
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        rc = io_error(errno, "create", tmp);
+        goto cleanup;
+    }
+    if (write_all(fd, buf, len) != 0) {
+        rc = io_error(errno, "write", tmp);
+        goto cleanup;
+    }
+    int fd_to_close = fd;
+    fd = -1;
+    if (close(fd_to_close) != 0) {
+        rc = io_error(errno, "write", tmp);
+        goto cleanup;
+    }
+    /* rename is atomic: a reader sees the previous index or this one, never a mixture. */
+    if (rename(tmp, path) != 0) {
+        rc = io_error(errno, "replace", path);
+        goto cleanup;
+    }
+    rc = KMB_OK;
+
+cleanup:
+    if (fd >= 0) close(fd);
+    if (rc != KMB_OK && tmp != NULL) unlink(tmp); /* best effort: don't leave debris */
+    free(tmp);
+    free(buf);
+    return rc;
+}
+
+/* Read up to n bytes at pos; *got < n only at end of file. */
+static int read_at(int fd, uint8_t *buf, size_t n, uint64_t pos, size_t *got)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = pread(fd, buf + done, n - done, (off_t)(pos + done));
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (r == 0) break;
+        done += (size_t)r;
+    }
+    *got = done;
+    return 0;
+}
+
+int kmb_index_load(kmb_index *out, const char *path)
+{
+    uint8_t hdr[KMB_INDEX_HEADER_SIZE];
+    uint8_t *buf = NULL;
+    uint64_t n = 0;
+    size_t got = 0;
+    struct stat stbuf;
+    int rc;
+
+    kmb_index_truncate(out, 0);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return io_error(errno, "open", path);
+    if (fstat(fd, &stbuf) != 0) {
+        rc = io_error(errno, "stat", path);
+        goto cleanup;
+    }
+    /* Validate the header against the real size before allocating anything for it. */
+    uint64_t size = (uint64_t)stbuf.st_size;
+    if (read_at(fd, hdr, sizeof hdr, 0, &got) != 0) {
+        rc = io_error(errno, "read", path);
+        goto cleanup;
+    }
+    rc = check_header(hdr, got < sizeof hdr ? got : size, &n);
+    if (rc != KMB_OK) {
+        add_path_context(path);
+        goto cleanup;
+    }
+    if (size > SIZE_MAX) {
+        rc = kmb_error_set(KMB_ENOMEM, 0, "offset index file %s is too large to load", path);
+        goto cleanup;
+    }
+    buf = malloc((size_t)size);
+    if (buf == NULL) {
+        rc = kmb_error_set(KMB_ENOMEM, 0, "out of memory loading offset index %s", path);
+        goto cleanup;
+    }
+    /* The file may shrink meanwhile; decode then reports the size it really has. */
+    if (read_at(fd, buf, (size_t)size, 0, &got) != 0) {
+        rc = io_error(errno, "read", path);
+        goto cleanup;
+    }
+    rc = kmb_index_decode(out, buf, got);
+    if (rc == KMB_EINDEX) add_path_context(path);
+
+cleanup:
+    close(fd);
+    free(buf);
+    return rc;
+}

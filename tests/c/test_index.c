@@ -1,0 +1,321 @@
+/*
+ * test_index.c — the offset index in memory and its .idx file: exact layout, round trips,
+ * and rejection of every kind of damage (bit flips, truncation, hostile entry counts).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "kimberlite/crc32.h"
+#include "kimberlite/errors.h"
+#include "kimberlite/index.h"
+#include "kimberlite/record.h"
+
+/* An index of n entries at positions 0, 54, 108, … (54-byte records). */
+static int make_index(kmb_index *ix, size_t n)
+{
+    kmb_index_init(ix);
+    for (size_t i = 0; i < n; i++) {
+        if (kmb_index_append(ix, 54 * (uint64_t)i) != KMB_OK) return 0;
+    }
+    return 1;
+}
+
+/* Re-seal a hand-edited image with a correct CRC, so only the intended damage remains. */
+static void reseal(uint8_t *buf, size_t len)
+{
+    kmb_store_u32le(buf + len - 4, kmb_crc32(buf, len - 4));
+}
+
+TEST(index_append_lookup_and_truncate)
+{
+    kmb_index ix;
+    CHECK(make_index(&ix, 100));
+    uint64_t pos = 0;
+    CHECK_EQ_U64(ix.count, 100);
+    CHECK(kmb_index_lookup(&ix, 99, &pos) == 1 && pos == 54 * 99);
+    CHECK(kmb_index_lookup(&ix, 100, &pos) == 0);
+    CHECK(kmb_index_lookup(&ix, UINT64_MAX, &pos) == 0);
+    kmb_index_truncate(&ix, 500); /* past the end: no-op */
+    CHECK_EQ_U64(ix.count, 100);
+    kmb_index_truncate(&ix, 10);
+    CHECK_EQ_U64(ix.count, 10);
+    CHECK(kmb_index_lookup(&ix, 10, &pos) == 0);
+    kmb_index_free(&ix);
+    CHECK(ix.positions == NULL && ix.count == 0 && ix.capacity == 0);
+    kmb_index_free(&ix); /* reusable and idempotent */
+    kmb_index_free(NULL);
+    CHECK_EQ_INT(kmb_index_append(&ix, 7), KMB_OK);
+    CHECK(kmb_index_lookup(&ix, 0, &pos) == 1 && pos == 7);
+    kmb_index_free(&ix);
+}
+
+TEST(index_reserve_of_impossible_size_is_enomem_and_leaves_index_unchanged)
+{
+    kmb_index ix;
+    CHECK(make_index(&ix, 3));
+    uint64_t *before = ix.positions;
+    size_t cap = ix.capacity;
+    CHECK_EQ_INT(kmb_index_reserve(&ix, SIZE_MAX), KMB_ENOMEM);
+    CHECK_EQ_INT(kmb_index_reserve(&ix, SIZE_MAX / 8), KMB_ENOMEM);
+    CHECK(ix.positions == before && ix.capacity == cap && ix.count == 3);
+    CHECK_EQ_INT(kmb_index_reserve(&ix, 1000), KMB_OK);
+    CHECK(ix.capacity >= 1003 && ix.count == 3);
+    kmb_index_free(&ix);
+}
+
+TEST(index_encoding_of_empty_index_is_exact)
+{
+    kmb_index ix;
+    kmb_index_init(&ix);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(kmb_index_encode(&ix, &buf, &len), KMB_OK);
+    uint8_t want[20] = {'V', 'D', 'X', 'I', 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    reseal(want, 20);
+    int same = len == 20 && memcmp(buf, want, 20) == 0;
+    free(buf);
+    CHECK(same);
+    CHECK_EQ_U64(kmb_index_encoded_size(0), 20);
+    CHECK_EQ_U64(kmb_index_encoded_size(3), 44);
+}
+
+TEST(index_encoding_lays_out_count_positions_and_crc)
+{
+    kmb_index ix;
+    CHECK(make_index(&ix, 3));
+    ix.positions[2] = 0x0102030405060708u;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(kmb_index_encode(&ix, &buf, &len), KMB_OK);
+    kmb_index_free(&ix);
+    int ok = len == 44 && memcmp(buf, "VDXI\x01\0\0\0", 8) == 0 && kmb_load_u64le(buf + 8) == 3 &&
+             kmb_load_u64le(buf + 16) == 0 && kmb_load_u64le(buf + 24) == 54 &&
+             kmb_load_u64le(buf + 32) == 0x0102030405060708u &&
+             kmb_load_u32le(buf + 40) == kmb_crc32(buf, 40);
+    free(buf);
+    CHECK(ok);
+}
+
+TEST(index_round_trips_through_encode_and_decode)
+{
+    static const size_t sizes[] = {0, 1, 2, 1000};
+    for (size_t s = 0; s < 4; s++) {
+        kmb_index ix, back;
+        CHECK(make_index(&ix, sizes[s]));
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        CHECK_EQ_INT(kmb_index_encode(&ix, &buf, &len), KMB_OK);
+        CHECK(make_index(&back, 5)); /* previous entries are replaced */
+        int rc = kmb_index_decode(&back, buf, len);
+        int same = rc == KMB_OK && back.count == ix.count &&
+                   (ix.count == 0 || memcmp(back.positions, ix.positions, 8 * ix.count) == 0);
+        free(buf);
+        kmb_index_free(&ix);
+        kmb_index_free(&back);
+        CHECKF(same, "size %zu rc=%d", sizes[s], rc);
+    }
+}
+
+TEST(index_decode_rejects_every_single_bit_flip)
+{
+    kmb_index ix, out;
+    CHECK(make_index(&ix, 40));
+    kmb_index_init(&out);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(kmb_index_encode(&ix, &buf, &len), KMB_OK);
+    kmb_index_free(&ix);
+    int bad = 0;
+    for (size_t bit = 0; bit < len * 8 && !bad; bit++) {
+        buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        CHECK(make_index(&out, 2));
+        int rc = kmb_index_decode(&out, buf, len);
+        if (rc != KMB_EINDEX || out.count != 0) {
+            kt_fail(__FILE__, __LINE__, "bit %zu: rc=%d count=%zu", bit, rc, out.count);
+            bad = 1;
+        }
+        kmb_index_free(&out);
+        buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+    }
+    CHECK_EQ_INT(kmb_index_decode(&out, buf, len), KMB_OK); /* intact again */
+    kmb_index_free(&out);
+    free(buf);
+}
+
+TEST(index_decode_rejects_every_truncation_and_extension)
+{
+    kmb_index ix, out;
+    CHECK(make_index(&ix, 10));
+    kmb_index_init(&out);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(kmb_index_encode(&ix, &buf, &len), KMB_OK);
+    kmb_index_free(&ix);
+    int bad = 0;
+    for (size_t cut = 0; cut < len && !bad; cut++) {
+        uint8_t *p = malloc(cut ? cut : 1); /* exact size: ASan sees any over-read */
+        if (p == NULL) break;
+        memcpy(p, buf, cut);
+        int rc = kmb_index_decode(&out, p, cut);
+        free(p);
+        if (rc != KMB_EINDEX) {
+            kt_fail(__FILE__, __LINE__, "cut %zu: rc=%d", cut, rc);
+            bad = 1;
+        }
+    }
+    uint8_t *longer = calloc(1, len + 8);
+    if (longer != NULL) {
+        memcpy(longer, buf, len);
+        for (size_t extra = 1; extra <= 8 && !bad; extra++) {
+            if (kmb_index_decode(&out, longer, len + extra) != KMB_EINDEX) {
+                kt_fail(__FILE__, __LINE__, "extended by %zu accepted", extra);
+                bad = 1;
+            }
+        }
+    }
+    free(longer);
+    free(buf);
+    kmb_index_free(&out);
+}
+
+TEST(index_decode_rejects_huge_entry_count_without_allocating_it)
+{
+    static const uint64_t counts[] = {UINT64_MAX, UINT64_MAX / 8, UINT64_MAX / 8 + 1,
+                                      (UINT64_C(1) << 61), (UINT64_C(1) << 61) + 1, 1, 3};
+    uint8_t img[36] = {'V', 'D', 'X', 'I', 1}; /* room for exactly 2 entries */
+    kmb_index out;
+    kmb_index_init(&out);
+    for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+        kmb_store_u64le(img + 8, counts[i]);
+        reseal(img, sizeof img); /* only the count is wrong */
+        CHECKF(kmb_index_decode(&out, img, sizeof img) == KMB_EINDEX, "N=%" PRIu64, counts[i]);
+        CHECK(strstr(kmb_error_last()->message, "size") != NULL);
+        CHECK(out.positions == NULL); /* nothing was allocated */
+    }
+    kmb_store_u64le(img + 8, 2);
+    reseal(img, sizeof img);
+    CHECK_EQ_INT(kmb_index_decode(&out, img, sizeof img), KMB_OK);
+    CHECK_EQ_U64(out.count, 2);
+    kmb_index_free(&out);
+}
+
+TEST(index_decode_names_each_kind_of_damage)
+{
+    uint8_t img[28] = {'V', 'D', 'X', 'I', 1, 0, 0, 0, 1};
+    kmb_index out;
+    kmb_index_init(&out);
+    struct {
+        size_t at;
+        uint8_t value;
+        const char *word;
+    } cases[] = {{0, 'X', "magic"}, {4, 2, "version"}, {4, 0, "version"},
+                 {5, 1, "reserved"}, {7, 0x80, "reserved"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint8_t copy[28];
+        memcpy(copy, img, sizeof copy);
+        copy[cases[i].at] = cases[i].value;
+        reseal(copy, sizeof copy); /* a well-sealed file that is still wrong */
+        CHECK_EQ_INT(kmb_index_decode(&out, copy, sizeof copy), KMB_EINDEX);
+        CHECKF(strstr(kmb_error_last()->message, cases[i].word) != NULL, "case %zu: %s", i,
+               kmb_error_last()->message);
+    }
+    uint8_t copy[28];
+    memcpy(copy, img, sizeof copy);
+    reseal(copy, sizeof copy);
+    copy[27] ^= 1;
+    CHECK_EQ_INT(kmb_index_decode(&out, copy, sizeof copy), KMB_EINDEX);
+    CHECK(strstr(kmb_error_last()->message, "CRC") != NULL);
+    CHECK_EQ_INT(kmb_index_decode(&out, copy, 19), KMB_EINDEX);
+    CHECK(strstr(kmb_error_last()->message, "short") != NULL);
+    kmb_index_free(&out);
+}
+
+TEST(index_save_then_load_round_trips_and_leaves_no_temp_file)
+{
+    char dir[512], path[600], tmp[620];
+    CHECK(kt_make_temp_dir(dir, sizeof dir));
+    snprintf(path, sizeof path, "%s/segment_000000.log.idx", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    kmb_index ix, back;
+    kmb_index_init(&back);
+    int ok = make_index(&ix, 500);
+    ok = ok && kmb_index_save(&ix, path) == KMB_OK;
+    ok = ok && kmb_index_load(&back, path) == KMB_OK;
+    ok = ok && back.count == 500 && memcmp(back.positions, ix.positions, 8 * 500) == 0;
+    ok = ok && access(tmp, F_OK) != 0;
+    /* Saving again replaces the file. */
+    kmb_index_truncate(&ix, 3);
+    ok = ok && kmb_index_save(&ix, path) == KMB_OK && kmb_index_load(&back, path) == KMB_OK &&
+         back.count == 3;
+    kmb_index_free(&ix);
+    kmb_index_free(&back);
+    kt_remove_tree(dir);
+    CHECK(ok);
+}
+
+TEST(index_load_of_missing_file_is_eio_with_enoent_and_path)
+{
+    char dir[512], path[600];
+    CHECK(kt_make_temp_dir(dir, sizeof dir));
+    snprintf(path, sizeof path, "%s/absent.idx", dir);
+    kmb_index out;
+    kmb_index_init(&out);
+    int rc = kmb_index_load(&out, path);
+    const kmb_error *e = kmb_error_last();
+    int ok = rc == KMB_EIO && e->code == KMB_EIO && e->sys_errno == ENOENT &&
+             strcmp(e->path, path) == 0 && strstr(e->message, path) != NULL;
+    kt_remove_tree(dir);
+    CHECK(ok);
+}
+
+TEST(index_load_of_damaged_file_is_eindex_with_path)
+{
+    char dir[512], path[600];
+    CHECK(kt_make_temp_dir(dir, sizeof dir));
+    snprintf(path, sizeof path, "%s/bad.idx", dir);
+    kmb_index ix, out;
+    kmb_index_init(&out);
+    int ok = make_index(&ix, 4) && kmb_index_save(&ix, path) == KMB_OK;
+    kmb_index_free(&ix);
+    /* Flip one position bit on disk. */
+    FILE *f = fopen(path, "r+b");
+    ok = ok && f != NULL && fseek(f, 20, SEEK_SET) == 0 && fputc(0x40, f) != EOF;
+    if (f) fclose(f);
+    int rc = kmb_index_load(&out, path);
+    const kmb_error *e = kmb_error_last();
+    ok = ok && rc == KMB_EINDEX && strcmp(e->path, path) == 0 && strstr(e->message, path) &&
+         out.count == 0;
+    /* A file shorter than a header, and one whose count claims far more than it holds. */
+    f = fopen(path, "wb");
+    ok = ok && f != NULL && fwrite("VDXI\x01\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff\0\0\0\0", 1,
+                                   20, f) == 20;
+    if (f) fclose(f);
+    ok = ok && kmb_index_load(&out, path) == KMB_EINDEX;
+    f = fopen(path, "wb");
+    ok = ok && f != NULL && fwrite("VDXI", 1, 4, f) == 4;
+    if (f) fclose(f);
+    ok = ok && kmb_index_load(&out, path) == KMB_EINDEX;
+    kmb_index_free(&out);
+    kt_remove_tree(dir);
+    CHECK(ok);
+}
+
+TEST(index_save_into_missing_directory_is_eio)
+{
+    char dir[512], path[600];
+    CHECK(kt_make_temp_dir(dir, sizeof dir));
+    snprintf(path, sizeof path, "%s/no/such/dir.idx", dir);
+    kmb_index ix;
+    int ok = make_index(&ix, 2);
+    int rc = kmb_index_save(&ix, path);
+    kmb_index_free(&ix);
+    const kmb_error *e = kmb_error_last();
+    ok = ok && rc == KMB_EIO && e->sys_errno == ENOENT && e->path[0] != '\0';
+    kt_remove_tree(dir);
+    CHECK(ok);
+}
