@@ -41,6 +41,7 @@ typedef struct seg_state {
     int index_dirty;    /* ix differs from the stored index */
     int index_verified; /* ix was built by scanning in this process */
     int damaged;        /* invalid data at `size` that is not a torn tail */
+    int pending;        /* the active segment after a rotation whose file is not made yet */
 } seg_state;
 
 typedef struct stream_state {
@@ -262,6 +263,44 @@ static seg_state *push_segment(stream_state *s, uint32_t number, uint64_t base)
     return g;
 }
 
+/*
+ * Eager rotation, first half: seal the active segment (write its index, a writer only)
+ * and make a new, empty segment the active one. Its file is made by make_active_file,
+ * at once after an append or, if that failed, before the next append writes anything.
+ */
+static int seal_active(kmb_storage *st, stream_state *s)
+{
+    seg_state *g = &s->segs[s->nsegs - 1];
+    uint32_t number = g->number;
+    if (!st->opts.read_only && g->index_dirty && !g->damaged &&
+        st->backend->save_index(st->backend, s->id, number, &g->ix) == KMB_OK)
+        g->index_dirty = 0; /* a failed index write only costs a rebuild later */
+    seg_state *n = push_segment(s, number + 1, g->base + seg_count(g));
+    if (!n) return oom();
+    n->index_verified = 1;
+    n->pending = 1;
+    return KMB_OK;
+}
+
+/* Eager rotation, second half: create the file of a pending active segment. */
+static int make_active_file(kmb_storage *st, stream_state *s, int durable)
+{
+    seg_state *g = &s->segs[s->nsegs - 1];
+    if (!g->pending) return KMB_OK;
+    int rc = st->backend->create_segment(st->backend, s->id, g->number, durable);
+    if (rc) return with_stream(st, rc, s->id, g->number);
+    g->pending = 0;
+    return KMB_OK;
+}
+
+/* A full active segment (left by a crash, or a smaller max_segment_size) rotates. */
+static int rotate_if_full(kmb_storage *st, stream_state *s)
+{
+    seg_state *g = &s->segs[s->nsegs - 1];
+    if (g->pending || g->damaged || g->size < st->opts.max_segment_size) return KMB_OK;
+    return seal_active(st, s);
+}
+
 /* ---------------------------------------------------------------- reading bytes */
 
 /*
@@ -333,7 +372,7 @@ static int scan(kmb_storage *st, stream_state *s, seg_state *g, uint64_t pos, ui
 {
     window_reset(st);
     while (end - pos >= KMB_RECORD_OVERHEAD) {
-        const uint8_t *p;
+        const uint8_t *p = NULL;
         int rc = window_get(st, s->id, g->number, pos, KMB_HEADER_SIZE, end, &p);
         if (rc == KMB_EEOF) break;
         if (rc) return rc;
@@ -360,10 +399,10 @@ static int scan(kmb_storage *st, stream_state *s, seg_state *g, uint64_t pos, ui
 
 /*
  * Whether a valid record starts anywhere in [from, end) of segment g: the test that tells
- * a torn tail (nothing valid follows) from corruption. A record at `from` itself counts
- * whatever its offset (a whole record with a wrong offset is not a torn write); further on,
- * only records whose offset could follow `expected` count, which keeps random bytes from
- * costing a CRC each.
+ * a torn tail (nothing valid follows) from corruption. A record "follows validly" when its
+ * CRC matches and its offset could continue the stream (`expected` or later, within what
+ * the bytes could hold); a stale copy of an older record does not. Checking the offset
+ * before the CRC also keeps random bytes from costing a CRC each.
  */
 static int valid_record_follows(kmb_storage *st, uint64_t stream, seg_state *g, uint64_t from,
                                 uint64_t end, uint64_t expected, int *found)
@@ -372,14 +411,14 @@ static int valid_record_follows(kmb_storage *st, uint64_t stream, seg_state *g, 
     window_reset(st);
     uint64_t span = (end - from) / KMB_RECORD_OVERHEAD + 1;
     for (uint64_t q = from; end - q >= KMB_RECORD_OVERHEAD; q++) {
-        const uint8_t *p;
+        const uint8_t *p = NULL;
         int rc = window_get(st, stream, g->number, q, KMB_HEADER_SIZE, end, &p);
         if (rc == KMB_EEOF) break;
         if (rc) return rc;
         uint64_t off = kmb_load_u64le(p);
         uint64_t total = kmb_record_size(kmb_load_u32le(p + 40));
         if (total > end - q) continue;
-        if (q != from && (off < expected || off - expected > span)) continue;
+        if (off < expected || off - expected > span) continue;
         rc = window_get(st, stream, g->number, q, (size_t)total, end, &p);
         if (rc == KMB_EEOF) continue;
         if (rc) return rc;
@@ -587,6 +626,8 @@ static int load_stream(kmb_storage *st, uint64_t id, stream_state **out)
         stream_free(s);
         return KMB_OK;
     }
+    rc = rotate_if_full(st, s);
+    if (rc) goto fail;
     update_next(s);
     rc = load_head(st, s);
     if (rc) goto fail;
@@ -604,10 +645,18 @@ fail:
 static int refresh(kmb_storage *st, stream_state *s)
 {
     uint64_t before = s->next;
+    int rc;
     for (;;) {
         seg_state *g = &s->segs[s->nsegs - 1];
         int exists = 0;
-        int rc = st->backend->segment_exists(st->backend, s->id, g->number + 1, &exists);
+        if (g->pending) {
+            /* The writer's next segment: does its file exist by now? */
+            rc = st->backend->segment_exists(st->backend, s->id, g->number, &exists);
+            if (rc) return with_stream(st, rc, s->id, g->number);
+            if (!exists) break;
+            g->pending = 0;
+        }
+        rc = st->backend->segment_exists(st->backend, s->id, g->number + 1, &exists);
         if (rc) return with_stream(st, rc, s->id, g->number + 1);
         if (!g->damaged) {
             uint64_t end;
@@ -632,6 +681,8 @@ static int refresh(kmb_storage *st, stream_state *s)
         rc = load_segment(st, s, g->number + 1, !exists);
         if (rc) return rc;
     }
+    rc = rotate_if_full(st, s);
+    if (rc) return rc;
     update_next(s);
     if (s->next != before) return load_head(st, s);
     return KMB_OK;
@@ -983,22 +1034,6 @@ void kmb_storage_free(kmb_storage *st)
     free(st);
 }
 
-/* Seal the active segment and start the next one. */
-static int rotate(kmb_storage *st, stream_state *s, int durable)
-{
-    seg_state *g = &s->segs[s->nsegs - 1];
-    uint32_t number = g->number;
-    if (g->index_dirty && !g->damaged &&
-        st->backend->save_index(st->backend, s->id, number, &g->ix) == KMB_OK)
-        g->index_dirty = 0; /* a failed index write only costs a rebuild later */
-    int rc = st->backend->create_segment(st->backend, s->id, number + 1, durable);
-    if (rc) return with_stream(st, rc, s->id, number + 1);
-    seg_state *n = push_segment(s, number + 1, s->next);
-    if (!n) return oom();
-    n->index_verified = 1;
-    return KMB_OK;
-}
-
 int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events, size_t count,
                        const uint64_t *expected_offset, int fsync, uint64_t *next_out)
 {
@@ -1081,10 +1116,8 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
         }
         g0->index_verified = 1;
     }
-    if (s->segs[s->nsegs - 1].size >= st->opts.max_segment_size) {
-        rc = rotate(st, s, fsync); /* a rotation that failed after the previous batch */
-        if (rc) goto out;
-    }
+    rc = make_active_file(st, s, fsync); /* after a rotation whose file failed */
+    if (rc) goto out;
     seg_state *g = &s->segs[s->nsegs - 1];
     rc = kmb_index_reserve(&g->ix, count);
     if (rc) goto out;
@@ -1123,7 +1156,7 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
     if (g->size >= st->opts.max_segment_size) {
         /* Eager rotation. The batch stands even if this fails: it is retried next time. */
         kmb_error saved = *kmb_error_last();
-        if (rotate(st, s, fsync) != KMB_OK) {
+        if (seal_active(st, s) != KMB_OK || make_active_file(st, s, fsync) != KMB_OK) {
             char path[KMB_PATH_MAX];
             describe(st, stream, g->number, path, sizeof(path));
             note(st, "stream %" PRIu64 ": could not start a new segment after %s (%s); will retry",
@@ -1230,7 +1263,7 @@ int kmb_storage_read(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t m
     rc = get_stream(st, stream, &s);
     if (rc || !s || max_bytes == 0) goto out;
     if (from >= s->next && !s->segs[s->nsegs - 1].damaged) goto out;
-    for (int attempt = 0;; attempt++) {
+    for (;;) {
         int was_damaged = s->damaged;
         size_t n = 0;
         uint64_t bytes = 0;
@@ -1239,8 +1272,8 @@ int kmb_storage_read(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t m
         if (rc == KMB_OK) break;
         out->count = 0;
         out->payload_bytes = 0;
-        if (attempt > 0 || rc != KMB_ECORRUPT || was_damaged) break;
-        if (!retry_after_failure(st, s, from)) break;
+        /* Each retry rebuilds one more unconfirmed index, so this ends. */
+        if (rc != KMB_ECORRUPT || was_damaged || !retry_after_failure(st, s, from)) break;
     }
 out:
     leave(st);
@@ -1351,13 +1384,13 @@ int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected
         if (expected_head) rc = head_mismatch(stream, expected_head, NULL, 0, 0);
         goto out;
     }
-    for (int attempt = 0;; attempt++) {
+    for (;;) {
         if (s->damaged) {
             rc = damaged_error(st, s);
             break;
         }
         rc = verify_once(st, s, head, &buf, &cap);
-        if (rc != KMB_ECORRUPT || attempt > 0 || !retry_after_failure(st, s, 0)) break;
+        if (rc != KMB_ECORRUPT || !retry_after_failure(st, s, 0)) break;
     }
     if (rc == KMB_OK && expected_head && memcmp(expected_head, head, KMB_HASH_SIZE) != 0)
         rc = head_mismatch(stream, expected_head, head, 1, s->next);

@@ -1,0 +1,116 @@
+/*
+ * py_kimberlite.h — internal header of the CPython extension kimberlite._core.
+ *
+ * Shared by module.c (the module, its state and functions), py_storage.c (Storage,
+ * MemoryStorage), py_index.c (OffsetIndex) and py_errors.c (engine codes -> exceptions).
+ * Nothing here is part of the C library's public API.
+ *
+ * Every piece of per-interpreter data lives in the module state (kmb_module_state), never in
+ * C globals: the heap types, the exception classes imported from kimberlite._errors and the
+ * Python Record class registered by kimberlite/__init__.py.
+ */
+#ifndef KIMBERLITE_PY_KIMBERLITE_H
+#define KIMBERLITE_PY_KIMBERLITE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+
+#include "kimberlite/chain.h"
+#include "kimberlite/crc32.h"
+#include "kimberlite/errors.h"
+#include "kimberlite/index.h"
+#include "kimberlite/record.h"
+#include "kimberlite/storage.h"
+
+typedef struct kmb_module_state {
+    /* Heap types created at exec time (strong references). */
+    PyTypeObject *storage_type;
+    PyTypeObject *memory_storage_type;
+    PyTypeObject *index_type;
+
+    /* Exception classes from kimberlite._errors (strong references). */
+    PyObject *StorageError;
+    PyObject *UnexpectedEofError;
+    PyObject *CorruptedRecordError;
+    PyObject *ChainVerificationError;
+    PyObject *OffsetMismatchError;
+    PyObject *IndexCorruptedError;
+    PyObject *LockedError;
+    PyObject *StorageIOError;
+
+    /* kimberlite.Record, set by kimberlite/__init__.py through _set_record_class(). */
+    PyObject *record_class;
+} kmb_module_state;
+
+extern PyModuleDef kmb_module_def;
+
+/* The state of a module object of kmb_module_def. */
+static inline kmb_module_state *kmb_state_of_module(PyObject *module)
+{
+    return (kmb_module_state *)PyModule_GetState(module);
+}
+
+/*
+ * The module state behind an instance's type, subclasses included (walks the MRO to the
+ * type defined by this module). NULL with an exception set if there is none.
+ */
+kmb_module_state *kmb_state_of_type(PyTypeObject *tp);
+
+/* ---- py_errors.c ----------------------------------------------------------------------- */
+
+/*
+ * Raise the exception for an engine status `code`, with the details of kmb_error_last()
+ * when they belong to that code. Always returns NULL (for `return kmb_raise(st, rc);`).
+ */
+PyObject *kmb_raise(kmb_module_state *st, int code);
+
+/*
+ * Raise OffsetMismatchError for a stream whose next offset is `actual` when the caller
+ * passed `expected` (any Python int). Used for values that the engine's uint64_t cannot
+ * carry (negative, or >= 2**64). Returns NULL.
+ */
+PyObject *kmb_raise_offset_mismatch(kmb_module_state *st, uint64_t stream, PyObject *expected,
+                                    uint64_t actual);
+
+/* ---- shared argument helpers (module.c) ------------------------------------------------ */
+
+/*
+ * Convert a Python int to uint64_t.
+ *   not an int (bool included as int):           TypeError "`name` must be an int, not X"
+ *   negative:                                    ValueError
+ *   >= 2**64: clamp ? *out = UINT64_MAX : ValueError
+ * Returns 0 on success, -1 with an exception set.
+ */
+int kmb_int_to_u64(PyObject *obj, const char *name, int clamp, uint64_t *out);
+
+/*
+ * Take a read-only, C-contiguous view of a bytes-like object (release it with
+ * PyBuffer_Release). A strided buffer (non-contiguous memoryview) is copied. str and other
+ * non-buffers: TypeError naming `what`. 0 or -1.
+ */
+int kmb_get_buffer(PyObject *obj, Py_buffer *view, const char *what);
+
+/* A stream id: an int in [0, 2**64 - 1] (TypeError / ValueError otherwise). */
+int kmb_stream_id(PyObject *obj, uint64_t *out);
+
+/*
+ * A hash argument: None (*has = 0), or a bytes-like object of exactly 32 bytes copied to
+ * out (*has = 1). TypeError / ValueError otherwise.
+ */
+int kmb_hash_arg(PyObject *obj, const char *name, uint8_t out[KMB_HASH_SIZE], int *has);
+
+/* bytes of a 32-byte hash, or None when has == 0. New reference. */
+PyObject *kmb_hash_to_py(const uint8_t h[KMB_HASH_SIZE], int has);
+
+/* ---- type initialisation (called from the module's exec slot) ------------------------- */
+
+/* Create a heap type from `spec` bound to `module`, add it to the module under the last
+ * component of spec->name and keep a strong reference in *slot. 0 or -1. */
+int kmb_add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot);
+
+int kmb_storage_types_init(PyObject *module, kmb_module_state *st);
+int kmb_index_type_init(PyObject *module, kmb_module_state *st);
+
+#endif

@@ -1,0 +1,79 @@
+"""Kimberlite: an embedded, append-only, tamper-evident event log.
+
+Events (byte strings) are appended to numbered streams. Every record carries a CRC-32
+(detects accidental corruption) and the SHA-256 hash of its predecessor (a hash chain:
+detects tampering, given a trusted head hash). Records live in segment files that rotate at
+a size limit; a per-segment offset index gives O(1) random access.
+
+    import kimberlite
+
+    with kimberlite.Storage("data") as s:
+        s.append_batch(1, [b"event1", b"event2"])
+        s.read_from(1)                 # [b'event1', b'event2']
+        head = s.latest_chain_hash(1)  # keep it somewhere safe
+        s.verify(1, expected_head=head)
+
+``MemoryStorage`` has the same API without files, for tests.
+"""
+
+from __future__ import annotations
+
+from . import _core
+from ._core import (
+    DEFAULT_MAX_SEGMENT_SIZE,
+    HEADER_SIZE,
+    RECORD_OVERHEAD,
+    MemoryStorage,
+    OffsetIndex,
+    Storage,
+    chain_hash,
+    crc32,
+)
+from ._errors import (
+    ChainVerificationError,
+    CorruptedRecordError,
+    IndexCorruptedError,
+    LockedError,
+    OffsetMismatchError,
+    StorageError,
+    StorageIOError,
+    UnexpectedEofError,
+)
+from ._record import Record
+
+_core._set_record_class(Record)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover
+        return "0.1.0"
+    try:
+        return version("kimberlite")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+__version__: str = _version()
+
+__all__ = [
+    "Storage",
+    "MemoryStorage",
+    "Record",
+    "OffsetIndex",
+    "crc32",
+    "chain_hash",
+    "RECORD_OVERHEAD",
+    "HEADER_SIZE",
+    "DEFAULT_MAX_SEGMENT_SIZE",
+    "StorageError",
+    "UnexpectedEofError",
+    "CorruptedRecordError",
+    "ChainVerificationError",
+    "OffsetMismatchError",
+    "IndexCorruptedError",
+    "LockedError",
+    "StorageIOError",
+    "__version__",
+]

@@ -1,0 +1,131 @@
+"""The exception tree of Kimberlite (SPEC §4).
+
+Every error the engine reports is a StorageError. The C extension imports this module when
+it initialises and raises these classes, filling the keyword attributes from the engine's
+error details. All classes pickle and unpickle with their attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = [
+    "StorageError",
+    "UnexpectedEofError",
+    "CorruptedRecordError",
+    "ChainVerificationError",
+    "OffsetMismatchError",
+    "IndexCorruptedError",
+    "LockedError",
+    "StorageIOError",
+]
+
+
+class StorageError(Exception):
+    """Base class of every Kimberlite error."""
+
+    __module__ = "kimberlite"
+
+
+class UnexpectedEofError(StorageError):
+    """The data ends inside a record (a truncated record image)."""
+
+    __module__ = "kimberlite"
+
+
+class CorruptedRecordError(StorageError):
+    """A record's CRC does not match, or the record is malformed.
+
+    Attributes (None when unknown): ``stream_id``, ``offset`` (the record offset expected
+    at the damaged place) and ``position`` (byte position inside the segment file).
+    """
+
+    __module__ = "kimberlite"
+
+    stream_id: Optional[int]
+    offset: Optional[int]
+    position: Optional[int]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stream_id: Optional[int] = None,
+        offset: Optional[int] = None,
+        position: Optional[int] = None,
+    ) -> None:
+        super().__init__(message)
+        self.stream_id = stream_id
+        self.offset = offset
+        self.position = position
+
+
+class ChainVerificationError(StorageError):
+    """The hash chain is broken, or a stream's head differs from the trusted head.
+
+    Attributes: ``offset`` (the record whose link is wrong, or the head record; None for an
+    empty stream), ``expected`` and ``actual`` (32-byte hashes, or None).
+    """
+
+    __module__ = "kimberlite"
+
+    offset: Optional[int]
+    expected: Optional[bytes]
+    actual: Optional[bytes]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        offset: Optional[int] = None,
+        expected: Optional[bytes] = None,
+        actual: Optional[bytes] = None,
+    ) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.expected = expected
+        self.actual = actual
+
+
+class OffsetMismatchError(StorageError):
+    """``expected_offset`` differs from the stream's next offset; nothing was written.
+
+    Attributes: ``expected`` (the value passed) and ``actual`` (the stream's next offset).
+    """
+
+    __module__ = "kimberlite"
+
+    expected: Optional[int]
+    actual: Optional[int]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: Optional[int] = None,
+        actual: Optional[int] = None,
+    ) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class IndexCorruptedError(StorageError):
+    """An offset index file has a bad magic, version, CRC or size."""
+
+    __module__ = "kimberlite"
+
+
+class LockedError(StorageError):
+    """Another writer (in this or another process) holds the data directory."""
+
+    __module__ = "kimberlite"
+
+
+class StorageIOError(StorageError, OSError):
+    """An operating-system error; ``errno``, ``strerror`` and ``filename`` are kept.
+
+    Constructed like OSError: ``StorageIOError(errno, strerror, filename)``.
+    """
+
+    __module__ = "kimberlite"
