@@ -44,6 +44,9 @@
 /* crc_table[k][b]: CRC of byte b followed by k zero bytes. Written once, in crc32_init. */
 static uint32_t crc_table[8][256];
 
+/* x2n_table[k] = x^(2^k) mod P(x), reflected: the powers crc32_combine needs. Written once. */
+static uint32_t x2n_table[32];
+
 static inline uint32_t load32le(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -63,6 +66,45 @@ static void build_tables(void)
             crc_table[k][b] = c;
         }
     }
+}
+
+/* ---- combine: CRC(A || B) from CRC(A), CRC(B) and len(B) -------------------------------- */
+
+/*
+ * a(x) * b(x) mod P(x) in the reflected representation (bit 31 is x^0), as zlib's
+ * multmodp. At most 32 steps: tens of nanoseconds, against a CRC pass over len(B) bytes.
+ */
+static uint32_t multmodp(uint32_t a, uint32_t b)
+{
+    uint32_t m = 1u << 31, p = 0;
+    for (;;) {
+        if (a & m) {
+            p ^= b;
+            if ((a & (m - 1)) == 0) break;
+        }
+        m >>= 1;
+        b = (b >> 1) ^ (CRC32_POLY & (0u - (b & 1u)));
+    }
+    return p;
+}
+
+/* x^(n * 2^k) mod P(x): one multiplication per bit set in n. */
+static uint32_t x2nmodp(uint64_t n, unsigned k)
+{
+    uint32_t p = 1u << 31; /* x^0 */
+    while (n) {
+        if (n & 1) p = multmodp(x2n_table[k & 31], p);
+        n >>= 1;
+        k++;
+    }
+    return p;
+}
+
+static void build_x2n_table(void)
+{
+    uint32_t p = 1u << 30; /* x^1 */
+    x2n_table[0] = p;
+    for (int k = 1; k < 32; k++) x2n_table[k] = p = multmodp(p, p);
 }
 
 /* ---- slice8: portable ------------------------------------------------------------------ */
@@ -253,6 +295,7 @@ static const char *active_name;
 static void crc32_init(void)
 {
     build_tables();
+    build_x2n_table();
     n_available = 0;
     available[n_available++] = (kmb_crc32_variant){"slice8", crc32_slice8};
 #ifdef KMB_CRC32_HAVE_PCLMUL
@@ -274,6 +317,22 @@ uint32_t kmb_crc32_update(uint32_t crc, const void *data, size_t len)
 }
 
 uint32_t kmb_crc32(const void *data, size_t len) { return kmb_crc32_update(0, data, len); }
+
+uint32_t kmb_crc32_combine_gen(uint64_t len2)
+{
+    pthread_once(&crc_once, crc32_init);
+    return x2nmodp(len2, 3); /* x^(8 * len2): len2 bytes of zeros appended */
+}
+
+uint32_t kmb_crc32_combine_op(uint32_t crc1, uint32_t crc2, uint32_t op)
+{
+    return multmodp(op, crc1) ^ crc2;
+}
+
+uint32_t kmb_crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
+{
+    return kmb_crc32_combine_op(crc1, crc2, kmb_crc32_combine_gen(len2));
+}
 
 const kmb_crc32_variant *kmb_crc32_variants(size_t *count)
 {

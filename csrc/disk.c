@@ -602,6 +602,14 @@ int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
             goto fail;
         }
     }
+    /* Keep working on the directory we opened even if the process changes directory. */
+    char *abs = realpath(d->root, NULL);
+    if (!abs) {
+        rc = io_error(errno, d->root, "cannot resolve data directory");
+        goto fail;
+    }
+    free(d->root);
+    d->root = abs;
     *out = b;
     return KMB_OK;
 fail:
@@ -609,7 +617,11 @@ fail:
     return rc;
 }
 
-kmb_io *kmb_backend_disk_io(kmb_backend *b) { return b ? &D(b)->io : NULL; }
+kmb_io *kmb_backend_disk_io(kmb_backend *b)
+{
+    /* A disk backend is recognised by its own free function: no tag in the public struct. */
+    return (b != NULL && b->free == disk_free) ? &D(b)->io : NULL;
+}
 
 void kmb_backend_disk_drop_fd(kmb_backend *b, uint64_t stream, uint32_t seg)
 {

@@ -9,7 +9,8 @@
 #include "io.h"
 #include "kimberlite/backend.h"
 
-/* The fault plan of a disk backend (tests only). `b` must come from kmb_backend_disk_open. */
+/* The fault plan of a disk backend (tests only: kimberlite/sys/faults.h); NULL when `b` is
+ * not a disk backend (kmb_backend_disk_open). */
 kmb_io *kmb_backend_disk_io(kmb_backend *b);
 
 /* Close the cached descriptor of a segment, if any. */

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -12,14 +13,38 @@
 
 void kmb_io_init(kmb_io *io) { memset(io, 0, sizeof(*io)); }
 
-/* Count a call of class `op` against the plan; 1 if it must fail (errno is set). */
+void kmb_io_set_fault(kmb_io *io, unsigned ops, uint64_t nth, int err, int persistent,
+                      int short_write)
+{
+    kmb_io_init(io);
+    io->fault_ops = ops & KMB_IO_ALL;
+    io->fault_nth = nth;
+    io->fault_errno = err;
+    io->fault_persistent = persistent ? 1 : 0;
+    io->fault_short = short_write ? 1 : 0;
+}
+
+/* A crash test's "power cut" at this call: the process dies at once, as under SIGKILL. */
+static void crash_now(void)
+{
+    raise(SIGKILL);
+    _exit(137); /* not reached */
+}
+
+/*
+ * Count a call of class `op` against the plan; 1 if it must fail (errno is set). A plan
+ * whose errno is KMB_FAULT_CRASH kills the process instead (writes: after the short write).
+ */
 static int inject(kmb_io *io, unsigned op)
 {
-    if (io == NULL || !(io->fault_ops & op) || io->fault_nth == 0) return 0;
+    if (io == NULL || !(io->fault_ops & op)) return 0;
     io->calls++;
+    if (io->fault_nth == 0) return 0; /* counting only */
     if (io->calls == io->fault_nth || (io->fault_persistent && io->calls > io->fault_nth)) {
         io->faults++;
-        errno = io->fault_errno ? io->fault_errno : EIO;
+        if (io->fault_errno == KMB_FAULT_CRASH && !(op == KMB_IO_WRITE && io->fault_short))
+            crash_now();
+        errno = io->fault_errno > 0 ? io->fault_errno : EIO;
         return 1;
     }
     return 0;
@@ -55,11 +80,12 @@ int kmb_io_pwrite(kmb_io *io, int fd, const void *buf, size_t len, uint64_t pos)
 {
     size_t done = 0;
     if (inject(io, KMB_IO_WRITE)) {
-        if (!io->fault_short || len < 2) return -1;
+        if (!io->fault_short) return -1;
         int saved = errno;
         /* A short write: half the bytes land, then the failure (as a full disk does). */
-        ssize_t n = pwrite(fd, buf, len / 2, (off_t)pos);
+        ssize_t n = len >= 2 ? pwrite(fd, buf, len / 2, (off_t)pos) : 0;
         (void)n;
+        if (io->fault_errno == KMB_FAULT_CRASH) crash_now(); /* a torn write */
         errno = saved;
         return -1;
     }

@@ -13,22 +13,24 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Operation classes a fault plan can target (bit mask). */
+#include "kimberlite/sys/faults.h"
+
+/* Operation classes a fault plan can target (bit mask): the public KMB_FAULT_* values. */
 enum {
-    KMB_IO_OPEN = 1u << 0,
-    KMB_IO_READ = 1u << 1,
-    KMB_IO_WRITE = 1u << 2,
-    KMB_IO_SYNC = 1u << 3,
-    KMB_IO_RENAME = 1u << 4,
-    KMB_IO_TRUNCATE = 1u << 5,
-    KMB_IO_MKDIR = 1u << 6,
-    KMB_IO_ALL = (1u << 7) - 1
+    KMB_IO_OPEN = KMB_FAULT_OPEN,
+    KMB_IO_READ = KMB_FAULT_READ,
+    KMB_IO_WRITE = KMB_FAULT_WRITE,
+    KMB_IO_SYNC = KMB_FAULT_SYNC,
+    KMB_IO_RENAME = KMB_FAULT_RENAME,
+    KMB_IO_TRUNCATE = KMB_FAULT_TRUNCATE,
+    KMB_IO_MKDIR = KMB_FAULT_MKDIR,
+    KMB_IO_ALL = KMB_FAULT_ALL
 };
 
 typedef struct kmb_io {
     unsigned fault_ops;     /* classes counted by the plan; 0 = no plan */
-    uint64_t fault_nth;     /* fail the nth counted call (1-based) */
-    int fault_errno;        /* errno to fail with (EIO, ENOSPC, …) */
+    uint64_t fault_nth;     /* fail the nth counted call (1-based); 0 = count only */
+    int fault_errno;        /* errno to fail with (EIO, ENOSPC, …), or KMB_FAULT_CRASH */
     int fault_persistent;   /* keep failing every counted call after the nth */
     int fault_short;        /* writes: write half the bytes, then fail with fault_errno */
     uint64_t calls;         /* counted calls so far */
@@ -37,6 +39,10 @@ typedef struct kmb_io {
 
 /* Reset the plan and counters (no faults). */
 void kmb_io_init(kmb_io *io);
+
+/* Install a plan and reset the counters (semantics: kmb_storage_set_fault, sys/faults.h). */
+void kmb_io_set_fault(kmb_io *io, unsigned ops, uint64_t nth, int err, int persistent,
+                      int short_write);
 
 /* Open a file; -1 with errno on failure. O_CLOEXEC is always added. */
 int kmb_io_open(kmb_io *io, const char *path, int flags, mode_t mode);

@@ -20,11 +20,14 @@
  */
 #include "py_kimberlite.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <structmember.h>
+
+#include "kimberlite/sys/faults.h"
 
 /* Payload bytes above which read results are copied into bytes objects without the GIL. */
 #define KMB_COPY_GIL_THRESHOLD (256 * 1024)
@@ -367,24 +370,54 @@ static PyObject *storage_append_batch(StorageObject *self, PyObject *args, PyObj
                      "to append one event, pass [event]", Py_TYPE(events)->tp_name);
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(events, "events must be an iterable of bytes-like objects");
+    /*
+     * A list is copied into a tuple: while the GIL is out another thread could remove an
+     * item from the list and free it, and exact bytes objects are used without a view.
+     */
+    PyObject *seq = PyList_CheckExact(events) ? PyList_AsTuple(events)
+                    : PySequence_Fast(events, "events must be an iterable of bytes-like objects");
     if (seq == NULL) return NULL;
 
     PyObject *result = NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), nviews = 0;
-    Py_buffer *views = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof *views);
-    kmb_slice *slices = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof *slices);
-    if (views == NULL || slices == NULL) {
-        PyErr_NoMemory();
-        goto cleanup;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    kmb_slice stack_slices[64];
+    kmb_slice *slices = stack_slices;
+    Py_buffer *views = NULL; /* only for items that are not exact bytes, allocated on need */
+    if (n > (Py_ssize_t)(sizeof stack_slices / sizeof stack_slices[0])) {
+        slices = PyMem_Malloc((size_t)n * sizeof *slices);
+        if (slices == NULL) {
+            PyErr_NoMemory();
+            goto cleanup;
+        }
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        char what[48];
-        snprintf(what, sizeof what, "events[%zd]", i);
-        if (kmb_get_buffer(PySequence_Fast_GET_ITEM(seq, i), &views[i], what) < 0) goto cleanup;
+        PyObject *item = items[i];
+        if (PyBytes_CheckExact(item)) { /* the common case: no buffer protocol round trip */
+            slices[i].data = PyBytes_AS_STRING(item);
+            slices[i].len = (size_t)PyBytes_GET_SIZE(item);
+            continue;
+        }
+        if (views == NULL) {
+            views = PyMem_Malloc((size_t)(n - i) * sizeof *views);
+            if (views == NULL) {
+                PyErr_NoMemory();
+                goto cleanup;
+            }
+        }
+        if (PyUnicode_Check(item) || !PyObject_CheckBuffer(item)) {
+            /* Not a bytes-like object: the index is formatted only now, for the message. */
+            char what[48];
+            snprintf(what, sizeof what, "events[%zd]", i);
+            Py_buffer unused;
+            if (kmb_get_buffer(item, &unused, what) == 0) PyBuffer_Release(&unused);
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "%s must be a bytes-like object", what);
+            goto cleanup;
+        }
+        if (kmb_get_buffer(item, &views[nviews], "an event") < 0) goto cleanup;
+        slices[i].data = views[nviews].buf;
+        slices[i].len = (size_t)views[nviews].len;
         nviews++;
-        slices[i].data = views[i].buf;
-        slices[i].len = (size_t)views[i].len;
     }
 
     uint64_t next = 0;
@@ -406,7 +439,7 @@ static PyObject *storage_append_batch(StorageObject *self, PyObject *args, PyObj
 cleanup:
     for (Py_ssize_t i = 0; i < nviews; i++) PyBuffer_Release(&views[i]);
     PyMem_Free(views);
-    PyMem_Free(slices);
+    if (slices != stack_slices) PyMem_Free(slices);
     Py_DECREF(seq);
     return result;
 }
@@ -729,6 +762,178 @@ static PyObject *storage_exit(StorageObject *self, PyObject *args)
     Py_RETURN_FALSE;
 }
 
+/* ---- private testing hooks (kimberlite.testing) ---------------------------------------- */
+
+static int parse_stream_seg(PyObject *args, const char *format, uint64_t *stream, uint32_t *seg,
+                            Py_buffer *data)
+{
+    PyObject *sid, *seg_obj;
+    if (data ? !PyArg_ParseTuple(args, format, &sid, &seg_obj, data)
+             : !PyArg_ParseTuple(args, format, &sid, &seg_obj))
+        return -1;
+    uint64_t v;
+    if (kmb_stream_id(sid, stream) < 0 || kmb_int_to_u64(seg_obj, "seg", 1, &v) < 0) goto fail;
+    if (v > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "seg must be in [0, 2**32 - 1], got %R", seg_obj);
+        goto fail;
+    }
+    *seg = (uint32_t)v;
+    return 0;
+fail:
+    if (data) PyBuffer_Release(data);
+    return -1;
+}
+
+PyDoc_STRVAR(segment_bytes_doc,
+"_segment_bytes($self, stream_id, seg, /)\n--\n\n"
+"Return the bytes of a segment (private: for kimberlite.testing).");
+
+static PyObject *storage_segment_bytes(StorageObject *self, PyObject *args)
+{
+    uint64_t stream;
+    uint32_t seg;
+    if (parse_stream_seg(args, "OO:_segment_bytes", &stream, &seg, NULL) < 0) return NULL;
+    if (storage_check_open(self) < 0) return NULL;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_segment_bytes(self->st, stream, seg, &buf, &len);
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (storage_finish(self, rc) == 0) result = PyBytes_FromStringAndSize((char *)buf, (Py_ssize_t)len);
+    free(buf);
+    return result;
+}
+
+PyDoc_STRVAR(replace_segment_bytes_doc,
+"_replace_segment_bytes($self, stream_id, seg, data, /)\n--\n\n"
+"Overwrite a segment with data and make the engine load the stream again on next use, as\n"
+"after reopening (private: for kimberlite.testing, which damages streams on purpose).");
+
+static PyObject *storage_replace_segment_bytes(StorageObject *self, PyObject *args)
+{
+    uint64_t stream;
+    uint32_t seg;
+    Py_buffer data;
+    if (parse_stream_seg(args, "OOy*:_replace_segment_bytes", &stream, &seg, &data) < 0)
+        return NULL;
+    if (storage_check_open(self) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_replace_segment_bytes(self->st, stream, seg, data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (storage_finish(self, rc) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---- fault injection (tests only: kimberlite/sys/faults.h, docs/TESTING.md) ------------ */
+
+static const struct {
+    const char *name;
+    unsigned bit;
+} fault_op_names[] = {
+    {"open", KMB_FAULT_OPEN},       {"read", KMB_FAULT_READ},   {"write", KMB_FAULT_WRITE},
+    {"sync", KMB_FAULT_SYNC},       {"rename", KMB_FAULT_RENAME},
+    {"truncate", KMB_FAULT_TRUNCATE}, {"mkdir", KMB_FAULT_MKDIR}, {"all", KMB_FAULT_ALL},
+};
+
+/* ops: an int mask, or a str of names separated by commas or "|" ("write,sync", "all"). */
+static int fault_ops_from(PyObject *obj, unsigned *out)
+{
+    if (PyLong_Check(obj)) {
+        unsigned long v = PyLong_AsUnsignedLong(obj);
+        if (v == (unsigned long)-1 && PyErr_Occurred()) return -1;
+        if (v & ~(unsigned long)KMB_FAULT_ALL) {
+            PyErr_Format(PyExc_ValueError, "unknown fault operation bits in %R", obj);
+            return -1;
+        }
+        *out = (unsigned)v;
+        return 0;
+    }
+    if (!PyUnicode_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "ops must be a str or an int, not %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    const char *s = PyUnicode_AsUTF8(obj);
+    if (s == NULL) return -1;
+    unsigned mask = 0;
+    while (*s) {
+        size_t n = strcspn(s, ",|");
+        size_t i, count = sizeof(fault_op_names) / sizeof(fault_op_names[0]);
+        for (i = 0; i < count; i++)
+            if (strlen(fault_op_names[i].name) == n && strncmp(s, fault_op_names[i].name, n) == 0)
+                break;
+        if (i == count) {
+            PyErr_Format(PyExc_ValueError, "unknown fault operation %.*s (use open, read, write, "
+                         "sync, rename, truncate, mkdir or all)", (int)n, s);
+            return -1;
+        }
+        mask |= fault_op_names[i].bit;
+        s += n;
+        if (*s) s++;
+    }
+    *out = mask;
+    return 0;
+}
+
+PyDoc_STRVAR(set_fault_doc,
+"_set_fault($self, ops, nth, errno=5, persistent=False, short=False, crash=False)\n--\n\n"
+"FOR TESTS ONLY (kimberlite/sys/faults.h). Make the nth call (1-based) of the file\n"
+"operations `ops` fail with `errno`: ops is a str such as \"write\", \"write,sync\" or\n"
+"\"all\" (open, read, write, sync, rename, truncate, mkdir) or an int mask; ops=\"\" removes\n"
+"the plan. nth=0 only counts calls (see _io_calls). persistent: every later call fails\n"
+"too. short: a failing write first writes half its bytes. crash: the process kills\n"
+"itself with SIGKILL at that call instead (after the half write when short). Resets the\n"
+"counters. Storage only; MemoryStorage raises ValueError.");
+
+static PyObject *storage_set_fault(StorageObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ops", "nth", "errno", "persistent", "short", "crash", NULL};
+    PyObject *ops_obj;
+    unsigned long long nth;
+    int err = EIO, persistent = 0, short_write = 0, crash = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OK|ippp:_set_fault", kwlist, &ops_obj, &nth,
+                                     &err, &persistent, &short_write, &crash))
+        return NULL;
+    unsigned ops;
+    if (fault_ops_from(ops_obj, &ops) < 0) return NULL;
+    if (err < 0) {
+        PyErr_SetString(PyExc_ValueError, "errno must not be negative (use crash=True)");
+        return NULL;
+    }
+    if (storage_check_open(self) < 0) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_set_fault(self->st, ops, (uint64_t)nth, crash ? KMB_FAULT_CRASH : err,
+                               persistent, short_write);
+    Py_END_ALLOW_THREADS
+    if (storage_finish(self, rc) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(io_calls_doc,
+"_io_calls($self)\n--\n\n"
+"FOR TESTS ONLY. (calls, faults): the file operations counted and the faults injected\n"
+"since the last _set_fault.");
+
+static PyObject *storage_io_calls(StorageObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (storage_check_open(self) < 0) return NULL;
+    uint64_t calls = 0, faults = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_fault_counts(self->st, &calls, &faults);
+    Py_END_ALLOW_THREADS
+    if (storage_finish(self, rc) < 0) return NULL;
+    return Py_BuildValue("(KK)", (unsigned long long)calls, (unsigned long long)faults);
+}
+
 #define KW_METHOD(name, fn, doc) \
     {name, (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS, doc}
 
@@ -746,6 +951,11 @@ static PyMethodDef storage_methods[] = {
     {"close", (PyCFunction)storage_close, METH_NOARGS, close_doc},
     {"__enter__", (PyCFunction)storage_enter, METH_NOARGS, enter_doc},
     {"__exit__", (PyCFunction)storage_exit, METH_VARARGS, exit_doc},
+    KW_METHOD("_set_fault", storage_set_fault, set_fault_doc),
+    {"_io_calls", (PyCFunction)storage_io_calls, METH_NOARGS, io_calls_doc},
+    {"_segment_bytes", (PyCFunction)storage_segment_bytes, METH_VARARGS, segment_bytes_doc},
+    {"_replace_segment_bytes", (PyCFunction)storage_replace_segment_bytes, METH_VARARGS,
+     replace_segment_bytes_doc},
     {NULL, NULL, 0, NULL},
 };
 

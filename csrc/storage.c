@@ -15,11 +15,15 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kimberlite/backend.h"
 #include "kimberlite/chain.h"
@@ -28,9 +32,17 @@
 #include "kimberlite/index.h"
 #include "kimberlite/record.h"
 #include "kimberlite/storage.h"
+#include "kimberlite/sys/faults.h"
+
+#include "disk.h" /* kmb_backend_disk_io: the fault plan of sys/faults.h */
 
 #define SCAN_CHUNK ((size_t)1 << 20)   /* bytes read at a time when scanning */
-#define VERIFY_CHUNK ((size_t)8 << 20) /* bytes checked at a time by verify */
+#define READ_CHUNK ((size_t)256 << 10) /* bytes read and checked at a time (two buffers) */
+#define WRITE_CHUNK ((size_t)256 << 10) /* bytes written at a time by a pipelined append */
+#ifndef WORKER_MIN_BYTES /* (overridable for experiments) */
+#define WORKER_MIN_BYTES ((size_t)256 << 10) /* smaller operations hash inline */
+#endif
+#define WORKER_SPIN_NS 200000u /* a caller spins this long for the worker before sleeping */
 #define READER_SETTLE_TRIES 20         /* a reader's retries before calling a tail damaged */
 
 typedef struct seg_state {
@@ -51,11 +63,18 @@ typedef struct stream_state {
     uint64_t next; /* next offset */
     uint8_t head[KMB_HASH_SIZE];
     int has_head;
-    int needs_reload; /* a failed write could not be cut back: reload before use */
+    /*
+     * A failed batch could not be cut back: the active segment holds bytes past its `size`
+     * that must never become records. The in-memory state never included them, so reads
+     * are right as they are; appends first retry the cut (cut_back), and so does close.
+     * (Reloading instead would rescan and show the whole records of the failed batch.)
+     */
+    int cut_pending;
     int damaged;      /* corruption found: appends refused */
     uint64_t damage_offset, damage_pos;
     uint32_t damage_seg;
     char damage_what[160];
+    kmb_error *tamper; /* a broken hash-chain link found by a read or verify (owned) */
 } stream_state;
 
 /* A sliding window over a segment's bytes, for scanning. */
@@ -65,6 +84,40 @@ typedef struct window {
     uint64_t start;
     size_t len;
 } window;
+
+/* Hashing work handed to the worker thread (see "the hashing worker" below). */
+typedef struct hash_job {
+    const kmb_record *recs;  /* hash each record from its own stored prev_hash (reads), or */
+    const kmb_slice *events; /* chain these events from `start` (appends) */
+    size_t count;
+    uint8_t (*out)[KMB_HASH_SIZE]; /* out[i]: hash of item i */
+    const uint8_t *start;          /* events: hash before the first one; NULL at genesis */
+} hash_job;
+
+typedef struct worker {
+    pthread_t thread;
+    pid_t pid; /* process that started the thread; 0 when there is none */
+    pthread_mutex_t mu;
+    pthread_cond_t cv_job;  /* a job was posted, or quit */
+    pthread_cond_t cv_done; /* progress (when someone waits) or the job ended */
+    int has_job, quit;      /* guarded by mu */
+    hash_job job;
+    atomic_size_t done; /* items of the current job whose hashes are in job.out */
+    atomic_int waiting; /* the caller sleeps on cv_done */
+    atomic_int cancel;  /* the caller gave up on the job */
+} worker;
+
+/* A chunk of whole records of one segment, read and CRC-checked, and their hashes. */
+typedef struct rchunk {
+    uint8_t *buf;
+    size_t cap;
+    kmb_record *recs;
+    uint8_t (*hash)[KMB_HASH_SIZE];
+    size_t rcap; /* entries of recs and hash */
+    size_t count;
+    const seg_state *g;
+    size_t i0; /* index in g of recs[0] */
+} rchunk;
 
 struct kmb_storage {
     pthread_mutex_t mu;
@@ -78,6 +131,10 @@ struct kmb_storage {
     window win;       /* scanning window, reused */
     uint8_t *rbuf;    /* single-record reads, reused */
     size_t rbuf_cap;
+    worker worker;     /* the hashing worker, started on first need */
+    rchunk chunks[2];  /* the reader's buffers, reused */
+    uint8_t *hashes;   /* a pipelined append's hashes, reused */
+    size_t hashes_cap;
     kmb_event_fn event_fn;
     void *event_ctx;
 };
@@ -148,6 +205,10 @@ static int corrupt(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t offs
 
 static int damaged_error(kmb_storage *st, stream_state *s)
 {
+    if (s->tamper) {
+        *kmb_error_mut() = *s->tamper;
+        return s->tamper->code;
+    }
     return corrupt(st, s->id, s->damage_seg, s->damage_offset, s->damage_pos, s->damage_what);
 }
 
@@ -168,6 +229,21 @@ static void mark_damaged(kmb_storage *st, stream_state *s, seg_state *g, uint64_
              "); nothing was cut; reads reaching it and appends to this stream will fail",
              s->id, what, pos, path, offset);
     }
+}
+
+/*
+ * A read or verify found a broken chain link (the thread's error describes it). Remember it
+ * so that appends refuse to extend a chain that no longer verifies, as for corruption.
+ */
+static void mark_tampered(stream_state *s)
+{
+    if (s->damaged) return;
+    s->tamper = malloc(sizeof(*s->tamper));
+    if (!s->tamper) return; /* best effort: the caller still gets the error */
+    *s->tamper = *kmb_error_last();
+    s->damaged = 1;
+    s->damage_offset = s->tamper->offset;
+    s->damage_pos = s->tamper->position;
 }
 
 static uint64_t seg_count(const seg_state *g) { return g->ix.count; }
@@ -241,6 +317,7 @@ static void table_remove(kmb_storage *st, stream_state *s)
 static void stream_free(stream_state *s)
 {
     if (!s) return;
+    free(s->tamper);
     for (size_t i = 0; i < s->nsegs; i++) kmb_index_free(&s->segs[i].ix);
     free(s->segs);
     free(s);
@@ -593,14 +670,42 @@ static void update_next(stream_state *s)
     s->next = last->base + seg_count(last);
 }
 
+/*
+ * List a stream's segments. A listing with a hole is damage (a missing segment file) —
+ * unless the "missing" segment exists after all: a directory listing taken while a live
+ * writer creates segments may miss a name created during it yet show a later one (readdir
+ * makes no promise about names added after opendir). Then list again, a bounded number
+ * of times, so that a reader never reports damage that is only the writer's activity.
+ */
+static int list_segments_settled(kmb_storage *st, uint64_t id, uint32_t **out, size_t *n)
+{
+    for (int attempt = 0;; attempt++) {
+        int rc = st->backend->list_segments(st->backend, id, out, n);
+        if (rc) return with_stream(st, rc, id, 0);
+        size_t hole = 0;
+        while (hole < *n && (*out)[hole] == hole) hole++;
+        if (hole == *n || attempt >= READER_SETTLE_TRIES) return KMB_OK;
+        int exists = 0;
+        rc = st->backend->segment_exists(st->backend, id, (uint32_t)hole, &exists);
+        if (rc) {
+            free(*out);
+            *out = NULL;
+            return with_stream(st, rc, id, (uint32_t)hole);
+        }
+        if (!exists) return KMB_OK; /* really missing: load_stream reports it */
+        free(*out);
+        *out = NULL;
+    }
+}
+
 /* Load a stream from the backend. *out is NULL (and KMB_OK) when the stream is absent. */
 static int load_stream(kmb_storage *st, uint64_t id, stream_state **out)
 {
     *out = NULL;
     uint32_t *nums = NULL;
     size_t n = 0;
-    int rc = st->backend->list_segments(st->backend, id, &nums, &n);
-    if (rc) return with_stream(st, rc, id, 0);
+    int rc = list_segments_settled(st, id, &nums, &n);
+    if (rc) return rc;
     if (n == 0) return KMB_OK;
     stream_state *s = calloc(1, sizeof(*s));
     if (!s) {
@@ -692,11 +797,6 @@ static int refresh(kmb_storage *st, stream_state *s)
 static int get_stream(kmb_storage *st, uint64_t id, stream_state **out)
 {
     stream_state *s = table_find(st, id);
-    if (s && s->needs_reload) {
-        table_remove(st, s);
-        stream_free(s);
-        s = NULL;
-    }
     if (s) {
         *out = s;
         return st->opts.read_only ? refresh(st, s) : KMB_OK;
@@ -734,54 +834,52 @@ static int unreachable(kmb_storage *st, stream_state *s, uint64_t offset)
 }
 
 /*
- * Check the records [i0, i1) of segment g that were read into buf (starting at position
- * pos[i0]): CRC, offset, and chain link against *running, which is updated to the last
- * record's hash. Records are written to recs when it is not NULL.
+ * Check the CRC and offset of the records [i0, i1) of segment g that were read into buf
+ * (starting at position pos[i0]), and decode them into recs.
  */
-static int check_records(kmb_storage *st, stream_state *s, seg_state *g, size_t i0, size_t i1,
-                         const uint8_t *buf, uint8_t running[KMB_HASH_SIZE], kmb_record *recs)
+static int parse_records(kmb_storage *st, stream_state *s, seg_state *g, size_t i0, size_t i1,
+                         const uint8_t *buf, kmb_record *recs)
 {
     uint64_t start = g->ix.positions[i0];
     for (size_t i = i0; i < i1; i++) {
         uint64_t pos = g->ix.positions[i];
         size_t size = (size_t)(rec_end(g, i) - pos);
-        kmb_record r;
+        kmb_record *r = &recs[i - i0];
         size_t used;
         uint64_t offset = g->base + i;
-        if (!kmb_record_probe(&r, &used, buf + (pos - start), size) || used != size)
+        if (!kmb_record_probe(r, &used, buf + (pos - start), size) || used != size)
             return corrupt(st, s->id, g->number, offset, pos, "record fails its CRC check");
-        if (r.offset != offset)
+        if (r->offset != offset)
             return corrupt(st, s->id, g->number, offset, pos, "record carries the wrong offset");
-        const uint8_t *want = running;
-        uint8_t zeros[KMB_HASH_SIZE] = {0};
-        if (offset == 0) want = zeros;
-        if (memcmp(r.prev_hash, want, KMB_HASH_SIZE) != 0) {
-            char path[KMB_PATH_MAX];
-            describe(st, s->id, g->number, path, sizeof(path));
-            kmb_error_set(KMB_ECHAIN, 0,
-                          "stream %" PRIu64 ": hash chain broken at offset %" PRIu64
-                          " (byte %" PRIu64 " of %s): its prev_hash does not match the hash "
-                          "of the record before it, so the log was altered; restore it from "
-                          "a trusted copy",
-                          s->id, offset, pos, path);
-            kmb_error *e = kmb_error_mut();
-            kmb_error_set_path(path);
-            e->has_stream = 1;
-            e->stream_id = s->id;
-            e->has_offset = 1;
-            e->offset = offset;
-            e->has_position = 1;
-            e->position = pos;
-            e->has_expected_hash = 1;
-            memcpy(e->expected_hash, want, KMB_HASH_SIZE);
-            e->has_actual_hash = 1;
-            memcpy(e->actual_hash, r.prev_hash, KMB_HASH_SIZE);
-            return KMB_ECHAIN;
-        }
-        kmb_record_hash(running, &r);
-        if (recs) recs[i - i0] = r;
     }
     return KMB_OK;
+}
+
+/* Record a broken chain link: the record at `offset` stores `actual`, not `want`. */
+static int chain_broken(kmb_storage *st, stream_state *s, const seg_state *g, uint64_t offset,
+                        uint64_t pos, const uint8_t *want, const uint8_t *actual)
+{
+    char path[KMB_PATH_MAX];
+    describe(st, s->id, g->number, path, sizeof(path));
+    kmb_error_set(KMB_ECHAIN, 0,
+                  "stream %" PRIu64 ": hash chain broken at offset %" PRIu64
+                  " (byte %" PRIu64 " of %s): its prev_hash does not match the hash "
+                  "of the record before it, so the log was altered; restore it from "
+                  "a trusted copy",
+                  s->id, offset, pos, path);
+    kmb_error *e = kmb_error_mut();
+    kmb_error_set_path(path);
+    e->has_stream = 1;
+    e->stream_id = s->id;
+    e->has_offset = 1;
+    e->offset = offset;
+    e->has_position = 1;
+    e->position = pos;
+    e->has_expected_hash = 1;
+    memcpy(e->expected_hash, want, KMB_HASH_SIZE);
+    e->has_actual_hash = 1;
+    memcpy(e->actual_hash, actual, KMB_HASH_SIZE);
+    return KMB_ECHAIN;
 }
 
 /* Read the bytes of records [i0, i1) of g into buf. */
@@ -867,6 +965,491 @@ static int retry_after_failure(kmb_storage *st, stream_state *s, uint64_t fallba
     }
     *kmb_error_mut() = saved;
     return retry;
+}
+
+/* ---------------------------------------------------------------- the hashing worker */
+
+/*
+ * SHA-256 is most of the cost of every append, read and verify, and the chain makes it
+ * sequential within a batch. Large operations therefore hand the hashing to a worker
+ * thread of this storage (started on first need, joined by kmb_storage_close) while the
+ * calling thread does the rest: reading, copying, CRCs, writing. The caller posts one job,
+ * does its own work, and waits for the job's progress (`done`) only where it needs the
+ * hashes: a read or verify never acts on a record before its link has been compared.
+ * Small operations hash inline: handing off would cost more than it saves.
+ */
+static void hash_job_run(const hash_job *j, worker *w)
+{
+    for (size_t i = 0; i < j->count; i++) {
+        if (j->recs)
+            kmb_record_hash(j->out[i], &j->recs[i]);
+        else
+            kmb_chain_hash(j->out[i], i ? j->out[i - 1] : j->start, j->events[i].data,
+                           j->events[i].len);
+        if (!w) continue;
+        atomic_store(&w->done, i + 1);
+        if (atomic_load(&w->waiting)) {
+            pthread_mutex_lock(&w->mu);
+            pthread_cond_broadcast(&w->cv_done);
+            pthread_mutex_unlock(&w->mu);
+        }
+        if (atomic_load_explicit(&w->cancel, memory_order_relaxed)) break;
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->has_job && !w->quit) pthread_cond_wait(&w->cv_job, &w->mu);
+        if (w->quit) break;
+        hash_job job = w->job;
+        pthread_mutex_unlock(&w->mu);
+        hash_job_run(&job, w);
+        pthread_mutex_lock(&w->mu);
+        w->has_job = 0;
+        pthread_cond_broadcast(&w->cv_done);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* Start the worker if this process has none yet (also after a fork). 0 if it cannot. */
+static int worker_ready(worker *w)
+{
+    if (getenv("KMB_NO_WORKER_EXPERIMENT")) return 0; /* TEMP */
+    pid_t pid = getpid();
+    if (w->pid == pid) return 1;
+    /* Never started, or started by the parent of a fork: the thread is not in this process. */
+    memset(w, 0, sizeof(*w));
+    if (pthread_mutex_init(&w->mu, NULL) != 0) return 0;
+    if (pthread_cond_init(&w->cv_job, NULL) != 0) {
+        pthread_mutex_destroy(&w->mu);
+        return 0;
+    }
+    if (pthread_cond_init(&w->cv_done, NULL) != 0) {
+        pthread_cond_destroy(&w->cv_job);
+        pthread_mutex_destroy(&w->mu);
+        return 0;
+    }
+    /* Signals stay with the application's threads: the worker blocks them all. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&w->thread, NULL, worker_main, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        pthread_cond_destroy(&w->cv_done);
+        pthread_cond_destroy(&w->cv_job);
+        pthread_mutex_destroy(&w->mu);
+        return 0;
+    }
+    w->pid = pid;
+    return 1;
+}
+
+/* Stop and join the worker (nothing if this process never started one). */
+static void worker_stop(worker *w)
+{
+    if (w->pid != getpid()) return; /* none here; a parent's after fork is not ours to join */
+    pthread_mutex_lock(&w->mu);
+    w->quit = 1;
+    pthread_cond_signal(&w->cv_job);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->cv_done);
+    pthread_cond_destroy(&w->cv_job);
+    pthread_mutex_destroy(&w->mu);
+    w->pid = 0;
+}
+
+/* Post a job to the (ready, idle) worker. */
+static void worker_post(worker *w, const hash_job *job)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->has_job) pthread_cond_wait(&w->cv_done, &w->mu);
+    w->job = *job;
+    atomic_store(&w->done, 0);
+    atomic_store(&w->cancel, 0);
+    w->has_job = 1;
+    pthread_cond_signal(&w->cv_job);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Wait until the current job has finished `need` items, or has ended. Spins a little
+ * (a hash takes microseconds; a sleeping thread, on a virtual machine especially, takes
+ * longer to wake), then yields the CPU while spinning (so that on a busy machine the
+ * worker, or anyone, can have it), and after WORKER_SPIN_NS sleeps on the condition
+ * variable.
+ */
+static void worker_wait(worker *w, size_t need)
+{
+    uint64_t t0 = 0;
+    for (unsigned spin = 0;; spin++) {
+        if (atomic_load_explicit(&w->done, memory_order_acquire) >= need) return;
+        if (spin < 64) {
+            cpu_relax();
+            continue;
+        }
+        if (!t0) {
+            t0 = now_ns();
+        } else if (now_ns() - t0 > WORKER_SPIN_NS) {
+            break;
+        }
+        sched_yield();
+    }
+    pthread_mutex_lock(&w->mu);
+    atomic_store(&w->waiting, 1);
+    while (w->has_job && atomic_load(&w->done) < need) pthread_cond_wait(&w->cv_done, &w->mu);
+    atomic_store(&w->waiting, 0);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Wait for the whole current job to end (cancelling it first when `cancel`). */
+static void worker_finish(worker *w, int cancel)
+{
+    if (cancel) atomic_store(&w->cancel, 1);
+    pthread_mutex_lock(&w->mu);
+    while (w->has_job) pthread_cond_wait(&w->cv_done, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* ---------------------------------------------------------------- the chunked reader */
+
+/*
+ * Reads and verify go through one reader: records are read a chunk at a time (at most
+ * READ_CHUNK bytes, at least one record) into one of two reused buffers, CRC- and
+ * offset-checked, hashed, linked (each record's prev_hash against the hash of the record
+ * before it), and only then delivered. With the worker, the hashes of chunk c are computed
+ * while this thread reads and CRC-checks chunk c+1 and delivers chunk c-1 — the hashes
+ * being independent (each from the record's own stored prev_hash), only the comparisons,
+ * made here once the chunk's hashes are in, follow the chain.
+ */
+typedef struct reader {
+    kmb_storage *st;
+    stream_state *s;
+    uint64_t offset;                 /* next record to read */
+    size_t left;                     /* records still to read */
+    uint8_t running[KMB_HASH_SIZE];  /* hash of the record before the next chunk to link */
+    int have_running;
+    int use_worker;
+    int busy;                        /* the worker has a job of this reader */
+    int stopped;                     /* the callback asked to stop */
+    kmb_read_fn fn;
+    void *ctx;
+    size_t delivered;                /* records delivered so far */
+    uint64_t delivered_payload;      /* their payload bytes */
+} reader;
+
+static int grow_chunk(rchunk *c, size_t bytes, size_t n)
+{
+    int rc = grow(&c->buf, &c->cap, bytes);
+    if (rc) return rc;
+    if (n > c->rcap) {
+        kmb_record *r = realloc(c->recs, n * sizeof(*r));
+        if (!r) return oom();
+        c->recs = r;
+        uint8_t(*h)[KMB_HASH_SIZE] = realloc(c->hash, n * sizeof(*h));
+        if (!h) return oom();
+        c->hash = h;
+        c->rcap = n;
+    }
+    return KMB_OK;
+}
+
+/* Release chunk buffers that one large record made larger than usual. */
+static void trim_chunks(kmb_storage *st)
+{
+    for (int i = 0; i < 2; i++) {
+        rchunk *c = &st->chunks[i];
+        if (c->cap > 4 * READ_CHUNK) {
+            free(c->buf);
+            c->buf = NULL;
+            c->cap = 0;
+        }
+    }
+}
+
+static void free_chunks(kmb_storage *st)
+{
+    for (int i = 0; i < 2; i++) {
+        free(st->chunks[i].buf);
+        free(st->chunks[i].recs);
+        free(st->chunks[i].hash);
+    }
+    memset(st->chunks, 0, sizeof(st->chunks));
+}
+
+/* Read the next chunk of records into c and check their CRCs and offsets. */
+static int fill_chunk(reader *r, rchunk *c)
+{
+    kmb_storage *st = r->st;
+    stream_state *s = r->s;
+    long k = locate(s, r->offset);
+    if (k < 0) return unreachable(st, s, r->offset);
+    seg_state *g = &s->segs[k];
+    size_t i0 = (size_t)(r->offset - g->base);
+    size_t lim = g->ix.count - i0 < r->left ? g->ix.count : i0 + r->left;
+    uint64_t start = g->ix.positions[i0];
+    size_t i1 = i0 + 1;
+    while (i1 < lim && rec_end(g, i1) - start <= READ_CHUNK) i1++;
+    /*
+     * The first chunk of a read needs the hash of the record before it. When that record is
+     * in the same segment it comes with the chunk: one read instead of three.
+     */
+    size_t first = i0;
+    int rc;
+    if (!r->have_running) {
+        if (i0 > 0) {
+            first = i0 - 1;
+        } else {
+            rc = hash_before(st, s, r->offset, r->running);
+            if (rc) return rc;
+            r->have_running = 1;
+        }
+    }
+    uint64_t from = g->ix.positions[first];
+    rc = grow_chunk(c, (size_t)(rec_end(g, i1 - 1) - from), i1 - i0);
+    if (rc) return rc;
+    rc = read_range(st, s, g, first, i1, c->buf);
+    if (rc) return rc;
+    const uint8_t *p = c->buf;
+    if (first < i0) {
+        /* As hash_before: the record's CRC and offset are checked, then it is hashed. */
+        size_t size = (size_t)(start - from), used;
+        kmb_record prev;
+        if (!kmb_record_probe(&prev, &used, p, size) || prev.offset != r->offset - 1)
+            return corrupt(st, s->id, g->number, r->offset - 1, from, "record fails its CRC check");
+        kmb_record_hash(r->running, &prev);
+        r->have_running = 1;
+        p += size;
+    }
+    rc = parse_records(st, s, g, i0, i1, p, c->recs);
+    if (rc) return rc;
+    c->g = g;
+    c->i0 = i0;
+    c->count = i1 - i0;
+    r->offset += c->count;
+    r->left -= c->count;
+    return KMB_OK;
+}
+
+/* Compute the hashes of c's records: on the worker, or here. */
+static void hash_chunk(reader *r, rchunk *c)
+{
+    hash_job job = {c->recs, NULL, c->count, c->hash, NULL};
+    if (r->use_worker) {
+        worker_post(&r->st->worker, &job);
+        r->busy = 1;
+    } else {
+        hash_job_run(&job, NULL);
+    }
+}
+
+/* Wait for the hashes of the chunk being hashed (n records). */
+static void hash_wait(reader *r, size_t n)
+{
+    if (!r->busy) return;
+    worker_wait(&r->st->worker, n);
+    r->busy = 0;
+}
+
+/* Compare every record's prev_hash with the hash of the record before it. */
+static int link_chunk(reader *r, const rchunk *c)
+{
+    static const uint8_t zeros[KMB_HASH_SIZE];
+    const seg_state *g = c->g;
+    for (size_t j = 0; j < c->count; j++) {
+        uint64_t offset = g->base + c->i0 + j;
+        const uint8_t *want = offset == 0 ? zeros : j ? c->hash[j - 1] : r->running;
+        if (memcmp(c->recs[j].prev_hash, want, KMB_HASH_SIZE) != 0)
+            return chain_broken(r->st, r->s, g, offset, g->ix.positions[c->i0 + j], want,
+                                c->recs[j].prev_hash);
+    }
+    memcpy(r->running, c->hash[c->count - 1], KMB_HASH_SIZE);
+    return KMB_OK;
+}
+
+static int deliver_chunk(reader *r, const rchunk *c)
+{
+    if (r->fn) {
+        int rc = r->fn(r->ctx, c->recs, c->count);
+        if (rc) {
+            r->stopped = 1;
+            return rc;
+        }
+    }
+    r->delivered += c->count;
+    for (size_t j = 0; j < c->count; j++) r->delivered_payload += c->recs[j].length;
+    return KMB_OK;
+}
+
+/*
+ * Read, check and deliver r->left records from r->offset. Pipelined with the worker: fill
+ * chunk c, then (chunk c-1's hashes being in) link c-1, start hashing c, deliver c-1. The
+ * earliest failure wins: a chain break in c-1 is reported before damage found in c.
+ */
+static int reader_run(reader *r)
+{
+    rchunk *pending = NULL;
+    int idx = 0, rc = KMB_OK;
+    for (;;) {
+        rchunk *cur = NULL;
+        if (r->left) {
+            cur = &r->st->chunks[idx];
+            idx ^= 1;
+            rc = fill_chunk(r, cur);
+        }
+        if (pending) {
+            hash_wait(r, pending->count);
+            int lrc = link_chunk(r, pending);
+            if (lrc) {
+                rc = lrc;
+                break;
+            }
+        }
+        if (rc) break;
+        if (cur) hash_chunk(r, cur);
+        if (pending) {
+            rc = deliver_chunk(r, pending);
+            if (rc) break;
+        }
+        if (!cur) break;
+        pending = cur;
+    }
+    if (r->busy) {
+        worker_finish(&r->st->worker, 1);
+        r->busy = 0;
+    }
+    return rc;
+}
+
+/* Set up a reader of n records from `from`; the worker takes the hashing of large reads. */
+static void reader_init(reader *r, kmb_storage *st, stream_state *s, uint64_t from, size_t n,
+                        uint64_t bytes, kmb_read_fn fn, void *ctx)
+{
+    memset(r, 0, sizeof(*r));
+    r->st = st;
+    r->s = s;
+    r->offset = from;
+    r->left = n;
+    r->fn = fn;
+    r->ctx = ctx;
+    r->use_worker = bytes >= WORKER_MIN_BYTES && worker_ready(&st->worker);
+}
+
+/*
+ * Encode a batch whose hashes the worker chains meanwhile, and write it at byte `pos` of
+ * segment g, WRITE_CHUNK bytes at a time: for each piece this thread copies the payloads
+ * and computes their CRCs, waits for the hashes the piece's headers need, completes each
+ * record's CRC as CRC(header || payload) = combine(CRC(header), CRC(payload)) and writes.
+ * Fills g->ix.positions past g->ix.count; *end is where the batch ends, head the hash of
+ * its last record. On failure the worker has stopped and nothing refers to `events`.
+ */
+static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
+                                 const kmb_slice *events, size_t count, uint64_t next,
+                                 uint64_t *end, uint8_t head[KMB_HASH_SIZE])
+{
+    static const uint8_t zeros[KMB_HASH_SIZE];
+    worker *w = &st->worker;
+    int rc = grow(&st->hashes, &st->hashes_cap, count * KMB_HASH_SIZE);
+    if (rc) return rc;
+    uint8_t(*hashes)[KMB_HASH_SIZE] = (uint8_t(*)[KMB_HASH_SIZE])(void *)st->hashes;
+    hash_job job = {NULL, events, count, hashes, next ? s->head : NULL};
+    worker_post(w, &job);
+    uint64_t pos = *end;
+    uint64_t op_len = UINT64_MAX;
+    uint32_t op = 0;
+    for (size_t i = 0; i < count;) {
+        size_t j = i;
+        size_t bytes = 0;
+        while (j < count &&
+               (j == i || bytes + kmb_record_size(events[j].len) <= WRITE_CHUNK)) {
+            bytes += (size_t)kmb_record_size(events[j].len);
+            j++;
+        }
+        rc = grow(&st->scratch, &st->scratch_cap, bytes);
+        if (rc) goto fail;
+        uint8_t *p = st->scratch;
+        for (size_t r = i; r < j; r++) { /* payloads and their CRCs: no hash needed yet */
+            size_t len = events[r].len;
+            g->ix.positions[g->ix.count + r] = pos + (uint64_t)(p - st->scratch);
+            kmb_store_u64le(p, next + r);
+            kmb_store_u32le(p + 40, (uint32_t)len);
+            if (len) memcpy(p + KMB_HEADER_SIZE, events[r].data, len);
+            kmb_store_u32le(p + KMB_HEADER_SIZE + len, kmb_crc32(p + KMB_HEADER_SIZE, len));
+            p += kmb_record_size(len);
+        }
+        worker_wait(w, j - 1); /* record j-1 links to hash j-2: hashes [0, j-1) */
+        p = st->scratch;
+        for (size_t r = i; r < j; r++) { /* headers, then whole-record CRCs */
+            size_t len = events[r].len;
+            const uint8_t *prev = next + r == 0 ? zeros : r ? hashes[r - 1] : s->head;
+            memcpy(p + 8, prev, KMB_HASH_SIZE);
+            if (len != op_len) {
+                op = kmb_crc32_combine_gen(len);
+                op_len = len;
+            }
+            uint8_t *crc = p + KMB_HEADER_SIZE + len;
+            kmb_store_u32le(crc, kmb_crc32_combine_op(kmb_crc32(p, KMB_HEADER_SIZE),
+                                                      kmb_load_u32le(crc), op));
+            p += kmb_record_size(len);
+        }
+        rc = st->backend->write(st->backend, s->id, g->number, pos, st->scratch, bytes);
+        if (rc) goto fail;
+        pos += bytes;
+        i = j;
+    }
+    worker_wait(w, count);
+    memcpy(head, hashes[count - 1], KMB_HASH_SIZE);
+    *end = pos;
+    return KMB_OK;
+fail:
+    worker_finish(w, 1);
+    return rc;
+}
+
+/* Encode a small batch into one buffer, chaining the hashes here: one write per batch. */
+static int write_batch_inline(kmb_storage *st, stream_state *s, seg_state *g,
+                              const kmb_slice *events, size_t count, uint64_t next,
+                              uint64_t total, uint64_t *end, uint8_t head[KMB_HASH_SIZE])
+{
+    int rc = grow(&st->scratch, &st->scratch_cap, (size_t)total);
+    if (rc) return rc;
+    memcpy(head, s->head, KMB_HASH_SIZE);
+    uint8_t *p = st->scratch;
+    uint64_t pos = *end;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t offset = next + i;
+        g->ix.positions[g->ix.count + i] = pos;
+        size_t n = kmb_record_encode(p, offset, offset ? head : NULL, events[i].data,
+                                     (uint32_t)events[i].len);
+        kmb_chain_hash(head, offset ? head : NULL, events[i].data, events[i].len);
+        p += n;
+        pos += n;
+    }
+    rc = st->backend->write(st->backend, s->id, g->number, *end, st->scratch, (size_t)total);
+    if (rc) return rc;
+    *end = pos;
+    return KMB_OK;
 }
 
 /* ---------------------------------------------------------------- public API */
@@ -960,6 +1543,16 @@ static int enter(kmb_storage *st)
 
 static void leave(kmb_storage *st) { pthread_mutex_unlock(&st->mu); }
 
+/* Cut the active segment back to its valid size after a failed batch (see cut_pending). */
+static int cut_back(kmb_storage *st, stream_state *s)
+{
+    seg_state *g = &s->segs[s->nsegs - 1];
+    int rc = st->backend->truncate(st->backend, s->id, g->number, g->size);
+    if (rc) return with_stream(st, rc, s->id, g->number);
+    s->cut_pending = 0;
+    return KMB_OK;
+}
+
 static int flush_locked(kmb_storage *st)
 {
     if (st->opts.read_only) return KMB_OK;
@@ -997,6 +1590,11 @@ int kmb_storage_close(kmb_storage *st)
         return KMB_OK;
     }
     int rc = flush_locked(st);
+    /* Last chance to cut back failed batches: a reopen must not find their records. */
+    for (size_t i = 0; i < st->tcap; i++) {
+        stream_state *s = st->table[i];
+        if (s && s->cut_pending && cut_back(st, s) != KMB_OK && rc == KMB_OK) rc = KMB_EIO;
+    }
     kmb_error saved = *kmb_error_last();
     for (size_t i = 0; i < st->tcap; i++) stream_free(st->table[i]);
     free(st->table);
@@ -1012,6 +1610,11 @@ int kmb_storage_close(kmb_storage *st)
     free(st->rbuf);
     st->rbuf = NULL;
     st->rbuf_cap = 0;
+    worker_stop(&st->worker);
+    free_chunks(st);
+    free(st->hashes);
+    st->hashes = NULL;
+    st->hashes_cap = 0;
     st->closed = 1;
     pthread_mutex_unlock(&st->mu);
     if (rc) *kmb_error_mut() = saved;
@@ -1072,6 +1675,10 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
         rc = damaged_error(st, s);
         goto out;
     }
+    if (s && s->cut_pending) {
+        rc = cut_back(st, s);
+        if (rc) goto out;
+    }
     uint64_t next = s ? s->next : 0;
     if (expected_offset && *expected_offset != next) {
         kmb_error_set(KMB_EOFFSET, 0,
@@ -1092,8 +1699,6 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
         rc = kmb_error_set(KMB_EINVAL, 0, "stream %" PRIu64 ": offsets would reach 2**63", stream);
         goto out;
     }
-    rc = grow(&st->scratch, &st->scratch_cap, (size_t)total);
-    if (rc) goto out;
 
     if (!s) {
         rc = st->backend->create_segment(st->backend, stream, 0, fsync);
@@ -1122,27 +1727,19 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
     rc = kmb_index_reserve(&g->ix, count);
     if (rc) goto out;
 
-    /* Encode the whole batch, chaining hashes, into one buffer: one write per batch. */
+    /* Large batches hash on the worker while this thread encodes and writes. */
     uint8_t head[KMB_HASH_SIZE];
-    memcpy(head, s->head, KMB_HASH_SIZE);
-    uint8_t *p = st->scratch;
     uint64_t pos = g->size;
-    for (size_t i = 0; i < count; i++) {
-        uint64_t offset = next + i;
-        g->ix.positions[g->ix.count + i] = pos;
-        size_t n = kmb_record_encode(p, offset, offset ? head : NULL, events[i].data,
-                                     (uint32_t)events[i].len);
-        kmb_chain_hash(head, offset ? head : NULL, events[i].data, events[i].len);
-        p += n;
-        pos += n;
-    }
-    rc = st->backend->write(st->backend, stream, g->number, g->size, st->scratch, (size_t)total);
+    if (total >= WORKER_MIN_BYTES && worker_ready(&st->worker))
+        rc = write_batch_pipelined(st, s, g, events, count, next, &pos, head);
+    else
+        rc = write_batch_inline(st, s, g, events, count, next, total, &pos, head);
     if (rc == KMB_OK && fsync) rc = st->backend->sync(st->backend, stream, g->number);
     if (rc) {
         kmb_error saved = *kmb_error_last();
         /* All or nothing: cut the segment back to its size before the batch. */
         if (st->backend->truncate(st->backend, stream, g->number, g->size) != KMB_OK)
-            s->needs_reload = 1; /* the next load quarantines what is left */
+            s->cut_pending = 1; /* retried before the next append and at close */
         *kmb_error_mut() = saved;
         rc = with_stream(st, rc, stream, g->number);
         goto out;
@@ -1187,6 +1784,8 @@ static int plan_read(kmb_storage *st, stream_state *s, uint64_t from, uint64_t m
     long k = from < s->next ? locate(s, from) : (long)s->nsegs - 1;
     if (k < 0) return unreachable(st, s, from);
     while (sum < max_bytes) {
+        /* Reaching known corruption is an error, even when no valid record follows it. */
+        if (s->damaged && !s->tamper && offset == s->damage_offset) return damaged_error(st, s);
         if (offset >= s->next) {
             /* Damage at the end hides how many records follow: reaching it is an error. */
             if (s->segs[s->nsegs - 1].damaged) return damaged_error(st, s);
@@ -1215,40 +1814,66 @@ static int plan_read(kmb_storage *st, stream_state *s, uint64_t from, uint64_t m
     return KMB_OK;
 }
 
-static int read_locked(kmb_storage *st, stream_state *s, uint64_t from, size_t n,
-                       uint64_t bytes, kmb_read_result *out)
+int kmb_storage_read_each(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t max_bytes,
+                          kmb_read_fn fn, void *ctx)
 {
-    int rc = grow(&out->buffer, &out->buffer_cap, (size_t)bytes);
+    int rc = enter(st);
     if (rc) return rc;
-    if (n > out->records_cap) {
-        kmb_record *p = realloc(out->records, n * sizeof(*p));
+    stream_state *s;
+    rc = get_stream(st, stream, &s);
+    if (rc || !s || max_bytes == 0) goto out;
+    if (from >= s->next && !s->segs[s->nsegs - 1].damaged &&
+        !(s->damaged && !s->tamper && from == s->damage_offset))
+        goto out;
+    for (;;) {
+        int was_damaged = s->damaged;
+        size_t n = 0;
+        uint64_t bytes = 0;
+        reader r;
+        rc = plan_read(st, s, from, max_bytes, &n, &bytes);
+        if (rc || n == 0) break;
+        reader_init(&r, st, s, from, n, bytes, fn, ctx);
+        rc = reader_run(&r);
+        if (rc == KMB_OK || r.stopped) break;
+        /*
+         * Each retry rebuilds one more unconfirmed index, so this ends. What was delivered
+         * stays delivered: the read resumes after it.
+         */
+        if (rc == KMB_ECHAIN) mark_tampered(s);
+        if (rc != KMB_ECORRUPT || was_damaged || !retry_after_failure(st, s, r.offset)) break;
+        from += r.delivered;
+        if (max_bytes != KMB_NO_LIMIT) max_bytes -= r.delivered_payload;
+    }
+out:
+    trim_chunks(st);
+    leave(st);
+    return rc;
+}
+
+/* kmb_storage_read's callback: append a chunk's records and payloads to the result. */
+static int collect_records(void *ctx, const kmb_record *recs, size_t n)
+{
+    kmb_read_result *out = ctx;
+    uint64_t bytes = 0;
+    for (size_t j = 0; j < n; j++) bytes += recs[j].length;
+    if (bytes > SIZE_MAX / 2 - out->payload_bytes) return oom();
+    int rc = grow(&out->buffer, &out->buffer_cap, (size_t)(out->payload_bytes + bytes));
+    if (rc) return rc;
+    if (out->count + n > out->records_cap) {
+        size_t cap = out->records_cap ? out->records_cap : 64;
+        while (cap < out->count + n) cap *= 2;
+        kmb_record *p = realloc(out->records, cap * sizeof(*p));
         if (!p) return oom();
         out->records = p;
-        out->records_cap = n;
+        out->records_cap = cap;
     }
-    uint8_t running[KMB_HASH_SIZE];
-    rc = hash_before(st, s, from, running);
-    if (rc) return rc;
-    size_t done = 0;
-    uint64_t cursor = 0;
-    while (done < n) {
-        uint64_t offset = from + done;
-        long k = locate(s, offset);
-        if (k < 0) return unreachable(st, s, offset);
-        seg_state *g = &s->segs[k];
-        size_t i0 = (size_t)(offset - g->base);
-        size_t i1 = i0 + (n - done);
-        if (i1 > g->ix.count) i1 = g->ix.count;
-        rc = read_range(st, s, g, i0, i1, out->buffer + cursor);
-        if (rc == KMB_OK)
-            rc = check_records(st, s, g, i0, i1, out->buffer + cursor, running,
-                               out->records + done);
-        if (rc) return rc;
-        cursor += rec_end(g, i1 - 1) - g->ix.positions[i0];
-        done += i1 - i0;
+    for (size_t j = 0; j < n; j++) {
+        kmb_record *r = &out->records[out->count++];
+        *r = recs[j];
+        r->payload = NULL; /* set once the buffer stops moving */
+        if (r->length) memcpy(out->buffer + out->payload_bytes, recs[j].payload, r->length);
+        out->payload_bytes += r->length;
     }
-    out->count = n;
-    for (size_t i = 0; i < n; i++) out->payload_bytes += out->records[i].length;
     return KMB_OK;
 }
 
@@ -1257,27 +1882,18 @@ int kmb_storage_read(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t m
 {
     out->count = 0;
     out->payload_bytes = 0;
-    int rc = enter(st);
-    if (rc) return rc;
-    stream_state *s;
-    rc = get_stream(st, stream, &s);
-    if (rc || !s || max_bytes == 0) goto out;
-    if (from >= s->next && !s->segs[s->nsegs - 1].damaged) goto out;
-    for (;;) {
-        int was_damaged = s->damaged;
-        size_t n = 0;
-        uint64_t bytes = 0;
-        rc = plan_read(st, s, from, max_bytes, &n, &bytes);
-        if (rc == KMB_OK && n) rc = read_locked(st, s, from, n, bytes, out);
-        if (rc == KMB_OK) break;
+    int rc = kmb_storage_read_each(st, stream, from, max_bytes, collect_records, out);
+    if (rc) {
         out->count = 0;
         out->payload_bytes = 0;
-        /* Each retry rebuilds one more unconfirmed index, so this ends. */
-        if (rc != KMB_ECORRUPT || was_damaged || !retry_after_failure(st, s, from)) break;
+        return rc;
     }
-out:
-    leave(st);
-    return rc;
+    uint64_t at = 0; /* payloads lie back to back in the buffer, in order */
+    for (size_t i = 0; i < out->count; i++) {
+        out->records[i].payload = out->buffer + at;
+        at += out->records[i].length;
+    }
+    return KMB_OK;
 }
 
 int kmb_storage_next_offset(kmb_storage *st, uint64_t stream, uint64_t *out)
@@ -1331,8 +1947,7 @@ static int head_mismatch(uint64_t stream, const uint8_t *expected, const uint8_t
 }
 
 /* One pass of verify over a loaded, undamaged stream; *head_out is the computed head. */
-static int verify_once(kmb_storage *st, stream_state *s, uint8_t head_out[KMB_HASH_SIZE],
-                       uint8_t **buf, size_t *cap)
+static int verify_once(kmb_storage *st, stream_state *s, uint8_t head_out[KMB_HASH_SIZE])
 {
     uint8_t running[KMB_HASH_SIZE] = {0};
     uint64_t offset = 0;
@@ -1342,18 +1957,14 @@ static int verify_once(kmb_storage *st, stream_state *s, uint8_t head_out[KMB_HA
         if (g->base != offset)
             return corrupt(st, s->id, g->number, offset, 0,
                            "segment does not continue the previous one");
-        for (size_t i0 = 0; i0 < g->ix.count;) {
-            /* A chunk of records of about VERIFY_CHUNK bytes (at least one record). */
-            size_t i1 = i0 + 1;
-            uint64_t start = g->ix.positions[i0];
-            while (i1 < g->ix.count && rec_end(g, i1) - start <= VERIFY_CHUNK) i1++;
-            int rc = grow(buf, cap, (size_t)(rec_end(g, i1 - 1) - start));
-            if (rc == KMB_OK) rc = read_range(st, s, g, i0, i1, *buf);
-            if (rc == KMB_OK) rc = check_records(st, s, g, i0, i1, *buf, running, NULL);
-            if (rc) return rc;
-            offset += i1 - i0;
-            i0 = i1;
-        }
+        reader r;
+        reader_init(&r, st, s, offset, g->ix.count, g->size, NULL, NULL);
+        memcpy(r.running, running, KMB_HASH_SIZE);
+        r.have_running = 1;
+        int rc = reader_run(&r);
+        if (rc) return rc;
+        memcpy(running, r.running, KMB_HASH_SIZE);
+        offset += g->ix.count;
     }
     if (offset != s->next)
         return corrupt(st, s->id, s->segs[s->nsegs - 1].number, offset, 0, "records missing");
@@ -1375,8 +1986,6 @@ int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected
     int rc = enter(st);
     if (rc) return rc;
     stream_state *s;
-    uint8_t *buf = NULL;
-    size_t cap = 0;
     uint8_t head[KMB_HASH_SIZE];
     rc = get_stream(st, stream, &s);
     if (rc) goto out;
@@ -1389,7 +1998,8 @@ int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected
             rc = damaged_error(st, s);
             break;
         }
-        rc = verify_once(st, s, head, &buf, &cap);
+        rc = verify_once(st, s, head);
+        if (rc == KMB_ECHAIN) mark_tampered(s); /* a broken link, not a head mismatch */
         if (rc != KMB_ECORRUPT || !retry_after_failure(st, s, 0)) break;
     }
     if (rc == KMB_OK && expected_head && memcmp(expected_head, head, KMB_HASH_SIZE) != 0)
@@ -1400,7 +2010,46 @@ int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected
         *has_head = 1;
     }
 out:
-    free(buf);
+    trim_chunks(st);
+    leave(st);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- fault injection */
+
+/* The disk backend's file layer, or KMB_EINVAL: only it has one (sys/faults.h). */
+static int fault_io(kmb_storage *st, kmb_io **out)
+{
+    *out = kmb_backend_disk_io(st->backend);
+    if (*out == NULL)
+        return kmb_error_set(KMB_EINVAL, 0, "fault injection needs a storage on the disk backend");
+    return KMB_OK;
+}
+
+int kmb_storage_set_fault(kmb_storage *st, unsigned ops, uint64_t nth, int err, int persistent,
+                          int short_write)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    kmb_io *io;
+    rc = fault_io(st, &io);
+    if (rc == KMB_OK && err < KMB_FAULT_CRASH)
+        rc = kmb_error_set(KMB_EINVAL, 0, "fault errno must be positive, 0 or KMB_FAULT_CRASH");
+    if (rc == KMB_OK) kmb_io_set_fault(io, ops, nth, err, persistent, short_write);
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_fault_counts(kmb_storage *st, uint64_t *calls, uint64_t *faults)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    kmb_io *io;
+    rc = fault_io(st, &io);
+    if (rc == KMB_OK) {
+        if (calls) *calls = io->calls;
+        if (faults) *faults = io->faults;
+    }
     leave(st);
     return rc;
 }
@@ -1446,6 +2095,85 @@ int kmb_storage_completed_segments(kmb_storage *st, uint64_t stream, uint32_t **
             *count = s->nsegs - 1;
         }
     }
+    leave(st);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- testing hooks */
+
+int kmb_storage_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t seg, uint8_t **out,
+                              size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    int rc = enter(st);
+    if (rc) return rc;
+    uint64_t size = 0;
+    size_t n = 0;
+    uint8_t *buf = NULL;
+    rc = st->backend->segment_size(st->backend, stream, seg, &size);
+    if (rc) {
+        rc = with_stream(st, rc, stream, seg);
+        goto out;
+    }
+    if (size > SIZE_MAX - 1) {
+        rc = oom();
+        goto out;
+    }
+    buf = malloc(size ? (size_t)size : 1);
+    if (!buf) {
+        rc = oom();
+        goto out;
+    }
+    rc = st->backend->read(st->backend, stream, seg, 0, buf, (size_t)size, &n);
+    if (rc) {
+        free(buf);
+        rc = with_stream(st, rc, stream, seg);
+        goto out;
+    }
+    *out = buf;
+    *len = n;
+out:
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_replace_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t seg,
+                                      const void *data, size_t len)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    if (st->opts.read_only) {
+        rc = kmb_error_set(KMB_EREADONLY, 0, "cannot replace segment bytes in read-only mode");
+        goto out;
+    }
+    /* Save the stream's indexes first, as close() would: the stream then reloads like a
+     * directory reopened after a clean close, not after a crash. */
+    stream_state *s = table_find(st, stream);
+    for (size_t k = 0; s && k < s->nsegs; k++) {
+        seg_state *g = &s->segs[k];
+        if (g->index_dirty && !g->damaged &&
+            st->backend->save_index(st->backend, stream, g->number, &g->ix) == KMB_OK)
+            g->index_dirty = 0;
+    }
+    int exists = 0;
+    rc = st->backend->segment_exists(st->backend, stream, seg, &exists);
+    if (rc == KMB_OK && !exists) {
+        char name[KMB_PATH_MAX];
+        describe(st, stream, seg, name, sizeof(name));
+        rc = kmb_error_set(KMB_ENOTFOUND, 0, "no segment %s", name);
+    }
+    if (rc == KMB_OK && len) rc = st->backend->write(st->backend, stream, seg, 0, data, len);
+    if (rc == KMB_OK) rc = st->backend->truncate(st->backend, stream, seg, len);
+    if (rc) rc = with_stream(st, rc, stream, seg);
+    /* Forget what was cached about the stream, as if this storage had just been opened:
+     * the next call that uses it loads it again from the backend. */
+    if (s) {
+        table_remove(st, s);
+        stream_free(s);
+    }
+    window_reset(st);
+out:
     leave(st);
     return rc;
 }

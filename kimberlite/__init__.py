@@ -14,6 +14,13 @@ a size limit; a per-segment offset index gives O(1) random access.
         s.verify(1, expected_head=head)
 
 ``MemoryStorage`` has the same API without files, for tests.
+
+Beyond that API: ``s.stream(1)`` is a sequence view of a stream (``len``, ``view[-1]``,
+``view[10:20]``, iteration in bounded memory, ``to_pandas()``, ``to_arrow()``);
+``s.iter_from(1)`` iterates in chunks; ``kimberlite.testing`` damages streams on purpose so
+that tests can check that an application notices; the ``kimberlite`` command line and a
+pytest plugin (fixtures ``kimberlite_storage`` and ``kimberlite_memory``) come with the
+package.
 """
 
 from __future__ import annotations
@@ -23,9 +30,7 @@ from ._core import (
     DEFAULT_MAX_SEGMENT_SIZE,
     HEADER_SIZE,
     RECORD_OVERHEAD,
-    MemoryStorage,
     OffsetIndex,
-    Storage,
     chain_hash,
     crc32,
 )
@@ -40,6 +45,8 @@ from ._errors import (
     UnexpectedEofError,
 )
 from ._record import Record
+from ._storage import MemoryStorage, Storage
+from ._stream import Stream
 
 _core._set_record_class(Record)
 
@@ -60,6 +67,7 @@ __version__: str = _version()
 __all__ = [
     "Storage",
     "MemoryStorage",
+    "Stream",
     "Record",
     "OffsetIndex",
     "crc32",

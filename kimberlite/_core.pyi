@@ -72,6 +72,22 @@ class Storage:
         traceback: Optional[TracebackType],
         /,
     ) -> bool: ...
+    # Private, for kimberlite.testing: a segment's bytes; overwrite them (the engine then
+    # loads the stream again on next use, as after reopening).
+    def _segment_bytes(self, stream_id: int, seg: int, /) -> bytes: ...
+    def _replace_segment_bytes(self, stream_id: int, seg: int, data: _Buffer, /) -> None: ...
+    # Private, FOR TESTS ONLY (include/kimberlite/sys/faults.h, docs/TESTING.md): fail the
+    # nth file operation of the classes `ops`; _io_calls() -> (calls counted, faults injected).
+    def _set_fault(
+        self,
+        ops: Union[str, int],
+        nth: int,
+        errno: int = ...,
+        persistent: bool = ...,
+        short: bool = ...,
+        crash: bool = ...,
+    ) -> None: ...
+    def _io_calls(self) -> Tuple[int, int]: ...
 
 @disjoint_base
 class MemoryStorage:
@@ -117,6 +133,10 @@ class MemoryStorage:
         traceback: Optional[TracebackType],
         /,
     ) -> bool: ...
+    # Private, for kimberlite.testing: a segment's bytes; overwrite them (the engine then
+    # loads the stream again on next use, as after reopening).
+    def _segment_bytes(self, stream_id: int, seg: int, /) -> bytes: ...
+    def _replace_segment_bytes(self, stream_id: int, seg: int, data: _Buffer, /) -> None: ...
 
 @disjoint_base
 class OffsetIndex:

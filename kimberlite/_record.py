@@ -8,6 +8,7 @@ what genesis stores on disk, are normalised to None, so that
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Any, Optional, Tuple, Type, TypeVar
 
 from . import _core
@@ -119,6 +120,22 @@ class Record:
         else:
             shown = repr(payload)
         return f"{type(self).__name__}(offset={self._offset}, prev_hash={prev}, payload={shown})"
+
+    def _repr_html_(self) -> str:
+        """A small HTML table for Jupyter: offset, hashes, size and a payload preview."""
+        esc = html.escape
+        payload = self._payload
+        shown = repr(payload[:_REPR_PAYLOAD]) + ("…" if len(payload) > _REPR_PAYLOAD else "")
+        prev = "None (genesis)" if self._prev_hash is None else self._prev_hash.hex()
+        rows = [
+            ("offset", str(self._offset)),
+            ("prev_hash", f"<code>{prev}</code>"),
+            ("hash", f"<code>{self.compute_hash().hex()}</code>"),
+            ("size", f"{len(payload)} bytes"),
+            ("payload", f"<code>{esc(shown)}</code>"),
+        ]
+        body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+        return f"<div><b>kimberlite.Record</b><table>{body}</table></div>"
 
     def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (self._offset, self._prev_hash, self._payload))

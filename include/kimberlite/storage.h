@@ -16,7 +16,10 @@
  *    return, not the size of the stream.
  *
  * Threads: every function may be called from any thread; calls on one kmb_storage are
- * serialised by a mutex inside it. Errors: see errors.h; details via kmb_error_last().
+ * serialised by a mutex inside it. Large appends, reads and verifies (256 KiB and more)
+ * hand the SHA-256 chain to a worker thread owned by the storage, started on first need
+ * (with every signal blocked) and joined by kmb_storage_close; smaller ones hash on the
+ * calling thread. Errors: see errors.h; details via kmb_error_last().
  */
 #ifndef KIMBERLITE_STORAGE_H
 #define KIMBERLITE_STORAGE_H
@@ -119,6 +122,28 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
 int kmb_storage_read(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t max_bytes,
                      kmb_read_result *out);
 
+/*
+ * Called by kmb_storage_read_each with each chunk of records, in order, once every record
+ * of the chunk has been checked (CRC, offset, chain link). `records` and the payloads they
+ * point to are borrowed: valid only during the call. The callback runs with the storage's
+ * mutex held, so it must not call into the same storage; it may block on other locks (the
+ * Python binding takes the GIL in it). Return 0 to go on; any other value stops the read.
+ */
+typedef int (*kmb_read_fn)(void *ctx, const kmb_record *records, size_t count);
+
+/*
+ * The same read as kmb_storage_read, delivered in chunks instead of one result: memory
+ * stays bounded (a few hundred KiB of reused buffers, or one record when a record is
+ * larger) whatever the read returns, and the consumer handles each chunk while it is in
+ * the cache. A large read hashes on the storage's worker thread, overlapped with reading
+ * and checking. Every record is delivered exactly once, and never before it was checked;
+ * when the read fails after some chunks were delivered, those records are good and the
+ * error concerns the records after them. Returns KMB_OK, the errors of kmb_storage_read,
+ * or the nonzero value `fn` returned (then no error is recorded by the engine).
+ */
+int kmb_storage_read_each(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t max_bytes,
+                          kmb_read_fn fn, void *ctx);
+
 /* Release a read result's memory (it is zeroed and reusable). */
 void kmb_read_result_free(kmb_read_result *r);
 
@@ -157,6 +182,19 @@ int kmb_storage_flush_indexes(kmb_storage *st);
  */
 typedef void (*kmb_event_fn)(void *ctx, const char *message);
 void kmb_storage_set_event_callback(kmb_storage *st, kmb_event_fn fn, void *ctx);
+
+/*
+ * Testing hooks (used by kimberlite.testing to damage a stream in either backend; not for
+ * applications). kmb_storage_segment_bytes copies a segment's bytes into *out (malloc'd,
+ * owned by the caller). kmb_storage_replace_segment_bytes overwrites a segment with `len`
+ * bytes and drops the engine's cached state of that stream, so that the next call loads it
+ * again, exactly as after reopening (recovery runs, damage is found as on disk).
+ * Errors: KMB_ENOTFOUND (no such segment), KMB_EREADONLY, KMB_EIO, KMB_ECLOSED, KMB_ENOMEM.
+ */
+int kmb_storage_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t seg, uint8_t **out,
+                              size_t *len);
+int kmb_storage_replace_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t seg,
+                                      const void *data, size_t len);
 
 #ifdef __cplusplus
 }

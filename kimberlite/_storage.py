@@ -1,0 +1,158 @@
+"""kimberlite.Storage and kimberlite.MemoryStorage: the C types plus Python conveniences.
+
+The engine's types live in the extension (``kimberlite._core.Storage`` and
+``kimberlite._core.MemoryStorage``, csrc/py_storage.c). The classes here subclass them and add
+what is easier to write, and to read, in Python: a sequence view of a stream
+(:meth:`stream`), iteration in bounded memory (:meth:`iter_from`) and summaries for the REPL
+and Jupyter (``__repr__``, ``_repr_html_``). Every method of SPEC §4 is the C one, unchanged;
+``isinstance(s, kimberlite._core.Storage)`` holds.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Iterator, List, Literal, Union, cast, overload
+
+from . import _core
+from ._errors import StorageError
+from ._record import Record
+from ._stream import DEFAULT_CHUNK_BYTES, Stream, StorageLike, _short_hash, iter_chunks
+
+__all__ = ["Storage", "MemoryStorage"]
+
+_HTML_STREAMS = 20  # streams listed by _repr_html_ before "... and N more"
+
+
+class _StorageMixin:
+    """Methods shared by Storage and MemoryStorage (written against the SPEC §4 API only)."""
+
+    __slots__ = ()
+
+    def stream(self, stream_id: int) -> Stream:
+        """Return a :class:`Stream`: a read-only sequence view of one stream.
+
+        ``len(view)`` is the stream's next offset at the time of the call; ``view[i]`` (negative
+        ``i`` counts from the end) and ``view[a:b]`` read only what they return; iterating
+        reads in chunks of about 1 MiB, so memory stays flat however long the stream. The view
+        holds no data and sees appends made after it was created.
+        """
+        return Stream(cast(StorageLike, self), stream_id)
+
+    @overload
+    def iter_from(
+        self,
+        stream_id: int,
+        from_offset: int = 0,
+        *,
+        records: Literal[False] = False,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> Iterator[bytes]: ...
+
+    @overload
+    def iter_from(
+        self,
+        stream_id: int,
+        from_offset: int = 0,
+        *,
+        records: Literal[True],
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> Iterator[Record]: ...
+
+    @overload
+    def iter_from(
+        self,
+        stream_id: int,
+        from_offset: int = 0,
+        *,
+        records: bool,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> Union[Iterator[bytes], Iterator[Record]]: ...
+
+    def iter_from(
+        self,
+        stream_id: int,
+        from_offset: int = 0,
+        *,
+        records: bool = False,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> Union[Iterator[bytes], Iterator[Record]]:
+        """Yield the events of a stream from ``from_offset`` to its end, in bounded memory.
+
+        A generator over :meth:`read_from` (``records=True``: :meth:`read_records`, yielding
+        :class:`Record` objects) called with ``max_bytes=chunk_bytes``: it holds one chunk at a
+        time (about ``chunk_bytes`` of payload, or one event if an event is larger), whatever
+        the size of the stream. Every record is checked as it is read (CRC, offset, chain
+        link, each chunk linked to the one before), and errors are raised where the damage
+        is reached. Events appended while iterating are yielded too, until the generator
+        finds the end. Arguments are checked when the generator is created.
+        """
+        return iter_chunks(cast(StorageLike, self), stream_id, from_offset, records=records,
+                           chunk_bytes=chunk_bytes)
+
+    # ---- summaries ----------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        """``<kimberlite.Storage path='data' read_only=False closed=False streams=2>``.
+
+        Cheap: the stream count is one directory listing; no stream is loaded.
+        """
+        s = cast(StorageLike, self)
+        parts = [f"<kimberlite.{type(self).__qualname__}"]
+        if s.path is not None:
+            parts += [f"path={s.path!r}", f"read_only={s.read_only}"]
+        else:
+            parts.append(f"max_segment_size={cast(Any, self).max_segment_size}")
+        parts.append(f"closed={s.closed}")
+        if not s.closed:
+            try:
+                parts.append(f"streams={len(s.streams())}")
+            except (StorageError, OSError):
+                pass
+        return " ".join(parts) + ">"
+
+    def _repr_html_(self) -> str:
+        """A small HTML table for Jupyter: one row per stream (at most 20), never the data."""
+        name = type(self).__name__
+        esc = html.escape
+        s = cast(StorageLike, self)
+        path = s.path
+        title = f"<b>kimberlite.{esc(name)}</b>"
+        if path is not None:
+            title += f" <code>{esc(str(path))}</code>"
+        if s.read_only:
+            title += " (read-only)"
+        if s.closed:
+            return f"<div>{title}: closed</div>"
+        try:
+            ids = s.streams()
+        except (StorageError, OSError) as e:
+            return f"<div>{title}: <i>{esc(str(e))}</i></div>"
+        rows = []
+        for sid in ids[:_HTML_STREAMS]:
+            try:
+                events = s.next_offset(sid)
+                segments = s.segment_count(sid)
+                head = s.latest_chain_hash(sid)
+                cells = [str(events), str(segments), f"<code>{_short_hash(head)}</code>"]
+            except (StorageError, OSError) as e:
+                cells = ["", "", f"<i>{esc(str(e))}</i>"]
+            rows.append(f"<tr><td>{sid}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        more = ""
+        if len(ids) > _HTML_STREAMS:
+            more = f"<tr><td colspan=4>… and {len(ids) - _HTML_STREAMS} more streams</td></tr>"
+        head_row = ("<tr><th>stream</th><th>events</th><th>segments</th>"
+                    "<th>head hash</th></tr>")
+        return (f"<div>{title}: {len(ids)} stream{'s' if len(ids) != 1 else ''}"
+                f"<table>{head_row}{''.join(rows)}{more}</table></div>")
+
+
+class Storage(_StorageMixin, _core.Storage):
+    __doc__ = _core.Storage.__doc__
+    __module__ = "kimberlite"
+    __slots__ = ()
+
+
+class MemoryStorage(_StorageMixin, _core.MemoryStorage):
+    __doc__ = _core.MemoryStorage.__doc__
+    __module__ = "kimberlite"
+    __slots__ = ()
