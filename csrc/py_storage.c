@@ -444,20 +444,29 @@ cleanup:
     return result;
 }
 
-/* Parse (stream_id, from_offset=0, max_bytes=None) and read into *res (zeroed). */
-static int storage_read_common(StorageObject *self, PyObject *args, PyObject *kwds,
-                               const char *format, kmb_read_result *res)
+/* Parse (stream_id, from_offset=0, max_bytes=None). */
+static int storage_read_args(StorageObject *self, PyObject *args, PyObject *kwds,
+                             const char *format, uint64_t *stream, uint64_t *from,
+                             uint64_t *max_bytes)
 {
     static char *kwlist[] = {"stream_id", "from_offset", "max_bytes", NULL};
     PyObject *sid, *from_obj = NULL, *max_obj = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, &sid, &from_obj, &max_obj))
         return -1;
     if (storage_check_open(self) < 0) return -1;
-    uint64_t stream, from = 0, max_bytes;
-    if (kmb_stream_id(sid, &stream) < 0) return -1;
+    *from = 0;
+    if (kmb_stream_id(sid, stream) < 0) return -1;
     /* A from_offset past 2**64 - 1 is simply past the end: clamp. */
-    if (from_obj != NULL && kmb_int_to_u64(from_obj, "from_offset", 1, &from) < 0) return -1;
-    if (storage_max_bytes(max_obj, &max_bytes) < 0) return -1;
+    if (from_obj != NULL && kmb_int_to_u64(from_obj, "from_offset", 1, from) < 0) return -1;
+    return storage_max_bytes(max_obj, max_bytes);
+}
+
+/* Parse (stream_id, from_offset=0, max_bytes=None) and read into *res (zeroed). */
+static int storage_read_common(StorageObject *self, PyObject *args, PyObject *kwds,
+                               const char *format, kmb_read_result *res)
+{
+    uint64_t stream, from, max_bytes;
+    if (storage_read_args(self, args, kwds, format, &stream, &from, &max_bytes) < 0) return -1;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = kmb_storage_read(self->st, stream, from, max_bytes, res);
@@ -502,15 +511,81 @@ PyDoc_STRVAR(read_from_doc,
 "Every record returned is checked (CRC, offset, chain link): damage raises\n"
 "CorruptedRecordError or ChainVerificationError instead of returning altered data.");
 
+/*
+ * read_from's consumer of verified chunks (kmb_read_fn). The engine calls it without the
+ * GIL and with its mutex held (never the other way round anywhere in this module, so this
+ * cannot deadlock); it takes the GIL only to make the chunk's bytes objects, while the
+ * engine's worker may be hashing the next chunk. Large payloads are copied into the new
+ * objects after the GIL is released again: nobody else can see them yet.
+ */
+typedef struct payload_sink {
+    PyThreadState *ts; /* the calling thread's state while the GIL is out */
+    PyObject **items;  /* new references, in stream order */
+    size_t count, cap;
+    int failed;        /* a Python exception is set */
+} payload_sink;
+
+static int payload_sink_chunk(void *ctx, const kmb_record *recs, size_t n)
+{
+    payload_sink *k = ctx;
+    if (k->count + n > k->cap) {
+        size_t cap = k->cap ? k->cap : 256;
+        while (cap < k->count + n) cap *= 2;
+        PyObject **p = PyMem_RawRealloc(k->items, cap * sizeof *p);
+        if (p == NULL) {
+            PyEval_RestoreThread(k->ts);
+            PyErr_NoMemory();
+            k->failed = 1;
+            k->ts = PyEval_SaveThread();
+            return KMB_ENOMEM;
+        }
+        k->items = p;
+        k->cap = cap;
+    }
+    uint64_t bytes = 0;
+    for (size_t j = 0; j < n; j++) bytes += recs[j].length;
+    int copy_later = bytes >= KMB_COPY_GIL_THRESHOLD / 4 && bytes >= (uint64_t)n * 1024;
+    size_t base = k->count;
+    PyEval_RestoreThread(k->ts);
+    for (size_t j = 0; j < n; j++) {
+        const char *src = copy_later ? NULL : (const char *)recs[j].payload;
+        PyObject *b = PyBytes_FromStringAndSize(src, (Py_ssize_t)recs[j].length);
+        if (b == NULL) {
+            k->failed = 1;
+            break;
+        }
+        k->items[k->count++] = b;
+    }
+    k->ts = PyEval_SaveThread();
+    if (k->failed) return KMB_ENOMEM;
+    if (copy_later)
+        for (size_t j = 0; j < n; j++)
+            if (recs[j].length)
+                memcpy(PyBytes_AS_STRING(k->items[base + j]), recs[j].payload, recs[j].length);
+    return 0;
+}
+
 static PyObject *storage_read_from(StorageObject *self, PyObject *args, PyObject *kwds)
 {
-    kmb_read_result res;
-    memset(&res, 0, sizeof res);
+    uint64_t stream, from, max_bytes;
+    if (storage_read_args(self, args, kwds, "O|OO:read_from", &stream, &from, &max_bytes) < 0)
+        return NULL;
+    payload_sink k;
+    memset(&k, 0, sizeof k);
+    k.ts = PyEval_SaveThread();
+    int rc = kmb_storage_read_each(self->st, stream, from, max_bytes, payload_sink_chunk, &k);
+    PyEval_RestoreThread(k.ts);
     PyObject *list = NULL;
-    if (storage_read_common(self, args, kwds, "O|OO:read_from", &res) < 0) goto cleanup;
-    list = payload_list(&res);
-cleanup:
-    kmb_read_result_free(&res);
+    if (k.failed)
+        storage_drain_events(self); /* the callback's exception stands */
+    else if (storage_finish(self, rc) == 0)
+        list = PyList_New((Py_ssize_t)k.count);
+    if (list != NULL) {
+        for (size_t i = 0; i < k.count; i++) PyList_SET_ITEM(list, (Py_ssize_t)i, k.items[i]);
+    } else {
+        for (size_t i = 0; i < k.count; i++) Py_DECREF(k.items[i]);
+    }
+    PyMem_RawFree(k.items);
     return list;
 }
 

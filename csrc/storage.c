@@ -37,12 +37,18 @@
 #include "disk.h" /* kmb_backend_disk_io: the fault plan of sys/faults.h */
 
 #define SCAN_CHUNK ((size_t)1 << 20)   /* bytes read at a time when scanning */
-#define READ_CHUNK ((size_t)256 << 10) /* bytes read and checked at a time (two buffers) */
+#define READ_CHUNK ((size_t)256 << 10) /* bytes read and checked at a time */
+#define READ_CHUNKS 3 /* chunks in flight: being delivered, checked, read */
 #define WRITE_CHUNK ((size_t)256 << 10) /* bytes written at a time by a pipelined append */
-#ifndef WORKER_MIN_BYTES /* (overridable for experiments) */
+#ifndef WORKER_MIN_BYTES /* (overridable at build time, for experiments) */
 #define WORKER_MIN_BYTES ((size_t)256 << 10) /* smaller operations hash inline */
 #endif
-#define WORKER_SPIN_NS 200000u /* a caller spins this long for the worker before sleeping */
+#define COMBINE_MIN_LEN 1024 /* shorter payloads are checksummed with their header */
+#define WORKER_SPIN_NS 50000u    /* a caller spins this long for the worker, */
+#define WORKER_YIELD_NS 2000000u /* then yields its CPU this long, then sleeps */
+#define WORKER_LINGER_NS 200000u /* the worker spins this long for a next job, then sleeps */
+#define WORKER_STALL_NS 300000u /* a wait this long means the worker had no CPU, */
+#define WORKER_BACKOFF_OPS 8     /* so this many operations go without it */
 #define READER_SETTLE_TRIES 20         /* a reader's retries before calling a tail damaged */
 
 typedef struct seg_state {
@@ -87,22 +93,39 @@ typedef struct window {
 
 /* Hashing work handed to the worker thread (see "the hashing worker" below). */
 typedef struct hash_job {
-    const kmb_record *recs;  /* hash each record from its own stored prev_hash (reads), or */
-    const kmb_slice *events; /* chain these events from `start` (appends) */
     size_t count;
     uint8_t (*out)[KMB_HASH_SIZE]; /* out[i]: hash of item i */
-    const uint8_t *start;          /* events: hash before the first one; NULL at genesis */
+    /* Appends: chain these events from `start` (NULL at genesis), in order. */
+    const kmb_slice *events;
+    const uint8_t *start;
+    /*
+     * Reads: check records i0.. of segment g, read into buf (CRC and offset: status[i],
+     * decoded into recs[i]) and hash each from its own stored prev_hash. Items are
+     * independent: the worker and the caller both claim `block` of them at a time.
+     */
+    const struct seg_state *g;
+    size_t i0;
+    const uint8_t *buf;
+    kmb_record *recs;
+    uint8_t *status;
+    size_t block;
 } hash_job;
 
 typedef struct worker {
     pthread_t thread;
-    pid_t pid; /* process that started the thread; 0 when there is none */
+    pid_t pid;            /* process that started the thread; 0 when there is none */
+    pid_t single_cpu_pid; /* process found to run on one CPU: no worker there */
+    unsigned backoff;     /* operations to do without the worker after it stalled */
+    cpu_set_t allowed;    /* the CPUs the process may use */
+    atomic_int cpu;       /* the CPU the worker last started a job on */
     pthread_mutex_t mu;
     pthread_cond_t cv_job;  /* a job was posted, or quit */
     pthread_cond_t cv_done; /* progress (when someone waits) or the job ended */
-    int has_job, quit;      /* guarded by mu */
+    atomic_int has_job;     /* written under mu; the lingering worker reads it without */
+    atomic_int quit;
     hash_job job;
-    atomic_size_t done; /* items of the current job whose hashes are in job.out */
+    atomic_size_t done;  /* items of the current job that are finished */
+    atomic_size_t claim; /* reads: the next item nobody has claimed */
     atomic_int waiting; /* the caller sleeps on cv_done */
     atomic_int cancel;  /* the caller gave up on the job */
 } worker;
@@ -113,10 +136,12 @@ typedef struct rchunk {
     size_t cap;
     kmb_record *recs;
     uint8_t (*hash)[KMB_HASH_SIZE];
-    size_t rcap; /* entries of recs and hash */
+    uint8_t *status; /* REC_OK, REC_BAD_CRC, REC_BAD_OFFSET */
+    size_t rcap;     /* entries of recs, hash and status */
     size_t count;
     const seg_state *g;
-    size_t i0; /* index in g of recs[0] */
+    size_t i0;   /* index in g of recs[0] */
+    size_t skip; /* bytes in buf before recs[0]'s record (the record before it) */
 } rchunk;
 
 struct kmb_storage {
@@ -132,7 +157,7 @@ struct kmb_storage {
     uint8_t *rbuf;    /* single-record reads, reused */
     size_t rbuf_cap;
     worker worker;     /* the hashing worker, started on first need */
-    rchunk chunks[2];  /* the reader's buffers, reused */
+    rchunk chunks[READ_CHUNKS]; /* the reader's buffers, reused */
     uint8_t *hashes;   /* a pipelined append's hashes, reused */
     size_t hashes_cap;
     kmb_event_fn event_fn;
@@ -833,28 +858,6 @@ static int unreachable(kmb_storage *st, stream_state *s, uint64_t offset)
     return corrupt(st, s->id, s->segs[s->nsegs - 1].number, offset, 0, "record missing");
 }
 
-/*
- * Check the CRC and offset of the records [i0, i1) of segment g that were read into buf
- * (starting at position pos[i0]), and decode them into recs.
- */
-static int parse_records(kmb_storage *st, stream_state *s, seg_state *g, size_t i0, size_t i1,
-                         const uint8_t *buf, kmb_record *recs)
-{
-    uint64_t start = g->ix.positions[i0];
-    for (size_t i = i0; i < i1; i++) {
-        uint64_t pos = g->ix.positions[i];
-        size_t size = (size_t)(rec_end(g, i) - pos);
-        kmb_record *r = &recs[i - i0];
-        size_t used;
-        uint64_t offset = g->base + i;
-        if (!kmb_record_probe(r, &used, buf + (pos - start), size) || used != size)
-            return corrupt(st, s->id, g->number, offset, pos, "record fails its CRC check");
-        if (r->offset != offset)
-            return corrupt(st, s->id, g->number, offset, pos, "record carries the wrong offset");
-    }
-    return KMB_OK;
-}
-
 /* Record a broken chain link: the record at `offset` stores `actual`, not `want`. */
 static int chain_broken(kmb_storage *st, stream_state *s, const seg_state *g, uint64_t offset,
                         uint64_t pos, const uint8_t *want, const uint8_t *actual)
@@ -978,51 +981,143 @@ static int retry_after_failure(kmb_storage *st, stream_state *s, uint64_t fallba
  * hashes: a read or verify never acts on a record before its link has been compared.
  * Small operations hash inline: handing off would cost more than it saves.
  */
-static void hash_job_run(const hash_job *j, worker *w)
+enum { REC_OK = 0, REC_BAD_CRC = 1, REC_BAD_OFFSET = 2 };
+
+/* Check and hash record i of a read job (see hash_job). */
+static void check_one(const hash_job *j, size_t i)
 {
-    for (size_t i = 0; i < j->count; i++) {
-        if (j->recs)
-            kmb_record_hash(j->out[i], &j->recs[i]);
-        else
-            kmb_chain_hash(j->out[i], i ? j->out[i - 1] : j->start, j->events[i].data,
-                           j->events[i].len);
-        if (!w) continue;
-        atomic_store(&w->done, i + 1);
-        if (atomic_load(&w->waiting)) {
-            pthread_mutex_lock(&w->mu);
-            pthread_cond_broadcast(&w->cv_done);
-            pthread_mutex_unlock(&w->mu);
-        }
-        if (atomic_load_explicit(&w->cancel, memory_order_relaxed)) break;
+    const seg_state *g = j->g;
+    size_t k = j->i0 + i;
+    uint64_t pos = g->ix.positions[k];
+    size_t size = (size_t)(rec_end(g, k) - pos), used;
+    kmb_record *r = &j->recs[i];
+    if (!kmb_record_probe(r, &used, j->buf + (pos - g->ix.positions[j->i0]), size) ||
+        used != size) {
+        j->status[i] = REC_BAD_CRC;
+    } else if (r->offset != g->base + k) {
+        j->status[i] = REC_BAD_OFFSET;
+    } else {
+        j->status[i] = REC_OK;
+        kmb_record_hash(j->out[i], r);
     }
 }
 
+/* Publish progress; wake the caller if it sleeps. */
+static void worker_progress(worker *w, size_t n, int add)
+{
+    if (add)
+        atomic_fetch_add(&w->done, n);
+    else
+        atomic_store(&w->done, n);
+    if (atomic_load(&w->waiting)) {
+        pthread_mutex_lock(&w->mu);
+        pthread_cond_broadcast(&w->cv_done);
+        pthread_mutex_unlock(&w->mu);
+    }
+}
+
+/*
+ * Work on a job: an append's chain in order, or the blocks of a read job this thread
+ * claims. w is NULL when the caller runs a whole job inline. Returns the items done here.
+ */
+static size_t hash_job_run(const hash_job *j, worker *w)
+{
+    size_t mine = 0;
+    if (j->events) {
+        for (size_t i = 0; i < j->count; i++) {
+            kmb_chain_hash(j->out[i], i ? j->out[i - 1] : j->start, j->events[i].data,
+                           j->events[i].len);
+            if (!w) continue;
+            worker_progress(w, i + 1, 0);
+            if (atomic_load_explicit(&w->cancel, memory_order_relaxed)) break;
+        }
+        return j->count;
+    }
+    if (!w) {
+        for (size_t i = 0; i < j->count; i++) check_one(j, i);
+        return j->count;
+    }
+    for (;;) {
+        if (atomic_load_explicit(&w->cancel, memory_order_relaxed)) break;
+        size_t b = atomic_fetch_add(&w->claim, j->block);
+        if (b >= j->count) break;
+        size_t e = j->count - b < j->block ? j->count : b + j->block;
+        for (size_t i = b; i < e; i++) check_one(j, i);
+        worker_progress(w, e - b, 1);
+        mine += e - b;
+    }
+    return mine;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * The worker's loop. Between jobs it lingers, spinning, for WORKER_LINGER_NS before it
+ * sleeps: the jobs of one large operation come every few hundred microseconds, and a
+ * thread that sleeps between them wakes late and, woken by the caller, tends to be put on
+ * the caller's own CPU — the two would then take turns instead of working side by side.
+ */
 static void *worker_main(void *arg)
 {
     worker *w = arg;
-    pthread_mutex_lock(&w->mu);
     for (;;) {
-        while (!w->has_job && !w->quit) pthread_cond_wait(&w->cv_job, &w->mu);
-        if (w->quit) break;
+        uint64_t t0 = 0;
+        for (unsigned spin = 1; !atomic_load(&w->has_job) && !atomic_load(&w->quit); spin++) {
+            if ((spin & 63) == 0) {
+                if (!t0)
+                    t0 = now_ns();
+                else if (now_ns() - t0 > WORKER_LINGER_NS)
+                    break;
+            }
+            cpu_relax();
+        }
+        pthread_mutex_lock(&w->mu);
+        while (!atomic_load(&w->has_job) && !atomic_load(&w->quit))
+            pthread_cond_wait(&w->cv_job, &w->mu);
+        if (atomic_load(&w->quit)) {
+            pthread_mutex_unlock(&w->mu);
+            return NULL;
+        }
         hash_job job = w->job;
         pthread_mutex_unlock(&w->mu);
+        atomic_store_explicit(&w->cpu, sched_getcpu(), memory_order_relaxed);
         hash_job_run(&job, w);
         pthread_mutex_lock(&w->mu);
-        w->has_job = 0;
+        atomic_store(&w->has_job, 0);
         pthread_cond_broadcast(&w->cv_done);
+        pthread_mutex_unlock(&w->mu);
     }
-    pthread_mutex_unlock(&w->mu);
-    return NULL;
 }
 
 /* Start the worker if this process has none yet (also after a fork). 0 if it cannot. */
 static int worker_ready(worker *w)
 {
-    if (getenv("KMB_NO_WORKER_EXPERIMENT")) return 0; /* TEMP */
     pid_t pid = getpid();
     if (w->pid == pid) return 1;
+    if (w->single_cpu_pid == pid) return 0;
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) != 0 || CPU_COUNT(&cpus) < 2) {
+        w->single_cpu_pid = pid; /* one CPU: a second thread could only get in the way */
+        return 0;
+    }
     /* Never started, or started by the parent of a fork: the thread is not in this process. */
     memset(w, 0, sizeof(*w));
+    /* (w->single_cpu_pid is 0 again: this process has more than one CPU) */
     if (pthread_mutex_init(&w->mu, NULL) != 0) return 0;
     if (pthread_cond_init(&w->cv_job, NULL) != 0) {
         pthread_mutex_destroy(&w->mu);
@@ -1046,6 +1141,8 @@ static int worker_ready(worker *w)
         return 0;
     }
     w->pid = pid;
+    w->allowed = cpus;
+    atomic_store(&w->cpu, -1);
     return 1;
 }
 
@@ -1054,7 +1151,7 @@ static void worker_stop(worker *w)
 {
     if (w->pid != getpid()) return; /* none here; a parent's after fork is not ours to join */
     pthread_mutex_lock(&w->mu);
-    w->quit = 1;
+    atomic_store(&w->quit, 1);
     pthread_cond_signal(&w->cv_job);
     pthread_mutex_unlock(&w->mu);
     pthread_join(w->thread, NULL);
@@ -1067,60 +1164,83 @@ static void worker_stop(worker *w)
 /* Post a job to the (ready, idle) worker. */
 static void worker_post(worker *w, const hash_job *job)
 {
+    /*
+     * Woken by the caller, the worker is sometimes placed on the caller's own CPU and the
+     * two then take turns. When that is seen, keep the worker off the caller's CPU (within
+     * the CPUs the process may use); it is re-checked at every job.
+     */
+    int cpu = sched_getcpu();
+    if (cpu >= 0 && cpu == atomic_load_explicit(&w->cpu, memory_order_relaxed)) {
+        cpu_set_t m = w->allowed;
+        CPU_CLR(cpu, &m);
+        if (CPU_COUNT(&m) > 0) pthread_setaffinity_np(w->thread, sizeof(m), &m);
+        atomic_store_explicit(&w->cpu, -1, memory_order_relaxed);
+    }
     pthread_mutex_lock(&w->mu);
-    while (w->has_job) pthread_cond_wait(&w->cv_done, &w->mu);
+    while (atomic_load(&w->has_job)) pthread_cond_wait(&w->cv_done, &w->mu);
     w->job = *job;
     atomic_store(&w->done, 0);
+    atomic_store(&w->claim, 0);
     atomic_store(&w->cancel, 0);
-    w->has_job = 1;
+    atomic_store(&w->has_job, 1);
     pthread_cond_signal(&w->cv_job);
     pthread_mutex_unlock(&w->mu);
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /*
- * Wait until the current job has finished `need` items, or has ended. Spins a little
- * (a hash takes microseconds; a sleeping thread, on a virtual machine especially, takes
- * longer to wake), then yields the CPU while spinning (so that on a busy machine the
- * worker, or anyone, can have it), and after WORKER_SPIN_NS sleeps on the condition
- * variable.
+ * Wait until the current job has finished `need` items, or has ended. Spins for up to
+ * WORKER_SPIN_NS (a hash takes microseconds; a sleeping thread, on a virtual machine
+ * especially, takes longer to wake), then yields the CPU between checks (on a busy
+ * machine the worker may be waiting for this CPU) and after WORKER_YIELD_NS sleeps on the
+ * condition variable.
  */
-static void worker_wait(worker *w, size_t need)
+static uint64_t worker_wait(worker *w, size_t need)
 {
-    uint64_t t0 = 0;
-    for (unsigned spin = 0;; spin++) {
-        if (atomic_load_explicit(&w->done, memory_order_acquire) >= need) return;
-        if (spin < 64) {
+    uint64_t t0 = 0, waited = 0;
+    for (unsigned spin = 1;; spin++) {
+        if (atomic_load_explicit(&w->done, memory_order_acquire) >= need) return waited;
+        if ((spin & 63) == 0) {
+            if (!t0) t0 = now_ns();
+            waited = now_ns() - t0;
+            if (waited > WORKER_YIELD_NS) break;
+        }
+        if (waited > WORKER_SPIN_NS)
+            sched_yield(); /* the worker may be waiting for this very CPU */
+        else
             cpu_relax();
-            continue;
-        }
-        if (!t0) {
-            t0 = now_ns();
-        } else if (now_ns() - t0 > WORKER_SPIN_NS) {
-            break;
-        }
-        sched_yield();
     }
     pthread_mutex_lock(&w->mu);
     atomic_store(&w->waiting, 1);
-    while (w->has_job && atomic_load(&w->done) < need) pthread_cond_wait(&w->cv_done, &w->mu);
+    while (atomic_load(&w->has_job) && atomic_load(&w->done) < need)
+        pthread_cond_wait(&w->cv_done, &w->mu);
     atomic_store(&w->waiting, 0);
     pthread_mutex_unlock(&w->mu);
+    return now_ns() - t0;
+}
+
+/*
+ * Whether an operation of `bytes` should use the worker. Not below WORKER_MIN_BYTES, and
+ * not for a while after the worker stalled (waits longer than WORKER_STALL_NS mean that
+ * the machine is too busy to give it a CPU of its own: then it would only slow the caller
+ * down).
+ */
+static int worker_use(kmb_storage *st, uint64_t bytes)
+{
+    worker *w = &st->worker;
+    if (bytes < WORKER_MIN_BYTES) return 0;
+    if (w->backoff) {
+        w->backoff--;
+        return 0;
+    }
+    return worker_ready(w);
+}
+
+/* Note how long the caller waited; 1 if the worker stalled (see worker_use). */
+static int worker_stalled(worker *w, uint64_t waited)
+{
+    if (waited <= WORKER_STALL_NS) return 0;
+    w->backoff = WORKER_BACKOFF_OPS;
+    return 1;
 }
 
 /* Wait for the whole current job to end (cancelling it first when `cancel`). */
@@ -1128,7 +1248,7 @@ static void worker_finish(worker *w, int cancel)
 {
     if (cancel) atomic_store(&w->cancel, 1);
     pthread_mutex_lock(&w->mu);
-    while (w->has_job) pthread_cond_wait(&w->cv_done, &w->mu);
+    while (atomic_load(&w->has_job)) pthread_cond_wait(&w->cv_done, &w->mu);
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -1136,12 +1256,12 @@ static void worker_finish(worker *w, int cancel)
 
 /*
  * Reads and verify go through one reader: records are read a chunk at a time (at most
- * READ_CHUNK bytes, at least one record) into one of two reused buffers, CRC- and
- * offset-checked, hashed, linked (each record's prev_hash against the hash of the record
- * before it), and only then delivered. With the worker, the hashes of chunk c are computed
- * while this thread reads and CRC-checks chunk c+1 and delivers chunk c-1 — the hashes
- * being independent (each from the record's own stored prev_hash), only the comparisons,
- * made here once the chunk's hashes are in, follow the chain.
+ * READ_CHUNK bytes, at least one record) into one of three reused buffers, checked (CRC,
+ * offset), hashed, linked (each record's prev_hash against the hash of the record before
+ * it), and only then delivered. Each record's hash depends only on its own bytes (its
+ * stored prev_hash is what the link check compares), so checking and hashing are shared
+ * between this thread and the worker, block by block; only the comparisons, made here
+ * once the chunk is done, follow the chain.
  */
 typedef struct reader {
     kmb_storage *st;
@@ -1152,6 +1272,7 @@ typedef struct reader {
     int have_running;
     int use_worker;
     int busy;                        /* the worker has a job of this reader */
+    size_t chunks_checked;           /* with the worker */
     int stopped;                     /* the callback asked to stop */
     kmb_read_fn fn;
     void *ctx;
@@ -1170,6 +1291,9 @@ static int grow_chunk(rchunk *c, size_t bytes, size_t n)
         uint8_t(*h)[KMB_HASH_SIZE] = realloc(c->hash, n * sizeof(*h));
         if (!h) return oom();
         c->hash = h;
+        uint8_t *t = realloc(c->status, n);
+        if (!t) return oom();
+        c->status = t;
         c->rcap = n;
     }
     return KMB_OK;
@@ -1178,7 +1302,7 @@ static int grow_chunk(rchunk *c, size_t bytes, size_t n)
 /* Release chunk buffers that one large record made larger than usual. */
 static void trim_chunks(kmb_storage *st)
 {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < READ_CHUNKS; i++) {
         rchunk *c = &st->chunks[i];
         if (c->cap > 4 * READ_CHUNK) {
             free(c->buf);
@@ -1190,16 +1314,17 @@ static void trim_chunks(kmb_storage *st)
 
 static void free_chunks(kmb_storage *st)
 {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < READ_CHUNKS; i++) {
         free(st->chunks[i].buf);
         free(st->chunks[i].recs);
         free(st->chunks[i].hash);
+        free(st->chunks[i].status);
     }
     memset(st->chunks, 0, sizeof(st->chunks));
 }
 
-/* Read the next chunk of records into c and check their CRCs and offsets. */
-static int fill_chunk(reader *r, rchunk *c)
+/* Read the bytes of the next chunk of records into c (not yet checked). */
+static int read_chunk(reader *r, rchunk *c)
 {
     kmb_storage *st = r->st;
     stream_state *s = r->s;
@@ -1231,19 +1356,16 @@ static int fill_chunk(reader *r, rchunk *c)
     if (rc) return rc;
     rc = read_range(st, s, g, first, i1, c->buf);
     if (rc) return rc;
-    const uint8_t *p = c->buf;
     if (first < i0) {
         /* As hash_before: the record's CRC and offset are checked, then it is hashed. */
         size_t size = (size_t)(start - from), used;
         kmb_record prev;
-        if (!kmb_record_probe(&prev, &used, p, size) || prev.offset != r->offset - 1)
+        if (!kmb_record_probe(&prev, &used, c->buf, size) || prev.offset != r->offset - 1)
             return corrupt(st, s->id, g->number, r->offset - 1, from, "record fails its CRC check");
         kmb_record_hash(r->running, &prev);
         r->have_running = 1;
-        p += size;
     }
-    rc = parse_records(st, s, g, i0, i1, p, c->recs);
-    if (rc) return rc;
+    c->skip = (size_t)(start - from);
     c->g = g;
     c->i0 = i0;
     c->count = i1 - i0;
@@ -1252,37 +1374,76 @@ static int fill_chunk(reader *r, rchunk *c)
     return KMB_OK;
 }
 
-/* Compute the hashes of c's records: on the worker, or here. */
-static void hash_chunk(reader *r, rchunk *c)
+static hash_job chunk_job(rchunk *c)
 {
-    hash_job job = {c->recs, NULL, c->count, c->hash, NULL};
-    if (r->use_worker) {
-        worker_post(&r->st->worker, &job);
-        r->busy = 1;
-    } else {
+    hash_job j;
+    memset(&j, 0, sizeof(j));
+    j.count = c->count;
+    j.out = c->hash;
+    j.g = c->g;
+    j.i0 = c->i0;
+    j.buf = c->buf + c->skip;
+    j.recs = c->recs;
+    j.status = c->status;
+    /* Claim about 8 KiB of records at a time: few atomic operations for small records. */
+    uint64_t bytes = rec_end(c->g, c->i0 + c->count - 1) - c->g->ix.positions[c->i0];
+    j.block = (size_t)((UINT64_C(8192) * c->count) / (bytes + 1)) + 1;
+    return j;
+}
+
+/* Hand chunk c's checking and hashing to the worker (large reads only). */
+static void chunk_start(reader *r, rchunk *c)
+{
+    if (!r->use_worker) return;
+    hash_job job = chunk_job(c);
+    worker_post(&r->st->worker, &job);
+    r->busy = 1;
+}
+
+/* Check and hash chunk c: claim blocks alongside the worker, or do it all here. */
+static void chunk_finish(reader *r, rchunk *c)
+{
+    hash_job job = chunk_job(c);
+    if (!r->busy) {
         hash_job_run(&job, NULL);
+        return;
+    }
+    worker *w = &r->st->worker;
+    size_t mine = hash_job_run(&job, w);
+    uint64_t waited = worker_wait(w, c->count);
+    r->busy = 0;
+    /*
+     * A worker that did under a quarter of a chunk while this thread waited for it has no
+     * CPU of its own (a busy machine): finish this read without it, and the next few. (Not
+     * judged on the first chunk, which the worker may have woken up late for.)
+     */
+    int slow = r->chunks_checked++ > 0 && waited > WORKER_SPIN_NS / 4 &&
+               (c->count - mine) * 4 < c->count;
+    if (worker_stalled(w, waited) || slow) {
+        w->backoff = WORKER_BACKOFF_OPS;
+        r->use_worker = 0;
     }
 }
 
-/* Wait for the hashes of the chunk being hashed (n records). */
-static void hash_wait(reader *r, size_t n)
-{
-    if (!r->busy) return;
-    worker_wait(&r->st->worker, n);
-    r->busy = 0;
-}
-
-/* Compare every record's prev_hash with the hash of the record before it. */
-static int link_chunk(reader *r, const rchunk *c)
+/*
+ * The verdict on a checked chunk, record by record in order: CRC, offset, then the link
+ * (prev_hash against the hash of the record before it). The first failure is reported.
+ */
+static int chunk_verdict(reader *r, const rchunk *c)
 {
     static const uint8_t zeros[KMB_HASH_SIZE];
     const seg_state *g = c->g;
     for (size_t j = 0; j < c->count; j++) {
         uint64_t offset = g->base + c->i0 + j;
+        uint64_t pos = g->ix.positions[c->i0 + j];
+        if (c->status[j] == REC_BAD_CRC)
+            return corrupt(r->st, r->s->id, g->number, offset, pos, "record fails its CRC check");
+        if (c->status[j] == REC_BAD_OFFSET)
+            return corrupt(r->st, r->s->id, g->number, offset, pos,
+                           "record carries the wrong offset");
         const uint8_t *want = offset == 0 ? zeros : j ? c->hash[j - 1] : r->running;
         if (memcmp(c->recs[j].prev_hash, want, KMB_HASH_SIZE) != 0)
-            return chain_broken(r->st, r->s, g, offset, g->ix.positions[c->i0 + j], want,
-                                c->recs[j].prev_hash);
+            return chain_broken(r->st, r->s, g, offset, pos, want, c->recs[j].prev_hash);
     }
     memcpy(r->running, c->hash[c->count - 1], KMB_HASH_SIZE);
     return KMB_OK;
@@ -1303,38 +1464,42 @@ static int deliver_chunk(reader *r, const rchunk *c)
 }
 
 /*
- * Read, check and deliver r->left records from r->offset. Pipelined with the worker: fill
- * chunk c, then (chunk c-1's hashes being in) link c-1, start hashing c, deliver c-1. The
- * earliest failure wins: a chain break in c-1 is reported before damage found in c.
+ * Read, check and deliver r->left records from r->offset, chunk by chunk, three chunks in
+ * flight: while the worker checks chunk c, this thread reads chunk c+1 and delivers chunk
+ * c-1 (verified), then joins in on c and judges it. The earliest failure is the one
+ * reported: a bad record in c before an error reading c+1.
  */
 static int reader_run(reader *r)
 {
-    rchunk *pending = NULL;
+    rchunk *prev = NULL, *cur = NULL;
     int idx = 0, rc = KMB_OK;
-    for (;;) {
-        rchunk *cur = NULL;
+    if (r->left) {
+        cur = &r->st->chunks[idx++];
+        rc = read_chunk(r, cur);
+        if (rc) return rc;
+        chunk_start(r, cur);
+    }
+    while (cur) {
+        rchunk *next = NULL;
+        int read_rc = KMB_OK;
         if (r->left) {
-            cur = &r->st->chunks[idx];
-            idx ^= 1;
-            rc = fill_chunk(r, cur);
+            next = &r->st->chunks[idx];
+            idx = (idx + 1) % READ_CHUNKS;
+            read_rc = read_chunk(r, next);
         }
-        if (pending) {
-            hash_wait(r, pending->count);
-            int lrc = link_chunk(r, pending);
-            if (lrc) {
-                rc = lrc;
-                break;
-            }
-        }
-        if (rc) break;
-        if (cur) hash_chunk(r, cur);
-        if (pending) {
-            rc = deliver_chunk(r, pending);
+        if (prev && read_rc == KMB_OK) {
+            rc = deliver_chunk(r, prev);
             if (rc) break;
         }
-        if (!cur) break;
-        pending = cur;
+        chunk_finish(r, cur);
+        rc = chunk_verdict(r, cur);
+        if (rc == KMB_OK) rc = read_rc;
+        if (rc) break;
+        prev = cur;
+        cur = next;
+        if (cur) chunk_start(r, cur);
     }
+    if (rc == KMB_OK && prev) rc = deliver_chunk(r, prev);
     if (r->busy) {
         worker_finish(&r->st->worker, 1);
         r->busy = 0;
@@ -1342,7 +1507,7 @@ static int reader_run(reader *r)
     return rc;
 }
 
-/* Set up a reader of n records from `from`; the worker takes the hashing of large reads. */
+/* Set up a reader of n records from `from`; the worker shares the work of large reads. */
 static void reader_init(reader *r, kmb_storage *st, stream_state *s, uint64_t from, size_t n,
                         uint64_t bytes, kmb_read_fn fn, void *ctx)
 {
@@ -1353,7 +1518,7 @@ static void reader_init(reader *r, kmb_storage *st, stream_state *s, uint64_t fr
     r->left = n;
     r->fn = fn;
     r->ctx = ctx;
-    r->use_worker = bytes >= WORKER_MIN_BYTES && worker_ready(&st->worker);
+    r->use_worker = worker_use(st, bytes);
 }
 
 /*
@@ -1373,7 +1538,12 @@ static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
     int rc = grow(&st->hashes, &st->hashes_cap, count * KMB_HASH_SIZE);
     if (rc) return rc;
     uint8_t(*hashes)[KMB_HASH_SIZE] = (uint8_t(*)[KMB_HASH_SIZE])(void *)st->hashes;
-    hash_job job = {NULL, events, count, hashes, next ? s->head : NULL};
+    hash_job job;
+    memset(&job, 0, sizeof(job));
+    job.count = count;
+    job.out = hashes;
+    job.events = events;
+    job.start = next ? s->head : NULL;
     worker_post(w, &job);
     uint64_t pos = *end;
     uint64_t op_len = UINT64_MAX;
@@ -1395,20 +1565,26 @@ static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
             kmb_store_u64le(p, next + r);
             kmb_store_u32le(p + 40, (uint32_t)len);
             if (len) memcpy(p + KMB_HEADER_SIZE, events[r].data, len);
-            kmb_store_u32le(p + KMB_HEADER_SIZE + len, kmb_crc32(p + KMB_HEADER_SIZE, len));
+            if (len >= COMBINE_MIN_LEN)
+                kmb_store_u32le(p + KMB_HEADER_SIZE + len, kmb_crc32(p + KMB_HEADER_SIZE, len));
             p += kmb_record_size(len);
         }
-        worker_wait(w, j - 1); /* record j-1 links to hash j-2: hashes [0, j-1) */
+        worker_stalled(w, worker_wait(w, j - 1)); /* record j-1 links to hash j-2 */
         p = st->scratch;
         for (size_t r = i; r < j; r++) { /* headers, then whole-record CRCs */
             size_t len = events[r].len;
             const uint8_t *prev = next + r == 0 ? zeros : r ? hashes[r - 1] : s->head;
             memcpy(p + 8, prev, KMB_HASH_SIZE);
+            uint8_t *crc = p + KMB_HEADER_SIZE + len;
+            if (len < COMBINE_MIN_LEN) { /* cheaper to checksum it whole than to combine */
+                kmb_store_u32le(crc, kmb_crc32(p, KMB_HEADER_SIZE + len));
+                p += kmb_record_size(len);
+                continue;
+            }
             if (len != op_len) {
                 op = kmb_crc32_combine_gen(len);
                 op_len = len;
             }
-            uint8_t *crc = p + KMB_HEADER_SIZE + len;
             kmb_store_u32le(crc, kmb_crc32_combine_op(kmb_crc32(p, KMB_HEADER_SIZE),
                                                       kmb_load_u32le(crc), op));
             p += kmb_record_size(len);
@@ -1418,7 +1594,7 @@ static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
         pos += bytes;
         i = j;
     }
-    worker_wait(w, count);
+    worker_stalled(w, worker_wait(w, count));
     memcpy(head, hashes[count - 1], KMB_HASH_SIZE);
     *end = pos;
     return KMB_OK;
@@ -1730,7 +1906,7 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
     /* Large batches hash on the worker while this thread encodes and writes. */
     uint8_t head[KMB_HASH_SIZE];
     uint64_t pos = g->size;
-    if (total >= WORKER_MIN_BYTES && worker_ready(&st->worker))
+    if (worker_use(st, total))
         rc = write_batch_pipelined(st, s, g, events, count, next, &pos, head);
     else
         rc = write_batch_inline(st, s, g, events, count, next, total, &pos, head);

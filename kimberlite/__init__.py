@@ -51,18 +51,9 @@ from ._stream import Stream
 _core._set_record_class(Record)
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:  # pragma: no cover
-        return "0.1.0"
-    try:
-        return version("kimberlite")
-    except PackageNotFoundError:
-        return "0.1.0"
-
-
-__version__: str = _version()
+# A literal, not importlib.metadata (which costs ~13 ms at import); it must equal the
+# version in pyproject.toml, which tests/test_version.py checks.
+__version__: str = "0.1.0"
 
 __all__ = [
     "Storage",

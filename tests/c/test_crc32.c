@@ -151,3 +151,42 @@ TEST(crc32_gives_same_result_from_concurrent_threads)
     uint32_t want = crc32_bitwise(0, buf, sizeof buf);
     for (int i = 0; i < 4; i++) CHECK_EQ_U64(res[i], want);
 }
+
+TEST(crc32_combine_equals_crc32_of_concatenation_at_every_split)
+{
+    uint8_t buf[1100];
+    kt_fill_random(buf, sizeof buf, 21);
+    uint32_t whole = crc32_bitwise(0, buf, sizeof buf);
+    for (size_t cut = 0; cut <= sizeof buf; cut++) {
+        uint32_t a = kmb_crc32(buf, cut), b = kmb_crc32(buf + cut, sizeof buf - cut);
+        CHECKF(kmb_crc32_combine(a, b, sizeof buf - cut) == whole, "cut=%zu", cut);
+        uint32_t op = kmb_crc32_combine_gen(sizeof buf - cut);
+        CHECKF(kmb_crc32_combine_op(a, b, op) == whole, "op cut=%zu", cut);
+    }
+}
+
+TEST(crc32_combine_handles_empty_parts_and_large_lengths)
+{
+    uint8_t buf[64];
+    kt_fill_random(buf, sizeof buf, 22);
+    uint32_t c = kmb_crc32(buf, sizeof buf);
+    CHECK_EQ_U64(kmb_crc32_combine(c, 0, 0), c);        /* B empty */
+    CHECK_EQ_U64(kmb_crc32_combine(0, c, sizeof buf), c); /* A empty */
+    /* A record-sized split (44-byte header, 16 KiB and 1 MiB payloads), as the engine uses. */
+    size_t sizes[] = {16384, (size_t)1 << 20, 100000, 1};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t n = sizes[k];
+        uint8_t *big = malloc(44 + n);
+        CHECK(big != NULL);
+        kt_fill_random(big, 44 + n, 23 + (unsigned)k);
+        uint32_t want = kmb_crc32(big, 44 + n);
+        uint32_t got = kmb_crc32_combine(kmb_crc32(big, 44), kmb_crc32(big + 44, n), n);
+        free(big);
+        CHECKF(got == want, "n=%zu", n);
+    }
+    /* Lengths past 4 GiB: combining is associative, CRC(A||B||C) either way round. */
+    uint32_t a = 0x12345678u, b = 0x9abcdef0u, c2 = 0x0f1e2d3cu;
+    uint64_t lb = (UINT64_C(5) << 32) + 12345, lc = (UINT64_C(3) << 33) + 77;
+    CHECK_EQ_U64(kmb_crc32_combine(kmb_crc32_combine(a, b, lb), c2, lc),
+                 kmb_crc32_combine(a, kmb_crc32_combine(b, c2, lc), lb + lc));
+}
