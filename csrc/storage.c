@@ -15,15 +15,11 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <sched.h>
-#include <signal.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "kimberlite/backend.h"
 #include "kimberlite/chain.h"
@@ -34,7 +30,8 @@
 #include "kimberlite/storage.h"
 #include "kimberlite/sys/faults.h"
 
-#include "disk.h" /* kmb_backend_disk_io: the fault plan of sys/faults.h */
+#include "disk.h"   /* kmb_backend_disk_io: the fault plan of sys/faults.h */
+#include "hasher.h" /* the hashing worker */
 
 #define SCAN_CHUNK ((size_t)1 << 20)   /* bytes read at a time when scanning */
 #define READ_CHUNK ((size_t)256 << 10) /* bytes read and checked at a time */
@@ -44,11 +41,6 @@
 #define WORKER_MIN_BYTES ((size_t)256 << 10) /* smaller operations hash inline */
 #endif
 #define COMBINE_MIN_LEN 1024 /* shorter payloads are checksummed with their header */
-#define WORKER_SPIN_NS 50000u    /* a caller spins this long for the worker, */
-#define WORKER_YIELD_NS 2000000u /* then yields its CPU this long, then sleeps */
-#define WORKER_LINGER_NS 200000u /* the worker spins this long for a next job, then sleeps */
-#define WORKER_STALL_NS 300000u /* a wait this long means the worker had no CPU, */
-#define WORKER_BACKOFF_OPS 8     /* so this many operations go without it */
 #define READER_SETTLE_TRIES 20         /* a reader's retries before calling a tail damaged */
 
 typedef struct seg_state {
@@ -91,52 +83,13 @@ typedef struct window {
     size_t len;
 } window;
 
-/* Hashing work handed to the worker thread (see "the hashing worker" below). */
-typedef struct hash_job {
-    size_t count;
-    uint8_t (*out)[KMB_HASH_SIZE]; /* out[i]: hash of item i */
-    /* Appends: chain these events from `start` (NULL at genesis), in order. */
-    const kmb_slice *events;
-    const uint8_t *start;
-    /*
-     * Reads: check records i0.. of segment g, read into buf (CRC and offset: status[i],
-     * decoded into recs[i]) and hash each from its own stored prev_hash. Items are
-     * independent: the worker and the caller both claim `block` of them at a time.
-     */
-    const struct seg_state *g;
-    size_t i0;
-    const uint8_t *buf;
-    kmb_record *recs;
-    uint8_t *status;
-    size_t block;
-} hash_job;
-
-typedef struct worker {
-    pthread_t thread;
-    pid_t pid;            /* process that started the thread; 0 when there is none */
-    pid_t single_cpu_pid; /* process found to run on one CPU: no worker there */
-    unsigned backoff;     /* operations to do without the worker after it stalled */
-    cpu_set_t allowed;    /* the CPUs the process may use */
-    atomic_int cpu;       /* the CPU the worker last started a job on */
-    pthread_mutex_t mu;
-    pthread_cond_t cv_job;  /* a job was posted, or quit */
-    pthread_cond_t cv_done; /* progress (when someone waits) or the job ended */
-    atomic_int has_job;     /* written under mu; the lingering worker reads it without */
-    atomic_int quit;
-    hash_job job;
-    atomic_size_t done;  /* items of the current job that are finished */
-    atomic_size_t claim; /* reads: the next item nobody has claimed */
-    atomic_int waiting; /* the caller sleeps on cv_done */
-    atomic_int cancel;  /* the caller gave up on the job */
-} worker;
-
 /* A chunk of whole records of one segment, read and CRC-checked, and their hashes. */
 typedef struct rchunk {
     uint8_t *buf;
     size_t cap;
     kmb_record *recs;
     uint8_t (*hash)[KMB_HASH_SIZE];
-    uint8_t *status; /* REC_OK, REC_BAD_CRC, REC_BAD_OFFSET */
+    uint8_t *status; /* KMB_CHECK_OK, _BAD_CRC, _BAD_OFFSET */
     size_t rcap;     /* entries of recs, hash and status */
     size_t count;
     const seg_state *g;
@@ -156,7 +109,7 @@ struct kmb_storage {
     window win;       /* scanning window, reused */
     uint8_t *rbuf;    /* single-record reads, reused */
     size_t rbuf_cap;
-    worker worker;     /* the hashing worker, started on first need */
+    kmb_hasher worker; /* the hashing worker (hasher.c), started on first need */
     rchunk chunks[READ_CHUNKS]; /* the reader's buffers, reused */
     uint8_t *hashes;   /* a pipelined append's hashes, reused */
     size_t hashes_cap;
@@ -973,283 +926,13 @@ static int retry_after_failure(kmb_storage *st, stream_state *s, uint64_t fallba
 /* ---------------------------------------------------------------- the hashing worker */
 
 /*
- * SHA-256 is most of the cost of every append, read and verify, and the chain makes it
- * sequential within a batch. Large operations therefore hand the hashing to a worker
- * thread of this storage (started on first need, joined by kmb_storage_close) while the
- * calling thread does the rest: reading, copying, CRCs, writing. The caller posts one job,
- * does its own work, and waits for the job's progress (`done`) only where it needs the
- * hashes: a read or verify never acts on a record before its link has been compared.
- * Small operations hash inline: handing off would cost more than it saves.
- */
-enum { REC_OK = 0, REC_BAD_CRC = 1, REC_BAD_OFFSET = 2 };
-
-/* Check and hash record i of a read job (see hash_job). */
-static void check_one(const hash_job *j, size_t i)
-{
-    const seg_state *g = j->g;
-    size_t k = j->i0 + i;
-    uint64_t pos = g->ix.positions[k];
-    size_t size = (size_t)(rec_end(g, k) - pos), used;
-    kmb_record *r = &j->recs[i];
-    if (!kmb_record_probe(r, &used, j->buf + (pos - g->ix.positions[j->i0]), size) ||
-        used != size) {
-        j->status[i] = REC_BAD_CRC;
-    } else if (r->offset != g->base + k) {
-        j->status[i] = REC_BAD_OFFSET;
-    } else {
-        j->status[i] = REC_OK;
-        kmb_record_hash(j->out[i], r);
-    }
-}
-
-/* Publish progress; wake the caller if it sleeps. */
-static void worker_progress(worker *w, size_t n, int add)
-{
-    if (add)
-        atomic_fetch_add(&w->done, n);
-    else
-        atomic_store(&w->done, n);
-    if (atomic_load(&w->waiting)) {
-        pthread_mutex_lock(&w->mu);
-        pthread_cond_broadcast(&w->cv_done);
-        pthread_mutex_unlock(&w->mu);
-    }
-}
-
-/*
- * Work on a job: an append's chain in order, or the blocks of a read job this thread
- * claims. w is NULL when the caller runs a whole job inline. Returns the items done here.
- */
-static size_t hash_job_run(const hash_job *j, worker *w)
-{
-    size_t mine = 0;
-    if (j->events) {
-        for (size_t i = 0; i < j->count; i++) {
-            kmb_chain_hash(j->out[i], i ? j->out[i - 1] : j->start, j->events[i].data,
-                           j->events[i].len);
-            if (!w) continue;
-            worker_progress(w, i + 1, 0);
-            if (atomic_load_explicit(&w->cancel, memory_order_relaxed)) break;
-        }
-        return j->count;
-    }
-    if (!w) {
-        for (size_t i = 0; i < j->count; i++) check_one(j, i);
-        return j->count;
-    }
-    for (;;) {
-        if (atomic_load_explicit(&w->cancel, memory_order_relaxed)) break;
-        size_t b = atomic_fetch_add(&w->claim, j->block);
-        if (b >= j->count) break;
-        size_t e = j->count - b < j->block ? j->count : b + j->block;
-        for (size_t i = b; i < e; i++) check_one(j, i);
-        worker_progress(w, e - b, 1);
-        mine += e - b;
-    }
-    return mine;
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/*
- * The worker's loop. Between jobs it lingers, spinning, for WORKER_LINGER_NS before it
- * sleeps: the jobs of one large operation come every few hundred microseconds, and a
- * thread that sleeps between them wakes late and, woken by the caller, tends to be put on
- * the caller's own CPU — the two would then take turns instead of working side by side.
- */
-static void *worker_main(void *arg)
-{
-    worker *w = arg;
-    for (;;) {
-        uint64_t t0 = 0;
-        for (unsigned spin = 1; !atomic_load(&w->has_job) && !atomic_load(&w->quit); spin++) {
-            if ((spin & 63) == 0) {
-                if (!t0)
-                    t0 = now_ns();
-                else if (now_ns() - t0 > WORKER_LINGER_NS)
-                    break;
-            }
-            cpu_relax();
-        }
-        pthread_mutex_lock(&w->mu);
-        while (!atomic_load(&w->has_job) && !atomic_load(&w->quit))
-            pthread_cond_wait(&w->cv_job, &w->mu);
-        if (atomic_load(&w->quit)) {
-            pthread_mutex_unlock(&w->mu);
-            return NULL;
-        }
-        hash_job job = w->job;
-        pthread_mutex_unlock(&w->mu);
-        atomic_store_explicit(&w->cpu, sched_getcpu(), memory_order_relaxed);
-        hash_job_run(&job, w);
-        pthread_mutex_lock(&w->mu);
-        atomic_store(&w->has_job, 0);
-        pthread_cond_broadcast(&w->cv_done);
-        pthread_mutex_unlock(&w->mu);
-    }
-}
-
-/* Start the worker if this process has none yet (also after a fork). 0 if it cannot. */
-static int worker_ready(worker *w)
-{
-    pid_t pid = getpid();
-    if (w->pid == pid) return 1;
-    if (w->single_cpu_pid == pid) return 0;
-    cpu_set_t cpus;
-    CPU_ZERO(&cpus);
-    if (sched_getaffinity(0, sizeof(cpus), &cpus) != 0 || CPU_COUNT(&cpus) < 2) {
-        w->single_cpu_pid = pid; /* one CPU: a second thread could only get in the way */
-        return 0;
-    }
-    /* Never started, or started by the parent of a fork: the thread is not in this process. */
-    memset(w, 0, sizeof(*w));
-    /* (w->single_cpu_pid is 0 again: this process has more than one CPU) */
-    if (pthread_mutex_init(&w->mu, NULL) != 0) return 0;
-    if (pthread_cond_init(&w->cv_job, NULL) != 0) {
-        pthread_mutex_destroy(&w->mu);
-        return 0;
-    }
-    if (pthread_cond_init(&w->cv_done, NULL) != 0) {
-        pthread_cond_destroy(&w->cv_job);
-        pthread_mutex_destroy(&w->mu);
-        return 0;
-    }
-    /* Signals stay with the application's threads: the worker blocks them all. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&w->thread, NULL, worker_main, w);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        pthread_cond_destroy(&w->cv_done);
-        pthread_cond_destroy(&w->cv_job);
-        pthread_mutex_destroy(&w->mu);
-        return 0;
-    }
-    w->pid = pid;
-    w->allowed = cpus;
-    atomic_store(&w->cpu, -1);
-    return 1;
-}
-
-/* Stop and join the worker (nothing if this process never started one). */
-static void worker_stop(worker *w)
-{
-    if (w->pid != getpid()) return; /* none here; a parent's after fork is not ours to join */
-    pthread_mutex_lock(&w->mu);
-    atomic_store(&w->quit, 1);
-    pthread_cond_signal(&w->cv_job);
-    pthread_mutex_unlock(&w->mu);
-    pthread_join(w->thread, NULL);
-    pthread_cond_destroy(&w->cv_done);
-    pthread_cond_destroy(&w->cv_job);
-    pthread_mutex_destroy(&w->mu);
-    w->pid = 0;
-}
-
-/* Post a job to the (ready, idle) worker. */
-static void worker_post(worker *w, const hash_job *job)
-{
-    /*
-     * Woken by the caller, the worker is sometimes placed on the caller's own CPU and the
-     * two then take turns. When that is seen, keep the worker off the caller's CPU (within
-     * the CPUs the process may use); it is re-checked at every job.
-     */
-    int cpu = sched_getcpu();
-    if (cpu >= 0 && cpu == atomic_load_explicit(&w->cpu, memory_order_relaxed)) {
-        cpu_set_t m = w->allowed;
-        CPU_CLR(cpu, &m);
-        if (CPU_COUNT(&m) > 0) pthread_setaffinity_np(w->thread, sizeof(m), &m);
-        atomic_store_explicit(&w->cpu, -1, memory_order_relaxed);
-    }
-    pthread_mutex_lock(&w->mu);
-    while (atomic_load(&w->has_job)) pthread_cond_wait(&w->cv_done, &w->mu);
-    w->job = *job;
-    atomic_store(&w->done, 0);
-    atomic_store(&w->claim, 0);
-    atomic_store(&w->cancel, 0);
-    atomic_store(&w->has_job, 1);
-    pthread_cond_signal(&w->cv_job);
-    pthread_mutex_unlock(&w->mu);
-}
-
-/*
- * Wait until the current job has finished `need` items, or has ended. Spins for up to
- * WORKER_SPIN_NS (a hash takes microseconds; a sleeping thread, on a virtual machine
- * especially, takes longer to wake), then yields the CPU between checks (on a busy
- * machine the worker may be waiting for this CPU) and after WORKER_YIELD_NS sleeps on the
- * condition variable.
- */
-static uint64_t worker_wait(worker *w, size_t need)
-{
-    uint64_t t0 = 0, waited = 0;
-    for (unsigned spin = 1;; spin++) {
-        if (atomic_load_explicit(&w->done, memory_order_acquire) >= need) return waited;
-        if ((spin & 63) == 0) {
-            if (!t0) t0 = now_ns();
-            waited = now_ns() - t0;
-            if (waited > WORKER_YIELD_NS) break;
-        }
-        if (waited > WORKER_SPIN_NS)
-            sched_yield(); /* the worker may be waiting for this very CPU */
-        else
-            cpu_relax();
-    }
-    pthread_mutex_lock(&w->mu);
-    atomic_store(&w->waiting, 1);
-    while (atomic_load(&w->has_job) && atomic_load(&w->done) < need)
-        pthread_cond_wait(&w->cv_done, &w->mu);
-    atomic_store(&w->waiting, 0);
-    pthread_mutex_unlock(&w->mu);
-    return now_ns() - t0;
-}
-
-/*
- * Whether an operation of `bytes` should use the worker. Not below WORKER_MIN_BYTES, and
- * not for a while after the worker stalled (waits longer than WORKER_STALL_NS mean that
- * the machine is too busy to give it a CPU of its own: then it would only slow the caller
- * down).
+ * Whether an operation of `bytes` should hand its hashing to the worker (hasher.c).
+ * Smaller operations hash inline: handing off would cost more than it saves.
  */
 static int worker_use(kmb_storage *st, uint64_t bytes)
 {
-    worker *w = &st->worker;
     if (bytes < WORKER_MIN_BYTES) return 0;
-    if (w->backoff) {
-        w->backoff--;
-        return 0;
-    }
-    return worker_ready(w);
-}
-
-/* Note how long the caller waited; 1 if the worker stalled (see worker_use). */
-static int worker_stalled(worker *w, uint64_t waited)
-{
-    if (waited <= WORKER_STALL_NS) return 0;
-    w->backoff = WORKER_BACKOFF_OPS;
-    return 1;
-}
-
-/* Wait for the whole current job to end (cancelling it first when `cancel`). */
-static void worker_finish(worker *w, int cancel)
-{
-    if (cancel) atomic_store(&w->cancel, 1);
-    pthread_mutex_lock(&w->mu);
-    while (atomic_load(&w->has_job)) pthread_cond_wait(&w->cv_done, &w->mu);
-    pthread_mutex_unlock(&w->mu);
+    return kmb_hasher_ready(&st->worker);
 }
 
 /* ---------------------------------------------------------------- the chunked reader */
@@ -1374,19 +1057,20 @@ static int read_chunk(reader *r, rchunk *c)
     return KMB_OK;
 }
 
-static hash_job chunk_job(rchunk *c)
+static kmb_hash_job chunk_job(rchunk *c)
 {
-    hash_job j;
+    kmb_hash_job j;
     memset(&j, 0, sizeof(j));
     j.count = c->count;
     j.out = c->hash;
-    j.g = c->g;
-    j.i0 = c->i0;
+    j.pos = c->g->ix.positions + c->i0;
+    j.end = rec_end(c->g, c->i0 + c->count - 1);
+    j.first = c->g->base + c->i0;
     j.buf = c->buf + c->skip;
     j.recs = c->recs;
     j.status = c->status;
     /* Claim about 8 KiB of records at a time: few atomic operations for small records. */
-    uint64_t bytes = rec_end(c->g, c->i0 + c->count - 1) - c->g->ix.positions[c->i0];
+    uint64_t bytes = j.end - j.pos[0];
     j.block = (size_t)((UINT64_C(8192) * c->count) / (bytes + 1)) + 1;
     return j;
 }
@@ -1395,32 +1079,32 @@ static hash_job chunk_job(rchunk *c)
 static void chunk_start(reader *r, rchunk *c)
 {
     if (!r->use_worker) return;
-    hash_job job = chunk_job(c);
-    worker_post(&r->st->worker, &job);
+    kmb_hash_job job = chunk_job(c);
+    kmb_hasher_post(&r->st->worker, &job);
     r->busy = 1;
 }
 
 /* Check and hash chunk c: claim blocks alongside the worker, or do it all here. */
 static void chunk_finish(reader *r, rchunk *c)
 {
-    hash_job job = chunk_job(c);
+    kmb_hash_job job = chunk_job(c);
     if (!r->busy) {
-        hash_job_run(&job, NULL);
+        kmb_hash_job_run(&job, NULL);
         return;
     }
-    worker *w = &r->st->worker;
-    size_t mine = hash_job_run(&job, w);
-    uint64_t waited = worker_wait(w, c->count);
+    kmb_hasher *w = &r->st->worker;
+    size_t mine = kmb_hash_job_run(&job, w);
+    uint64_t waited = kmb_hasher_wait(w, c->count);
     r->busy = 0;
     /*
      * A worker that did under a quarter of a chunk while this thread waited for it has no
      * CPU of its own (a busy machine): finish this read without it, and the next few. (Not
      * judged on the first chunk, which the worker may have woken up late for.)
      */
-    int slow = r->chunks_checked++ > 0 && waited > WORKER_SPIN_NS / 4 &&
+    int slow = r->chunks_checked++ > 0 && waited > KMB_HASHER_SPIN_NS / 4 &&
                (c->count - mine) * 4 < c->count;
-    if (worker_stalled(w, waited) || slow) {
-        w->backoff = WORKER_BACKOFF_OPS;
+    if (kmb_hasher_stalled(w, waited) || slow) {
+        kmb_hasher_backoff(w);
         r->use_worker = 0;
     }
 }
@@ -1436,9 +1120,9 @@ static int chunk_verdict(reader *r, const rchunk *c)
     for (size_t j = 0; j < c->count; j++) {
         uint64_t offset = g->base + c->i0 + j;
         uint64_t pos = g->ix.positions[c->i0 + j];
-        if (c->status[j] == REC_BAD_CRC)
+        if (c->status[j] == KMB_CHECK_BAD_CRC)
             return corrupt(r->st, r->s->id, g->number, offset, pos, "record fails its CRC check");
-        if (c->status[j] == REC_BAD_OFFSET)
+        if (c->status[j] == KMB_CHECK_BAD_OFFSET)
             return corrupt(r->st, r->s->id, g->number, offset, pos,
                            "record carries the wrong offset");
         const uint8_t *want = offset == 0 ? zeros : j ? c->hash[j - 1] : r->running;
@@ -1501,7 +1185,7 @@ static int reader_run(reader *r)
     }
     if (rc == KMB_OK && prev) rc = deliver_chunk(r, prev);
     if (r->busy) {
-        worker_finish(&r->st->worker, 1);
+        kmb_hasher_finish(&r->st->worker, 1);
         r->busy = 0;
     }
     return rc;
@@ -1534,17 +1218,17 @@ static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
                                  uint64_t *end, uint8_t head[KMB_HASH_SIZE])
 {
     static const uint8_t zeros[KMB_HASH_SIZE];
-    worker *w = &st->worker;
+    kmb_hasher *w = &st->worker;
     int rc = grow(&st->hashes, &st->hashes_cap, count * KMB_HASH_SIZE);
     if (rc) return rc;
     uint8_t(*hashes)[KMB_HASH_SIZE] = (uint8_t(*)[KMB_HASH_SIZE])(void *)st->hashes;
-    hash_job job;
+    kmb_hash_job job;
     memset(&job, 0, sizeof(job));
     job.count = count;
     job.out = hashes;
     job.events = events;
     job.start = next ? s->head : NULL;
-    worker_post(w, &job);
+    kmb_hasher_post(w, &job);
     uint64_t pos = *end;
     uint64_t op_len = UINT64_MAX;
     uint32_t op = 0;
@@ -1569,7 +1253,7 @@ static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
                 kmb_store_u32le(p + KMB_HEADER_SIZE + len, kmb_crc32(p + KMB_HEADER_SIZE, len));
             p += kmb_record_size(len);
         }
-        worker_stalled(w, worker_wait(w, j - 1)); /* record j-1 links to hash j-2 */
+        kmb_hasher_stalled(w, kmb_hasher_wait(w, j - 1)); /* record j-1 links to hash j-2 */
         p = st->scratch;
         for (size_t r = i; r < j; r++) { /* headers, then whole-record CRCs */
             size_t len = events[r].len;
@@ -1594,12 +1278,12 @@ static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
         pos += bytes;
         i = j;
     }
-    worker_stalled(w, worker_wait(w, count));
+    kmb_hasher_stalled(w, kmb_hasher_wait(w, count));
     memcpy(head, hashes[count - 1], KMB_HASH_SIZE);
     *end = pos;
     return KMB_OK;
 fail:
-    worker_finish(w, 1);
+    kmb_hasher_finish(w, 1);
     return rc;
 }
 
@@ -1786,7 +1470,7 @@ int kmb_storage_close(kmb_storage *st)
     free(st->rbuf);
     st->rbuf = NULL;
     st->rbuf_cap = 0;
-    worker_stop(&st->worker);
+    kmb_hasher_stop(&st->worker);
     free_chunks(st);
     free(st->hashes);
     st->hashes = NULL;

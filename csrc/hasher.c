@@ -1,0 +1,293 @@
+/*
+ * hasher.c — the storage's hashing worker (hasher.h).
+ *
+ * SHA-256 is most of the cost of every append, read and verify, and the chain makes it
+ * sequential within a batch. Large operations therefore hand the hashing to a worker
+ * thread of their storage (started on first need, joined by kmb_storage_close) so that it
+ * runs on a second core while the calling thread does the rest: reading, copying, CRCs,
+ * writing. The caller posts one job, does its own work, and waits for the job's progress
+ * (`done`) only where it needs the hashes: a read or verify never acts on a record before
+ * its link has been compared.
+ *
+ * Fallback: the caller hashes inline whenever the worker would not help — on a process
+ * limited to one CPU, when the thread cannot be started, and for a few operations after
+ * the worker stalled (the machine was too busy to give it a CPU of its own). Which
+ * operations are large enough to hand off is the engine's decision (storage.c).
+ *
+ * All state is in the kmb_hasher of one storage: no globals.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kimberlite/chain.h"
+#include "kimberlite/record.h"
+
+#include "hasher.h"
+
+#define WORKER_YIELD_NS 2000000u /* a caller spins KMB_HASHER_SPIN_NS, then yields its CPU
+                                    this long, then sleeps */
+#define WORKER_LINGER_NS 200000u /* the worker spins this long for a next job, then sleeps */
+#define WORKER_STALL_NS 300000u /* a wait this long means the worker had no CPU, */
+#define WORKER_BACKOFF_OPS 8     /* so this many operations go without it */
+
+/* Check and hash record i of a read job (see kmb_hash_job). */
+static void check_one(const kmb_hash_job *j, size_t i)
+{
+    uint64_t pos = j->pos[i];
+    uint64_t end = i + 1 < j->count ? j->pos[i + 1] : j->end;
+    size_t size = (size_t)(end - pos), used;
+    kmb_record *r = &j->recs[i];
+    if (!kmb_record_probe(r, &used, j->buf + (pos - j->pos[0]), size) || used != size) {
+        j->status[i] = KMB_CHECK_BAD_CRC;
+    } else if (r->offset != j->first + i) {
+        j->status[i] = KMB_CHECK_BAD_OFFSET;
+    } else {
+        j->status[i] = KMB_CHECK_OK;
+        kmb_record_hash(j->out[i], r);
+    }
+}
+
+/* Publish progress; wake the caller if it sleeps. */
+static void worker_progress(kmb_hasher *w, size_t n, int add)
+{
+    if (add)
+        atomic_fetch_add(&w->done, n);
+    else
+        atomic_store(&w->done, n);
+    if (atomic_load(&w->waiting)) {
+        pthread_mutex_lock(&w->mu);
+        pthread_cond_broadcast(&w->cv_done);
+        pthread_mutex_unlock(&w->mu);
+    }
+}
+
+size_t kmb_hash_job_run(const kmb_hash_job *j, kmb_hasher *w)
+{
+    size_t mine = 0;
+    if (j->events) {
+        for (size_t i = 0; i < j->count; i++) {
+            kmb_chain_hash(j->out[i], i ? j->out[i - 1] : j->start, j->events[i].data,
+                           j->events[i].len);
+            if (!w) continue;
+            worker_progress(w, i + 1, 0);
+            if (atomic_load_explicit(&w->cancel, memory_order_relaxed)) break;
+        }
+        return j->count;
+    }
+    if (!w) {
+        for (size_t i = 0; i < j->count; i++) check_one(j, i);
+        return j->count;
+    }
+    for (;;) {
+        if (atomic_load_explicit(&w->cancel, memory_order_relaxed)) break;
+        size_t b = atomic_fetch_add(&w->claim, j->block);
+        if (b >= j->count) break;
+        size_t e = j->count - b < j->block ? j->count : b + j->block;
+        for (size_t i = b; i < e; i++) check_one(j, i);
+        worker_progress(w, e - b, 1);
+        mine += e - b;
+    }
+    return mine;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * The worker's loop. Between jobs it lingers, spinning, for WORKER_LINGER_NS before it
+ * sleeps: the jobs of one large operation come every few hundred microseconds, and a
+ * thread that sleeps between them wakes late and, woken by the caller, tends to be put on
+ * the caller's own CPU — the two would then take turns instead of working side by side.
+ */
+static void *worker_main(void *arg)
+{
+    kmb_hasher *w = arg;
+    for (;;) {
+        uint64_t t0 = 0;
+        for (unsigned spin = 1; !atomic_load(&w->has_job) && !atomic_load(&w->quit); spin++) {
+            if ((spin & 63) == 0) {
+                if (!t0)
+                    t0 = now_ns();
+                else if (now_ns() - t0 > WORKER_LINGER_NS)
+                    break;
+            }
+            cpu_relax();
+        }
+        pthread_mutex_lock(&w->mu);
+        while (!atomic_load(&w->has_job) && !atomic_load(&w->quit))
+            pthread_cond_wait(&w->cv_job, &w->mu);
+        if (atomic_load(&w->quit)) {
+            pthread_mutex_unlock(&w->mu);
+            return NULL;
+        }
+        kmb_hash_job job = w->job;
+        pthread_mutex_unlock(&w->mu);
+        atomic_store_explicit(&w->cpu, sched_getcpu(), memory_order_relaxed);
+        kmb_hash_job_run(&job, w);
+        pthread_mutex_lock(&w->mu);
+        atomic_store(&w->has_job, 0);
+        pthread_cond_broadcast(&w->cv_done);
+        pthread_mutex_unlock(&w->mu);
+    }
+}
+
+/* Start the worker if this process has none yet (also after a fork). 0 if it cannot. */
+static int worker_start(kmb_hasher *w)
+{
+    pid_t pid = getpid();
+    if (w->pid == pid) return 1;
+    if (w->single_cpu_pid == pid) return 0;
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) != 0 || CPU_COUNT(&cpus) < 2) {
+        w->single_cpu_pid = pid; /* one CPU: a second thread could only get in the way */
+        return 0;
+    }
+    /* Never started, or started by the parent of a fork: the thread is not in this process. */
+    memset(w, 0, sizeof(*w));
+    /* (w->single_cpu_pid is 0 again: this process has more than one CPU) */
+    if (pthread_mutex_init(&w->mu, NULL) != 0) return 0;
+    if (pthread_cond_init(&w->cv_job, NULL) != 0) {
+        pthread_mutex_destroy(&w->mu);
+        return 0;
+    }
+    if (pthread_cond_init(&w->cv_done, NULL) != 0) {
+        pthread_cond_destroy(&w->cv_job);
+        pthread_mutex_destroy(&w->mu);
+        return 0;
+    }
+    /* Signals stay with the application's threads: the worker blocks them all. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&w->thread, NULL, worker_main, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        pthread_cond_destroy(&w->cv_done);
+        pthread_cond_destroy(&w->cv_job);
+        pthread_mutex_destroy(&w->mu);
+        return 0;
+    }
+    w->pid = pid;
+    w->allowed = cpus;
+    atomic_store(&w->cpu, -1);
+    return 1;
+}
+
+/*
+ * Not for a while after the worker stalled: waits longer than WORKER_STALL_NS mean that
+ * the machine is too busy to give it a CPU of its own, and then it would only slow the
+ * caller down.
+ */
+int kmb_hasher_ready(kmb_hasher *w)
+{
+    if (w->backoff) {
+        w->backoff--;
+        return 0;
+    }
+    return worker_start(w);
+}
+
+void kmb_hasher_stop(kmb_hasher *w)
+{
+    if (w->pid != getpid()) return; /* none here; a parent's after fork is not ours to join */
+    pthread_mutex_lock(&w->mu);
+    atomic_store(&w->quit, 1);
+    pthread_cond_signal(&w->cv_job);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->cv_done);
+    pthread_cond_destroy(&w->cv_job);
+    pthread_mutex_destroy(&w->mu);
+    w->pid = 0;
+}
+
+void kmb_hasher_post(kmb_hasher *w, const kmb_hash_job *job)
+{
+    /*
+     * Woken by the caller, the worker is sometimes placed on the caller's own CPU and the
+     * two then take turns. When that is seen, keep the worker off the caller's CPU (within
+     * the CPUs the process may use); it is re-checked at every job.
+     */
+    int cpu = sched_getcpu();
+    if (cpu >= 0 && cpu == atomic_load_explicit(&w->cpu, memory_order_relaxed)) {
+        cpu_set_t m = w->allowed;
+        CPU_CLR(cpu, &m);
+        if (CPU_COUNT(&m) > 0) pthread_setaffinity_np(w->thread, sizeof(m), &m);
+        atomic_store_explicit(&w->cpu, -1, memory_order_relaxed);
+    }
+    pthread_mutex_lock(&w->mu);
+    while (atomic_load(&w->has_job)) pthread_cond_wait(&w->cv_done, &w->mu);
+    w->job = *job;
+    atomic_store(&w->done, 0);
+    atomic_store(&w->claim, 0);
+    atomic_store(&w->cancel, 0);
+    atomic_store(&w->has_job, 1);
+    pthread_cond_signal(&w->cv_job);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/*
+ * Spins for up to KMB_HASHER_SPIN_NS (a hash takes microseconds; a sleeping thread, on a
+ * virtual machine especially, takes longer to wake), then yields the CPU between checks
+ * (on a busy machine the worker may be waiting for this CPU) and after WORKER_YIELD_NS
+ * sleeps on the condition variable.
+ */
+uint64_t kmb_hasher_wait(kmb_hasher *w, size_t need)
+{
+    uint64_t t0 = 0, waited = 0;
+    for (unsigned spin = 1;; spin++) {
+        if (atomic_load_explicit(&w->done, memory_order_acquire) >= need) return waited;
+        if ((spin & 63) == 0) {
+            if (!t0) t0 = now_ns();
+            waited = now_ns() - t0;
+            if (waited > WORKER_YIELD_NS) break;
+        }
+        if (waited > KMB_HASHER_SPIN_NS)
+            sched_yield(); /* the worker may be waiting for this very CPU */
+        else
+            cpu_relax();
+    }
+    pthread_mutex_lock(&w->mu);
+    atomic_store(&w->waiting, 1);
+    while (atomic_load(&w->has_job) && atomic_load(&w->done) < need)
+        pthread_cond_wait(&w->cv_done, &w->mu);
+    atomic_store(&w->waiting, 0);
+    pthread_mutex_unlock(&w->mu);
+    return now_ns() - t0;
+}
+
+int kmb_hasher_stalled(kmb_hasher *w, uint64_t waited)
+{
+    if (waited <= WORKER_STALL_NS) return 0;
+    w->backoff = WORKER_BACKOFF_OPS;
+    return 1;
+}
+
+void kmb_hasher_backoff(kmb_hasher *w) { w->backoff = WORKER_BACKOFF_OPS; }
+
+void kmb_hasher_finish(kmb_hasher *w, int cancel)
+{
+    if (cancel) atomic_store(&w->cancel, 1);
+    pthread_mutex_lock(&w->mu);
+    while (atomic_load(&w->has_job)) pthread_cond_wait(&w->cv_done, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+}

@@ -1,0 +1,138 @@
+/*
+ * hasher.h — the storage's hashing worker: a helper thread that computes SHA-256 chain
+ * hashes while the calling thread reads, copies, checksums and writes (internal; see
+ * hasher.c for why it exists and its fallback rules).
+ *
+ * One kmb_hasher lives inside each kmb_storage; there is no global state. A zeroed
+ * kmb_hasher is valid and has no thread: the thread starts on first need
+ * (kmb_hasher_ready) and is joined by kmb_hasher_stop.
+ *
+ * Threads: every kmb_hasher_* function is called by the thread that owns the operation
+ * (in the engine, one holding the storage's mutex), never by two threads at once; the
+ * hasher's own thread is the only other party. It holds at most one job at a time.
+ * Errors: none are reported. A hasher that cannot start says so (kmb_hasher_ready
+ * returns 0) and the caller hashes inline.
+ *
+ * Needs _GNU_SOURCE (cpu_set_t), as every file of the engine is built with.
+ */
+#ifndef KIMBERLITE_HASHER_H
+#define KIMBERLITE_HASHER_H
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "kimberlite/chain.h"
+#include "kimberlite/record.h"
+#include "kimberlite/storage.h"
+
+/*
+ * How long a caller spins in kmb_hasher_wait before it starts yielding its CPU: a hash
+ * takes microseconds, a sleeping thread (on a virtual machine especially) longer to wake.
+ * The reader also uses it to tell a hasher that has no CPU of its own.
+ */
+#define KMB_HASHER_SPIN_NS 50000u
+
+/* The verdict of a read job on each record (kmb_hash_job.status). */
+enum { KMB_CHECK_OK = 0, KMB_CHECK_BAD_CRC = 1, KMB_CHECK_BAD_OFFSET = 2 };
+
+/*
+ * One job: an append's chain, or a read's checks and hashes. Every pointer is borrowed:
+ * the caller keeps the memory valid, and does not write what the job reads, until the job
+ * has ended (kmb_hasher_finish, or kmb_hasher_wait for all `count` items).
+ */
+typedef struct kmb_hash_job {
+    size_t count;
+    uint8_t (*out)[KMB_HASH_SIZE]; /* out[i]: hash of item i */
+    /* Appends: chain these events from `start` (NULL at genesis), in order. */
+    const kmb_slice *events;
+    const uint8_t *start;
+    /*
+     * Reads (events NULL): records 0..count-1 lie back to back in buf; record i starts at
+     * byte pos[i] - pos[0] and ends where record i+1 starts, the last at `end` (positions
+     * are the segment's, as in its index). Each is checked (CRC and offset: status[i],
+     * offset expected first + i), decoded into recs[i] and hashed from its own stored
+     * prev_hash. Items are independent: the worker and the caller both claim `block` of
+     * them at a time.
+     */
+    const uint64_t *pos;
+    uint64_t end;
+    uint64_t first;
+    const uint8_t *buf;
+    kmb_record *recs;
+    uint8_t *status;
+    size_t block;
+} kmb_hash_job;
+
+/* The worker thread and its state. Fields are the hasher's own: use the functions. */
+typedef struct kmb_hasher {
+    pthread_t thread;
+    pid_t pid;            /* process that started the thread; 0 when there is none */
+    pid_t single_cpu_pid; /* process found to run on one CPU: no worker there */
+    unsigned backoff;     /* operations to do without the worker after it stalled */
+    cpu_set_t allowed;    /* the CPUs the process may use */
+    atomic_int cpu;       /* the CPU the worker last started a job on */
+    pthread_mutex_t mu;
+    pthread_cond_t cv_job;  /* a job was posted, or quit */
+    pthread_cond_t cv_done; /* progress (when someone waits) or the job ended */
+    atomic_int has_job;     /* written under mu; the lingering worker reads it without */
+    atomic_int quit;
+    kmb_hash_job job;
+    atomic_size_t done;  /* items of the current job that are finished */
+    atomic_size_t claim; /* reads: the next item nobody has claimed */
+    atomic_int waiting; /* the caller sleeps on cv_done */
+    atomic_int cancel;  /* the caller gave up on the job */
+} kmb_hasher;
+
+/*
+ * Whether an operation may use the hasher now: 1 if so (its thread is running, started
+ * here if this process has none yet, also after a fork); 0 while it backs off after a
+ * stall (each such call counts one operation without it), on a single CPU, or if the
+ * thread cannot be started. The caller decides first whether the operation is large
+ * enough to be worth it.
+ */
+int kmb_hasher_ready(kmb_hasher *h);
+
+/*
+ * Stop and join the thread, and release what kmb_hasher_ready set up; nothing if this
+ * process never started one (a parent's thread after a fork is not ours to join). No job
+ * may be in progress. The hasher can be made ready again afterwards.
+ */
+void kmb_hasher_stop(kmb_hasher *h);
+
+/*
+ * Post a job to a ready hasher (waiting first for a previous job to end). The job is
+ * copied; what it points to stays borrowed (see kmb_hash_job).
+ */
+void kmb_hasher_post(kmb_hasher *h, const kmb_hash_job *job);
+
+/*
+ * Work on a job on this thread. With h NULL, run the whole job inline (no hasher needed).
+ * With h, share the read job just posted to h: claim its blocks alongside the hasher's
+ * thread and publish progress (an append's chain is run with h only by that thread).
+ * Returns the items done by this call.
+ */
+size_t kmb_hash_job_run(const kmb_hash_job *j, kmb_hasher *h);
+
+/*
+ * Wait until the current job has finished `need` items, or has ended. Spins, then yields,
+ * then sleeps (see hasher.c). Returns the nanoseconds waited (0 if no wait was needed).
+ */
+uint64_t kmb_hasher_wait(kmb_hasher *h, size_t need);
+
+/*
+ * Note how long the caller waited (kmb_hasher_wait); 1 if that means the hasher stalled
+ * (had no CPU of its own), and then the next few operations go without it.
+ */
+int kmb_hasher_stalled(kmb_hasher *h, uint64_t waited);
+
+/* Make the next few operations go without the hasher (as after a stall). */
+void kmb_hasher_backoff(kmb_hasher *h);
+
+/* Wait for the whole current job to end (cancelling it first when `cancel`). */
+void kmb_hasher_finish(kmb_hasher *h, int cancel);
+
+#endif
