@@ -365,6 +365,18 @@ static int disk_create_segment(kmb_backend *b, uint64_t stream, uint32_t seg, in
     return KMB_OK;
 }
 
+static int disk_sync_dir(kmb_backend *b, uint64_t stream)
+{
+    disk_backend *d = D(b);
+    char dir[PATH_MAX];
+    int rc = stream_dir(d, stream, dir, sizeof(dir));
+    if (rc) return rc;
+    if (kmb_io_sync_dir(&d->io, dir) != 0) return io_error(errno, dir, "cannot sync stream directory");
+    if (kmb_io_sync_dir(&d->io, d->root) != 0)
+        return io_error(errno, d->root, "cannot sync data directory");
+    return KMB_OK;
+}
+
 static int disk_quarantine(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t from,
                            char *name_out, size_t name_cap)
 {
@@ -515,8 +527,19 @@ static int make_dirs(kmb_io *io, const char *path)
         if (buf[i] != '/' && buf[i] != '\0') continue;
         char saved = buf[i];
         buf[i] = '\0';
-        if (kmb_io_mkdir(io, buf, 0755) != 0 && errno != EEXIST)
+        if (kmb_io_mkdir(io, buf, 0755) == 0) {
+            /* A new directory's name must survive a power cut too: sync its parent. */
+            char *slash = strrchr(buf, '/');
+            const char *parent = ".";
+            if (slash == buf) parent = "/";
+            else if (slash) *slash = '\0', parent = buf;
+            int failed = kmb_io_sync_dir(io, parent) != 0;
+            int err = errno;
+            if (slash && slash != buf) *slash = '/';
+            if (failed) return io_error(err, buf, "cannot sync the parent of the data directory");
+        } else if (errno != EEXIST) {
             return io_error(errno, buf, "cannot create data directory");
+        }
         buf[i] = saved;
     }
     struct stat st;
@@ -563,6 +586,7 @@ int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
     b->save_index = disk_save_index;
     b->describe = disk_describe;
     b->free = disk_free;
+    b->sync_dir = disk_sync_dir;
 
     int rc;
     if (read_only) {

@@ -9,6 +9,8 @@
  */
 #include "py_kimberlite.h"
 
+#include <string.h>
+
 /* Call cls(*args, **kwargs) and raise the result. Steals args and kwargs (either may be
  * NULL after a failed allocation, in which case the allocation error stays set). */
 static PyObject *raise_instance(PyObject *cls, PyObject *args, PyObject *kwargs)
@@ -82,13 +84,22 @@ PyObject *kmb_raise(kmb_module_state *st, int code)
     case KMB_EIO: {
         /* StorageIOError(errno, strerror, filename): OSError's own constructor fills
          * .errno, .strerror and .filename. */
-        msg = PyUnicode_DecodeFSDefault(text);
+        /* strerror is the OS's own text; the engine's message (what, where, what to do)
+         * becomes .detail, which str() shows. */
+        msg = (mine && e->sys_errno) ? PyUnicode_DecodeLocale(strerror(e->sys_errno), NULL)
+                                     : PyUnicode_DecodeFSDefault(text);
         if (msg == NULL) return NULL;
+        PyObject *kw = Py_BuildValue("{s:N}", "detail", PyUnicode_DecodeFSDefault(text));
+        if (kw == NULL) {
+            Py_DECREF(msg);
+            return NULL;
+        }
         PyObject *err = Py_None;
         if (mine && e->sys_errno) err = PyLong_FromLong(e->sys_errno);
         else Py_INCREF(err);
         if (err == NULL) {
             Py_DECREF(msg);
+            Py_DECREF(kw);
             return NULL;
         }
         if (mine && e->path[0] != '\0') {
@@ -100,7 +111,7 @@ PyObject *kmb_raise(kmb_module_state *st, int code)
         }
         Py_DECREF(err);
         Py_DECREF(msg);
-        return raise_instance(st->StorageIOError, args, NULL);
+        return raise_instance(st->StorageIOError, args, kw);
     }
     case KMB_EEOF:
         cls = st->UnexpectedEofError;

@@ -803,7 +803,9 @@ PyDoc_STRVAR(close_doc,
 
 static PyObject *storage_close(StorageObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->st == NULL || self->closed) Py_RETURN_NONE;
+    if (self->st == NULL) Py_RETURN_NONE;
+    /* Always through the engine, even when already marked closed: a concurrent close()
+     * then waits for the first one to finish flushing and release the lock. */
     self->closed = 1;
     int rc;
     Py_BEGIN_ALLOW_THREADS

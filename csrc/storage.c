@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kimberlite/backend.h"
 #include "kimberlite/chain.h"
@@ -52,6 +53,7 @@ typedef struct seg_state {
     int index_verified; /* ix was built by scanning in this process */
     int damaged;        /* invalid data at `size` that is not a torn tail */
     int pending;        /* the active segment after a rotation whose file is not made yet */
+    int unsynced;       /* written with fsync=0 (or loaded from disk): not known durable */
 } seg_state;
 
 typedef struct stream_state {
@@ -68,6 +70,7 @@ typedef struct stream_state {
      * (Reloading instead would rescan and show the whole records of the failed batch.)
      */
     int cut_pending;
+    int dir_unsynced; /* files created without syncing their directory (or loaded) */
     int damaged;      /* corruption found: appends refused */
     uint64_t damage_offset, damage_pos;
     uint32_t damage_seg;
@@ -102,6 +105,8 @@ struct kmb_storage {
     kmb_backend *backend;
     kmb_options opts;
     int closed;
+    pid_t pid;      /* the process that opened it */
+    int fork_guard; /* a disk writer: unusable in a child after fork() (two writers) */
     stream_state **table; /* open addressing on stream id */
     size_t tcap, tcount;
     uint8_t *scratch; /* append encoding buffer, reused */
@@ -342,6 +347,7 @@ static int make_active_file(kmb_storage *st, stream_state *s, int durable)
 {
     seg_state *g = &s->segs[s->nsegs - 1];
     if (!g->pending) return KMB_OK;
+    if (!durable) s->dir_unsynced = 1;
     int rc = st->backend->create_segment(st->backend, s->id, g->number, durable);
     if (rc) return with_stream(st, rc, s->id, g->number);
     g->pending = 0;
@@ -581,6 +587,7 @@ static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int a
     }
     seg_state *g = push_segment(s, number, base);
     if (!g) return oom();
+    g->unsynced = 1; /* written by an earlier run: its durability is not known */
     uint64_t disk_size;
     int rc = st->backend->segment_size(st->backend, s->id, number, &disk_size);
     if (rc) return with_stream(st, rc, s->id, number);
@@ -599,7 +606,8 @@ static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int a
         g->base = base;
         g->index_verified = 1;
     } else if (rc != KMB_OK) {
-        if (rc != KMB_ENOTFOUND || disk_size > 0) {
+        /* A reader beside a live writer finds no index for the active segment: normal. */
+        if (rc != KMB_ENOTFOUND || (disk_size > 0 && !st->opts.read_only)) {
             describe(st, s->id, number, path, sizeof(path));
             note(st, "index of %s is %s; rebuilding it", path,
                  rc == KMB_ENOTFOUND ? "missing" : "damaged");
@@ -691,6 +699,7 @@ static int load_stream(kmb_storage *st, uint64_t id, stream_state **out)
         return oom();
     }
     s->id = id;
+    s->dir_unsynced = 1; /* as for its segments: made by an earlier run */
     for (size_t i = 0; i < n; i++) {
         if (nums[i] != i) {
             /* A missing segment: records are missing. Keep what precedes it. */
@@ -736,7 +745,16 @@ static int refresh(kmb_storage *st, stream_state *s)
             /* The writer's next segment: does its file exist by now? */
             rc = st->backend->segment_exists(st->backend, s->id, g->number, &exists);
             if (rc) return with_stream(st, rc, s->id, g->number);
-            if (!exists) break;
+            if (!exists) {
+                /*
+                 * Only this reader's guess, from its own max_segment_size (a writer with a
+                 * larger one may still be filling the segment before it): drop it, follow
+                 * that segment, and guess again below.
+                 */
+                kmb_index_free(&g->ix);
+                s->nsegs--;
+                continue;
+            }
             g->pending = 0;
         }
         rc = st->backend->segment_exists(st->backend, s->id, g->number + 1, &exists);
@@ -1349,6 +1367,8 @@ int kmb_storage_open_backend(kmb_storage **out, kmb_backend *backend, const kmb_
     }
     st->backend = backend;
     st->opts = o;
+    st->pid = getpid();
+    st->fork_guard = !o.read_only && kmb_backend_disk_io(backend) != NULL;
     *out = st;
     return KMB_OK;
 }
@@ -1391,8 +1411,18 @@ static int closed_error(void)
 }
 
 /* Lock and check the storage is open; on failure the lock is not held. */
+static int inherited(kmb_storage *st) { return st->fork_guard && getpid() != st->pid; }
+
 static int enter(kmb_storage *st)
 {
+    /* Checked before locking: the mutex may have been held by another thread at fork(). */
+    if (inherited(st))
+        return kmb_error_set(KMB_ERROR, 0,
+                             "this Storage was opened by process %ld and inherited across "
+                             "fork(); a child cannot use its parent's writer: open a new "
+                             "Storage in this process (read_only=True beside the parent's "
+                             "writer)",
+                             (long)st->pid);
     pthread_mutex_lock(&st->mu);
     if (st->closed) {
         pthread_mutex_unlock(&st->mu);
@@ -1442,8 +1472,33 @@ int kmb_storage_flush_indexes(kmb_storage *st)
     return rc;
 }
 
+/* Free everything without flushing, syncing or locking: the parent still owns the files. */
+static void release_inherited(kmb_storage *st)
+{
+    for (size_t i = 0; i < st->tcap; i++) stream_free(st->table[i]);
+    free(st->table);
+    st->table = NULL;
+    st->tcap = st->tcount = 0;
+    st->backend->free(st->backend); /* closing our copies of the fds keeps the parent's lock */
+    st->backend = NULL;
+    free(st->scratch);
+    free(st->win.buf);
+    free(st->rbuf);
+    st->scratch = st->rbuf = NULL;
+    memset(&st->win, 0, sizeof(st->win));
+    kmb_hasher_stop(&st->worker);
+    free_chunks(st);
+    free(st->hashes);
+    st->hashes = NULL;
+    st->closed = 1;
+}
+
 int kmb_storage_close(kmb_storage *st)
 {
+    if (inherited(st)) {
+        if (!st->closed) release_inherited(st);
+        return KMB_OK;
+    }
     pthread_mutex_lock(&st->mu);
     if (st->closed) {
         pthread_mutex_unlock(&st->mu);
@@ -1496,6 +1551,32 @@ void kmb_storage_free(kmb_storage *st)
     pthread_mutex_destroy(&st->mu);
     free(st);
 }
+
+/*
+ * Before an fsync=True append: make durable what earlier fsync=False appends (or another
+ * process) left in the page cache and this batch's chain now depends on — sealed segments'
+ * data and the directory entries of files created without a sync. The active segment is
+ * synced after the batch is written, which covers its earlier data too. Nothing of the
+ * batch is written yet, so a failure here leaves the stream as it was.
+ */
+static int make_durable(kmb_storage *st, stream_state *s)
+{
+    for (size_t k = 0; k + 1 < s->nsegs; k++) {
+        seg_state *g = &s->segs[k];
+        if (!g->unsynced || g->pending) continue;
+        int rc = st->backend->sync(st->backend, s->id, g->number);
+        if (rc) return with_stream(st, rc, s->id, g->number);
+        g->unsynced = 0;
+    }
+    if (s->dir_unsynced && st->backend->sync_dir) {
+        int rc = st->backend->sync_dir(st->backend, s->id);
+        if (rc) return with_stream(st, rc, s->id, s->segs[s->nsegs - 1].number);
+    }
+    s->dir_unsynced = 0;
+    return KMB_OK;
+}
+
+#define SCRATCH_KEEP ((size_t)4 << 20) /* larger append buffers are given back after use */
 
 int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events, size_t count,
                        const uint64_t *expected_offset, int fsync, uint64_t *next_out)
@@ -1572,6 +1653,7 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
             goto out;
         }
         s->id = stream;
+        s->dir_unsynced = !fsync;
         seg_state *g0 = push_segment(s, 0, 0);
         if (!g0 || table_insert(st, s) != KMB_OK) {
             stream_free(s);
@@ -1583,6 +1665,10 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
     }
     rc = make_active_file(st, s, fsync); /* after a rotation whose file failed */
     if (rc) goto out;
+    if (fsync) {
+        rc = make_durable(st, s);
+        if (rc) goto out;
+    }
     seg_state *g = &s->segs[s->nsegs - 1];
     rc = kmb_index_reserve(&g->ix, count);
     if (rc) goto out;
@@ -1607,6 +1693,7 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
     g->ix.count += count;
     g->size = pos;
     g->index_dirty = 1;
+    g->unsynced = !fsync;
     s->next = next + count;
     memcpy(s->head, head, KMB_HASH_SIZE);
     s->has_head = 1;
@@ -1623,6 +1710,11 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
     }
     if (next_out) *next_out = s->next;
 out:
+    if (st->scratch_cap > SCRATCH_KEEP) { /* don't hold a huge batch's copy until close */
+        free(st->scratch);
+        st->scratch = NULL;
+        st->scratch_cap = 0;
+    }
     leave(st);
     return rc;
 }

@@ -125,7 +125,16 @@ class LockedError(StorageError):
 class StorageIOError(StorageError, OSError):
     """An operating-system error; ``errno``, ``strerror`` and ``filename`` are kept.
 
-    Constructed like OSError: ``StorageIOError(errno, strerror, filename)``.
+    Constructed like OSError: ``StorageIOError(errno, strerror, filename)``. ``strerror``
+    is the operating system's text; ``detail`` (also what ``str()`` shows) says what the
+    engine was doing, where, and what to do.
     """
 
     __module__ = "kimberlite"
+
+    def __init__(self, *args: object, detail: "str | None" = None) -> None:
+        super().__init__(*args)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail if self.detail else OSError.__str__(self)

@@ -87,6 +87,14 @@ struct kmb_backend {
 
     /* Release the backend and everything it holds (files, locks, memory). */
     void (*free)(kmb_backend *b);
+
+    /*
+     * Make a stream's names durable: its segment files' entries in the stream directory
+     * and the stream directory's entry in the data directory (fsync of both directories).
+     * The engine calls it before an fsync=True append when files were created without
+     * syncing. NULL when there is nothing to do (memory).
+     */
+    int (*sync_dir)(kmb_backend *b, uint64_t stream);
 };
 
 /*
