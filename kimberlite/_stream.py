@@ -28,6 +28,7 @@ from typing import (
     overload,
 )
 
+from ._errors import ChainVerificationError, CorruptedRecordError, StorageError
 from ._record import Record
 
 if TYPE_CHECKING:
@@ -91,17 +92,44 @@ def iter_chunks(
     """Storage.iter_from: check the arguments now (one first read), then yield lazily."""
     _check_chunk(chunk_bytes)
     read: Any = storage.read_records if records else storage.read_from
-    first: List[Any] = read(stream_id, from_offset, chunk_bytes)  # validates the arguments
+    first = _read_to_damage(read, stream_id, from_offset, chunk_bytes)  # validates arguments
 
     def generate() -> Iterator[Any]:
-        batch = first
+        batch, damage = first
         pos = from_offset
         while batch:
             pos += len(batch)
             yield from batch
-            batch = read(stream_id, pos, chunk_bytes)
+            if damage is not None:
+                raise damage
+            batch, damage = _read_to_damage(read, stream_id, pos, chunk_bytes)
+        if damage is not None:
+            raise damage
 
     return generate()
+
+
+def _read_to_damage(read: Any, stream_id: int, pos: int,
+                    chunk_bytes: int) -> Tuple[List[Any], Optional[StorageError]]:
+    """One chunk; if damage stops it part-way, the intact events before the damage and the
+    error to raise once they are yielded (a read is all or nothing, an iterator need not be).
+    """
+    try:
+        return read(stream_id, pos, chunk_bytes), None
+    except (CorruptedRecordError, ChainVerificationError) as e:
+        bad = e.offset
+        if bad is None or bad <= pos:
+            raise
+        intact: List[Any] = []
+        try:  # rare: one event at a time up to the damage
+            while pos + len(intact) < bad:
+                got = read(stream_id, pos + len(intact), 1)
+                if not got:
+                    break
+                intact += got[: bad - pos - len(intact)]
+        except StorageError:
+            pass
+        return intact, e
 
 
 def _require(module: str, extra: str, what: str) -> Any:

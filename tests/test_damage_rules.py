@@ -77,3 +77,43 @@ def test_head_mismatch_alone_does_not_block_appends(backend):
     with pytest.raises(km.ChainVerificationError):
         s.verify(1, expected_head=b"\x01" * 32)
     assert s.append_batch(1, [b"two"]) == 2
+
+
+@pytest.mark.parametrize("records", [False, True])
+def test_iteration_yields_the_intact_events_before_damage_then_raises(backend, records):
+    s = backend.open()
+    s.append_batch(1, [b"e%d" % i for i in range(10)])
+    kt.flip_bit(s, 1, 6)
+    got = []
+    with pytest.raises(km.CorruptedRecordError) as info:
+        for ev in s.iter_from(1, records=records):
+            got.append(ev.payload if records else ev)
+    assert got == [b"e%d" % i for i in range(6)]
+    assert info.value.offset == 6
+
+
+def test_iteration_stops_before_a_broken_link(backend):
+    s = backend.open()
+    s.append_batch(1, [b"e%d" % i for i in range(10)])
+    kt.replace_payload(s, 1, 3, b"forged")  # record 4's link breaks
+    got = []
+    with pytest.raises(km.ChainVerificationError):
+        for ev in s.iter_from(1, 1):
+            got.append(ev)
+    # record 3 itself passes its own checks; only its successor's link tells
+    assert got == [b"e1", b"e2", b"forged"]
+
+
+def test_cli_read_prints_the_intact_events_before_damage(tmp_path):
+    import subprocess
+    import sys
+    d = tmp_path / "d"
+    s = km.Storage(d)
+    s.append_batch(1, [b"line%d" % i for i in range(5)])
+    s.close()
+    kt.flip_bit(str(d), 1, 3)
+    p = subprocess.run([sys.executable, "-m", "kimberlite", "read", str(d), "1"],
+                       capture_output=True)
+    assert p.returncode == 1
+    assert p.stdout == b"line0\nline1\nline2\n"
+    assert b"offset 3" in p.stderr and b"Traceback" not in p.stderr
