@@ -231,33 +231,13 @@ def drop(path: str) -> None:
 # ==================================================================== the peers
 
 
-class KimberliteImpl:
-    name = "kimberlite"
+class _SpecApiImpl:
+    """A peer with kimberlite's own API (SPEC §4): kimberlite itself, and the pure peer."""
 
-    def __init__(self, path: str):
-        self.s = kimberlite.Storage(path)
+    name = ""
 
-    def append(self, events, fsync: bool) -> None:
-        self.s.append_batch(STREAM, events, fsync=fsync)
-
-    def read_from(self, offset: int = 0) -> list:
-        return self.s.read_from(STREAM, offset)
-
-    def verify(self):
-        return self.s.verify(STREAM)
-
-    def next_offset(self) -> int:
-        return self.s.next_offset(STREAM)
-
-    def close(self) -> None:
-        self.s.close()
-
-
-class PureImpl:
-    name = "pure"
-
-    def __init__(self, path: str):
-        self.log = peer_pure.PureLog(path)
+    def __init__(self, log) -> None:
+        self.log = log
 
     def append(self, events, fsync: bool) -> None:
         self.log.append_batch(STREAM, events, fsync=fsync)
@@ -273,6 +253,20 @@ class PureImpl:
 
     def close(self) -> None:
         self.log.close()
+
+
+class KimberliteImpl(_SpecApiImpl):
+    name = "kimberlite"
+
+    def __init__(self, path: str):
+        super().__init__(kimberlite.Storage(path))
+
+
+class PureImpl(_SpecApiImpl):
+    name = "pure"
+
+    def __init__(self, path: str):
+        super().__init__(peer_pure.PureLog(path))
 
 
 class SqliteImpl:
@@ -611,7 +605,7 @@ def scenario_read_verify(args, tmp, impls, hashlim, results, data, which):
             with kimberlite.Storage(os.path.join(tmp, "read-pure"), read_only=True) as chk:
                 head_pure = objs["pure"].log.latest_chain_hash(STREAM)
                 if chk.latest_chain_hash(STREAM) != head_pure or \
-                        objs["kimberlite"].s.latest_chain_hash(STREAM) != head_pure:
+                        objs["kimberlite"].log.latest_chain_hash(STREAM) != head_pure:
                     raise SystemExit("cross-check failed: pure peer and kimberlite disagree")
                 expected_head = head_pure
         for impl, obj in objs.items():  # warm-up: the first read loads the stream
