@@ -63,6 +63,8 @@ def extension():
     return Extension(
         "kimberlite._core",
         sources=sources,
+        # headers: an edit to one rebuilds the sources (setuptools compares mtimes)
+        depends=sorted(glob.glob("include/kimberlite/**/*.h", recursive=True) + glob.glob("csrc/*.h")),
         include_dirs=["include", "csrc", *inc],
         library_dirs=libdirs,
         libraries=["crypto", "pthread"],
