@@ -472,6 +472,7 @@ done:
     return rc;
 }
 
+/* Like kmb_index_save/_load, but through io.c, so that fault plans reach index writes. */
 static int disk_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const kmb_index *ix)
 {
     disk_backend *d = D(b);

@@ -60,6 +60,16 @@ int kmb_index_reserve(kmb_index *ix, size_t extra)
     return KMB_OK;
 }
 
+int kmb_index_copy(kmb_index *dst, const kmb_index *src)
+{
+    dst->count = 0;
+    int rc = kmb_index_reserve(dst, src->count);
+    if (rc != KMB_OK) return rc;
+    if (src->count) memcpy(dst->positions, src->positions, src->count * sizeof(uint64_t));
+    dst->count = src->count;
+    return KMB_OK;
+}
+
 int kmb_index_append(kmb_index *ix, uint64_t position)
 {
     int rc = kmb_index_reserve(ix, 1);

@@ -255,24 +255,16 @@ static int mem_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, kmb_ind
     mem_segment *s = find_segment(M(b), stream, seg);
     if (!s) return missing(b, stream, seg);
     if (!s->has_index) return kmb_error_set(KMB_ENOTFOUND, 0, "no index");
-    kmb_index_truncate(out, 0);
-    if (kmb_index_reserve(out, s->index.count)) return oom();
-    if (s->index.count)
-        memcpy(out->positions, s->index.positions, s->index.count * sizeof(uint64_t));
-    out->count = s->index.count;
-    return KMB_OK;
+    return kmb_index_copy(out, &s->index);
 }
 
 static int mem_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const kmb_index *ix)
 {
     mem_segment *s = find_segment(M(b), stream, seg);
     if (!s) return missing(b, stream, seg);
-    kmb_index_truncate(&s->index, 0);
-    if (kmb_index_reserve(&s->index, ix->count)) return oom();
-    if (ix->count) memcpy(s->index.positions, ix->positions, ix->count * sizeof(uint64_t));
-    s->index.count = ix->count;
-    s->has_index = 1;
-    return KMB_OK;
+    int rc = kmb_index_copy(&s->index, ix);
+    if (rc == KMB_OK) s->has_index = 1;
+    return rc;
 }
 
 static void mem_describe(kmb_backend *b, uint64_t stream, uint32_t seg, char *out, size_t cap)

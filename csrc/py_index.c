@@ -171,12 +171,10 @@ static PyObject *index_save(IndexObject *self, PyObject *args, PyObject *kwds)
     /* A private copy, so that another thread may use this index while the GIL is out. */
     kmb_index copy;
     kmb_index_init(&copy);
-    if (kmb_index_reserve(&copy, self->ix.count) != KMB_OK) {
+    if (kmb_index_copy(&copy, &self->ix) != KMB_OK) {
         PyErr_NoMemory();
         goto cleanup;
     }
-    if (self->ix.count) memcpy(copy.positions, self->ix.positions, self->ix.count * sizeof(uint64_t));
-    copy.count = self->ix.count;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = kmb_index_save(&copy, PyBytes_AS_STRING(path));

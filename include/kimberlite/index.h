@@ -51,6 +51,12 @@ int kmb_index_reserve(kmb_index *ix, size_t extra);
 /* Drop the entries from `count` on (no-op if count >= ix->count). */
 void kmb_index_truncate(kmb_index *ix, size_t count);
 
+/*
+ * Make `dst` (initialised) hold the same entries as `src`. KMB_ENOMEM if it cannot grow;
+ * `dst` is then empty. `src` is not changed; the two must not be the same index.
+ */
+int kmb_index_copy(kmb_index *dst, const kmb_index *src);
+
 /* 1 and *out = position of entry i if i < count, else 0. */
 int kmb_index_lookup(const kmb_index *ix, uint64_t i, uint64_t *out);
 

@@ -54,6 +54,23 @@ TEST(index_append_lookup_and_truncate)
     kmb_index_free(&ix);
 }
 
+TEST(index_copy_replaces_the_destination_and_keeps_the_source)
+{
+    kmb_index src, dst;
+    CHECK(make_index(&src, 40));
+    CHECK(make_index(&dst, 100)); /* longer than src: every old entry must go */
+    CHECK_EQ_INT(kmb_index_copy(&dst, &src), KMB_OK);
+    CHECK_EQ_U64(dst.count, 40);
+    CHECK_EQ_U64(src.count, 40);
+    CHECK(memcmp(dst.positions, src.positions, 40 * sizeof(uint64_t)) == 0);
+    kmb_index empty;
+    kmb_index_init(&empty);
+    CHECK_EQ_INT(kmb_index_copy(&dst, &empty), KMB_OK);
+    CHECK_EQ_U64(dst.count, 0);
+    kmb_index_free(&src);
+    kmb_index_free(&dst);
+}
+
 TEST(index_reserve_of_impossible_size_is_enomem_and_leaves_index_unchanged)
 {
     kmb_index ix;
