@@ -44,6 +44,11 @@
 #define COMBINE_MIN_LEN 1024 /* shorter payloads are checksummed with their header */
 #define READER_SETTLE_TRIES 20         /* a reader's retries before calling a tail damaged */
 
+/* Field positions inside a record (docs/FORMAT.md). */
+#define KMB_REC_OFFSET 0
+#define KMB_REC_PREV_HASH 8
+#define KMB_REC_LENGTH 40
+
 typedef struct seg_state {
     uint32_t number;
     uint64_t base;      /* offset of the segment's first record */
@@ -1224,79 +1229,130 @@ static void reader_init(reader *r, kmb_storage *st, stream_state *s, uint64_t fr
 }
 
 /*
- * Encode a batch whose hashes the worker chains meanwhile, and write it at byte `pos` of
- * segment g, WRITE_CHUNK bytes at a time: for each piece this thread copies the payloads
- * and computes their CRCs, waits for the hashes the piece's headers need, completes each
- * record's CRC as CRC(header || payload) = combine(CRC(header), CRC(payload)) and writes.
- * Fills g->ix.positions past g->ix.count; *end is where the batch ends, head the hash of
- * its last record. On failure the worker has stopped and nothing refers to `events`.
+ * The records [i, j) of a pipelined batch: the range ends before WRITE_CHUNK bytes (a
+ * larger single record makes a range of its own).
  */
-static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
-                                 const kmb_slice *events, size_t count, uint64_t next,
-                                 uint64_t *end, uint8_t head[KMB_HASH_SIZE])
+static size_t piece_end(const kmb_slice *events, size_t count, size_t i, size_t *bytes)
+{
+    size_t j = i, b = 0;
+    while (j < count && (j == i || b + kmb_record_size(events[j].len) <= WRITE_CHUNK)) {
+        b += (size_t)kmb_record_size(events[j].len);
+        j++;
+    }
+    *bytes = b;
+    return j;
+}
+
+/*
+ * Copy the payloads of records [i, j) into buf (their headers' offset and length too) and
+ * compute the payloads' CRCs. From here on only the copy is read: the caller's buffers may
+ * change under us (another thread), and each record's CRC, payload and chain hash must
+ * come from the same bytes. `slices` are pointed at the copies, for the hashing worker.
+ */
+static void piece_copy(seg_state *g, const kmb_slice *events, size_t i, size_t j,
+                       uint64_t next, uint64_t pos, uint8_t *buf, kmb_slice *slices)
+{
+    uint8_t *p = buf;
+    for (size_t r = i; r < j; r++) {
+        size_t len = events[r].len;
+        g->ix.positions[g->ix.count + r] = pos + (uint64_t)(p - buf);
+        kmb_store_u64le(p + KMB_REC_OFFSET, next + r);
+        kmb_store_u32le(p + KMB_REC_LENGTH, (uint32_t)len);
+        if (len) memcpy(p + KMB_HEADER_SIZE, events[r].data, len);
+        slices[r].data = p + KMB_HEADER_SIZE;
+        slices[r].len = len;
+        if (len >= COMBINE_MIN_LEN)
+            kmb_store_u32le(p + KMB_HEADER_SIZE + len, kmb_crc32(p + KMB_HEADER_SIZE, len));
+        p += kmb_record_size(len);
+    }
+}
+
+/* Fill in the prev_hash of records [i, j) in buf, then their whole-record CRCs. */
+static void piece_seal(const kmb_slice *slices, size_t i, size_t j, uint64_t next,
+                       const uint8_t (*hashes)[KMB_HASH_SIZE], const uint8_t *head,
+                       uint8_t *buf)
 {
     static const uint8_t zeros[KMB_HASH_SIZE];
-    kmb_hasher *w = &st->worker;
-    int rc = grow(&st->hashes, &st->hashes_cap, count * KMB_HASH_SIZE);
-    if (rc) return rc;
-    uint8_t(*hashes)[KMB_HASH_SIZE] = (uint8_t(*)[KMB_HASH_SIZE])(void *)st->hashes;
-    kmb_hash_job job;
-    memset(&job, 0, sizeof(job));
-    job.count = count;
-    job.out = hashes;
-    job.events = events;
-    job.start = next ? s->head : NULL;
-    kmb_hasher_post(w, &job);
-    uint64_t pos = *end;
     uint64_t op_len = UINT64_MAX;
     uint32_t op = 0;
-    for (size_t i = 0; i < count;) {
-        size_t j = i;
-        size_t bytes = 0;
-        while (j < count &&
-               (j == i || bytes + kmb_record_size(events[j].len) <= WRITE_CHUNK)) {
-            bytes += (size_t)kmb_record_size(events[j].len);
-            j++;
-        }
-        rc = grow(&st->scratch, &st->scratch_cap, bytes);
-        if (rc) goto fail;
-        uint8_t *p = st->scratch;
-        for (size_t r = i; r < j; r++) { /* payloads and their CRCs: no hash needed yet */
-            size_t len = events[r].len;
-            g->ix.positions[g->ix.count + r] = pos + (uint64_t)(p - st->scratch);
-            kmb_store_u64le(p, next + r);
-            kmb_store_u32le(p + 40, (uint32_t)len);
-            if (len) memcpy(p + KMB_HEADER_SIZE, events[r].data, len);
-            if (len >= COMBINE_MIN_LEN)
-                kmb_store_u32le(p + KMB_HEADER_SIZE + len, kmb_crc32(p + KMB_HEADER_SIZE, len));
-            p += kmb_record_size(len);
-        }
-        kmb_hasher_stalled(w, kmb_hasher_wait(w, j - 1)); /* record j-1 links to hash j-2 */
-        p = st->scratch;
-        for (size_t r = i; r < j; r++) { /* headers, then whole-record CRCs */
-            size_t len = events[r].len;
-            const uint8_t *prev = next + r == 0 ? zeros : r ? hashes[r - 1] : s->head;
-            memcpy(p + 8, prev, KMB_HASH_SIZE);
-            uint8_t *crc = p + KMB_HEADER_SIZE + len;
-            if (len < COMBINE_MIN_LEN) { /* cheaper to checksum it whole than to combine */
-                kmb_store_u32le(crc, kmb_crc32(p, KMB_HEADER_SIZE + len));
-                p += kmb_record_size(len);
-                continue;
-            }
+    uint8_t *p = buf;
+    for (size_t r = i; r < j; r++) {
+        size_t len = slices[r].len;
+        const uint8_t *prev = next + r == 0 ? zeros : r ? hashes[r - 1] : head;
+        memcpy(p + KMB_REC_PREV_HASH, prev, KMB_HASH_SIZE);
+        uint8_t *crc = p + KMB_HEADER_SIZE + len;
+        if (len < COMBINE_MIN_LEN) { /* cheaper to checksum it whole than to combine */
+            kmb_store_u32le(crc, kmb_crc32(p, KMB_HEADER_SIZE + len));
+        } else {
             if (len != op_len) {
                 op = kmb_crc32_combine_gen(len);
                 op_len = len;
             }
             kmb_store_u32le(crc, kmb_crc32_combine_op(kmb_crc32(p, KMB_HEADER_SIZE),
                                                       kmb_load_u32le(crc), op));
-            p += kmb_record_size(len);
         }
-        rc = st->backend->write(st->backend, s->id, g->number, pos, st->scratch, bytes);
+        p += kmb_record_size(len);
+    }
+}
+
+/*
+ * Encode a large batch and write it at byte *end of segment g, a piece (about WRITE_CHUNK
+ * bytes) at a time, with the chain hashed on the worker: while the worker hashes piece k
+ * (from this thread's copy of its payloads), this thread copies and checksums piece k+1,
+ * then completes piece k's headers and CRCs and writes it. Two halves of the scratch
+ * buffer alternate between the pieces. Fills g->ix.positions past g->ix.count; *end is
+ * where the batch ends, head the hash of its last record. On failure the worker has
+ * stopped and nothing refers to `events`.
+ */
+static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
+                                 const kmb_slice *events, size_t count, uint64_t next,
+                                 uint64_t *end, uint8_t head[KMB_HASH_SIZE])
+{
+    kmb_hasher *w = &st->worker;
+    size_t half = 0, bytes = 0;
+    for (size_t i = 0; i < count;) {
+        i = piece_end(events, count, i, &bytes);
+        if (bytes > half) half = bytes;
+    }
+    /* The hashes, then the slices that point the worker at the copied payloads. */
+    int rc = grow(&st->hashes, &st->hashes_cap, count * (KMB_HASH_SIZE + sizeof(kmb_slice)));
+    if (rc == KMB_OK) rc = grow(&st->scratch, &st->scratch_cap, 2 * half);
+    if (rc) return rc;
+    uint8_t(*hashes)[KMB_HASH_SIZE] = (uint8_t(*)[KMB_HASH_SIZE])(void *)st->hashes;
+    kmb_slice *slices = (kmb_slice *)(void *)(st->hashes + count * KMB_HASH_SIZE);
+    uint8_t *buf[2] = {st->scratch, st->scratch + half};
+
+    uint64_t pos = *end;
+    size_t i = 0, j = piece_end(events, count, 0, &bytes);
+    piece_copy(g, events, 0, j, next, pos, buf[0], slices);
+    kmb_hash_job job;
+    memset(&job, 0, sizeof(job));
+    job.count = j;
+    job.out = hashes;
+    job.events = slices;
+    job.start = next ? s->head : NULL;
+    kmb_hasher_post(w, &job);
+    for (int k = 0;; k ^= 1) {
+        size_t nbytes = 0, nj = j < count ? piece_end(events, count, j, &nbytes) : j;
+        if (j < count) piece_copy(g, events, j, nj, next, pos + bytes, buf[k ^ 1], slices);
+        kmb_hasher_stalled(w, kmb_hasher_wait(w, j - i)); /* piece i..j hashed */
+        if (j < count) {
+            job.count = nj - j;
+            job.out = hashes + j;
+            job.events = slices + j;
+            job.start = hashes[j - 1];
+            kmb_hasher_post(w, &job);
+        }
+        piece_seal(slices, i, j, next, (const uint8_t(*)[KMB_HASH_SIZE])hashes, s->head,
+                   buf[k]);
+        rc = st->backend->write(st->backend, s->id, g->number, pos, buf[k], bytes);
         if (rc) goto fail;
         pos += bytes;
+        if (j == count) break;
         i = j;
+        j = nj;
+        bytes = nbytes;
     }
-    kmb_hasher_stalled(w, kmb_hasher_wait(w, count));
     memcpy(head, hashes[count - 1], KMB_HASH_SIZE);
     *end = pos;
     return KMB_OK;
@@ -1320,7 +1376,8 @@ static int write_batch_inline(kmb_storage *st, stream_state *s, seg_state *g,
         g->ix.positions[g->ix.count + i] = pos;
         size_t n = kmb_record_encode(p, offset, offset ? head : NULL, events[i].data,
                                      (uint32_t)events[i].len);
-        kmb_chain_hash(head, offset ? head : NULL, events[i].data, events[i].len);
+        /* Hash the copy, not the caller's buffer, which another thread may be changing. */
+        kmb_chain_hash(head, offset ? head : NULL, p + KMB_HEADER_SIZE, events[i].len);
         p += n;
         pos += n;
     }
