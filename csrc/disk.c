@@ -5,6 +5,7 @@
  *   data_dir/{stream}/segment_%06u.log      records
  *   data_dir/{stream}/segment_%06u.log.idx  offset index (a cache)
  *   data_dir/{stream}/segment_%06u.log.torn-K   quarantined torn tails
+ *   data_dir/{stream}/durable               the durable watermark (backend.h; a hint)
  *
  * Open descriptors are bounded: segment files are kept in a small LRU cache of
  * KMB_DISK_MAX_FDS descriptors, plus the lock file. All file operations go through io.c.
@@ -29,6 +30,7 @@
 
 #define KMB_DISK_MAX_FDS 8
 #define KMB_LOCK_NAME "kimberlite.lock"
+#define KMB_WATERMARK_NAME "durable"
 
 typedef struct fd_slot {
     int fd; /* -1: free */
@@ -167,6 +169,22 @@ static int get_fd(disk_backend *d, uint64_t stream, uint32_t seg, int create, in
     return KMB_OK;
 }
 
+/* Whether the directory `name` of the data directory holds any segment file. */
+static int holds_segment(disk_backend *d, const char *name)
+{
+    char path[PATH_MAX];
+    int n = snprintf(path, sizeof(path), "%s/%s", d->root, name);
+    if (n < 0 || (size_t)n >= sizeof(path)) return 0;
+    DIR *dir = opendir(path);
+    if (!dir) return 0;
+    int found = 0;
+    struct dirent *ent;
+    uint32_t seg;
+    while (!found && (ent = readdir(dir)) != NULL) found = parse_segment_name(ent->d_name, &seg);
+    closedir(dir);
+    return found;
+}
+
 static int disk_list_streams(kmb_backend *b, uint64_t **out, size_t *count)
 {
     disk_backend *d = D(b);
@@ -182,11 +200,11 @@ static int disk_list_streams(kmb_backend *b, uint64_t **out, size_t *count)
     while ((ent = readdir(dir)) != NULL) {
         uint64_t id;
         if (!parse_u64(ent->d_name, &id)) continue;
-        /* A stream is a directory holding its first segment. */
+        /* A stream is a directory holding a segment (its first one may be missing: damage). */
         int n2 = snprintf(path, sizeof(path), "%s/%s/segment_000000.log", d->root, ent->d_name);
         struct stat st;
-        if (n2 < 0 || (size_t)n2 >= sizeof(path) || stat(path, &st) != 0 || !S_ISREG(st.st_mode))
-            continue;
+        if (n2 < 0 || (size_t)n2 >= sizeof(path)) continue;
+        if (stat(path, &st) != 0 && !holds_segment(d, ent->d_name)) continue;
         if (n == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             uint64_t *p = realloc(ids, ncap * sizeof(*ids));
@@ -374,6 +392,71 @@ static int disk_sync_dir(kmb_backend *b, uint64_t stream)
     if (kmb_io_sync_dir(&d->io, dir) != 0) return io_error(errno, dir, "cannot sync stream directory");
     if (kmb_io_sync_dir(&d->io, d->root) != 0)
         return io_error(errno, d->root, "cannot sync data directory");
+    return KMB_OK;
+}
+
+static int watermark_path(disk_backend *d, uint64_t stream, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s/%" PRIu64 "/" KMB_WATERMARK_NAME, d->root, stream);
+    return (n < 0 || (size_t)n >= cap) ? path_too_long(d->root) : KMB_OK;
+}
+
+/* One small write, never synced (see backend.h for why that is enough). */
+static int disk_save_watermark(kmb_backend *b, uint64_t stream, const void *data, size_t len)
+{
+    disk_backend *d = D(b);
+    char path[PATH_MAX];
+    int rc = watermark_path(d, stream, path, sizeof(path));
+    if (rc) return rc;
+    int fd = kmb_io_open(&d->io, path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+                         0644);
+    if (fd < 0) return io_error(errno, path, "cannot open durable watermark");
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) rc = io_error(EINVAL, path, "not a regular file");
+    if (rc == KMB_OK && kmb_io_pwrite(&d->io, fd, data, len, 0) != 0)
+        rc = io_error(errno, path, "cannot write durable watermark");
+    close(fd);
+    return rc;
+}
+
+static int disk_load_watermark(kmb_backend *b, uint64_t stream, void *buf, size_t cap,
+                               size_t *len)
+{
+    disk_backend *d = D(b);
+    char path[PATH_MAX];
+    int rc = watermark_path(d, stream, path, sizeof(path));
+    if (rc) return rc;
+    int fd = kmb_io_open(&d->io, path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
+    if (fd < 0) return kmb_error_set(KMB_ENOTFOUND, 0, "no durable watermark");
+    struct stat st;
+    ssize_t n = -1;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size <= cap)
+        n = kmb_io_pread(&d->io, fd, buf, (size_t)st.st_size, 0);
+    close(fd);
+    if (n < 0) return kmb_error_set(KMB_ENOTFOUND, 0, "no usable durable watermark");
+    *len = (size_t)n;
+    return KMB_OK;
+}
+
+/* Remove an emptied last segment and its index (repair). */
+static int disk_remove_segment(kmb_backend *b, uint64_t stream, uint32_t seg)
+{
+    disk_backend *d = D(b);
+    uint64_t size = 0;
+    int rc = b->segment_size(b, stream, seg, &size);
+    if (rc) return rc;
+    char path[PATH_MAX], idx[PATH_MAX];
+    rc = segment_path(d, stream, seg, "", path, sizeof(path));
+    if (rc == KMB_OK) rc = segment_path(d, stream, seg, ".idx", idx, sizeof(idx));
+    if (rc) return rc;
+    if (size != 0) return kmb_error_set(KMB_EINVAL, 0, "%s is not empty; not removed", path);
+    drop_fd(d, stream, seg);
+    if (unlink(idx) != 0 && errno != ENOENT) return io_error(errno, idx, "cannot remove index");
+    if (unlink(path) != 0) return io_error(errno, path, "cannot remove emptied segment");
+    char dir[PATH_MAX];
+    rc = stream_dir(d, stream, dir, sizeof(dir));
+    if (rc) return rc;
+    if (kmb_io_sync_dir(&d->io, dir) != 0) return io_error(errno, dir, "cannot sync stream directory");
     return KMB_OK;
 }
 
@@ -588,6 +671,9 @@ int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
     b->describe = disk_describe;
     b->free = disk_free;
     b->sync_dir = disk_sync_dir;
+    b->save_watermark = disk_save_watermark;
+    b->load_watermark = disk_load_watermark;
+    b->remove_segment = disk_remove_segment;
 
     int rc;
     if (read_only) {

@@ -61,6 +61,17 @@ typedef struct seg_state {
     int unsynced;       /* written with fsync=0 (or loaded from disk): not known durable */
 } seg_state;
 
+/* A position in a stream's files: a segment number and a byte in it. */
+typedef struct kmb_mark {
+    uint32_t seg;
+    uint64_t pos;
+} kmb_mark;
+
+static int mark_before(kmb_mark a, kmb_mark b)
+{
+    return a.seg < b.seg || (a.seg == b.seg && a.pos < b.pos);
+}
+
 typedef struct stream_state {
     uint64_t id;
     seg_state *segs;
@@ -76,6 +87,14 @@ typedef struct stream_state {
      */
     int cut_pending;
     int dir_unsynced; /* files created without syncing their directory (or loaded) */
+    /*
+     * The durable watermark (backend.h): every byte before (wm_seg, wm_pos) was synced by
+     * an fsync=True append. Bytes of the active segment at or past it belong to batches
+     * that were never acknowledged as durable, so recovery may cut them as a torn tail.
+     */
+    int wm_known;
+    kmb_mark wm_end;   /* the end of the last batch known durable */
+    kmb_mark wm_batch; /* where that batch began */
     int damaged;      /* corruption found: appends refused */
     uint64_t damage_offset, damage_pos;
     uint32_t damage_seg;
@@ -200,23 +219,30 @@ static int damaged_error(kmb_storage *st, stream_state *s)
     return corrupt(st, s->id, s->damage_seg, s->damage_offset, s->damage_pos, s->damage_what);
 }
 
-static void mark_damaged(kmb_storage *st, stream_state *s, seg_state *g, uint64_t offset,
-                         uint64_t pos, const char *what)
+/* Remember the first damage of a stream (in segment `seg`, which may be missing). */
+static void mark_damaged_at(kmb_storage *st, stream_state *s, uint32_t seg, uint64_t offset,
+                            uint64_t pos, const char *what)
 {
-    g->damaged = 1;
     if (!s->damaged) {
         s->damaged = 1;
-        s->damage_seg = g->number;
+        s->damage_seg = seg;
         s->damage_offset = offset;
         s->damage_pos = pos;
         snprintf(s->damage_what, sizeof(s->damage_what), "%s", what);
         char path[KMB_PATH_MAX];
-        describe(st, s->id, g->number, path, sizeof(path));
+        describe(st, s->id, seg, path, sizeof(path));
         note(st,
              "stream %" PRIu64 ": %s at byte %" PRIu64 " of %s (offset %" PRIu64
              "); nothing was cut; reads reaching it and appends to this stream will fail",
              s->id, what, pos, path, offset);
     }
+}
+
+static void mark_damaged(kmb_storage *st, stream_state *s, seg_state *g, uint64_t offset,
+                         uint64_t pos, const char *what)
+{
+    g->damaged = 1;
+    mark_damaged_at(st, s, g->number, offset, pos, what);
 }
 
 /*
@@ -401,24 +427,61 @@ static int window_get(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t a
 static void window_reset(kmb_storage *st) { st->win.len = 0; }
 
 /*
+ * Whether a valid record starts at byte `pos` of segment `seg` (readable end `end`): its
+ * header and claimed length lie within the bytes present, its offset is below 2**63 and
+ * its CRC matches. The CRC is streamed through the window a piece at a time, so a claimed
+ * length never causes an allocation: memory stays one window whatever the bytes say.
+ * On *valid, *offset and *total are the record's offset and size in bytes.
+ */
+static int check_at(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t pos,
+                    uint64_t end, int *valid, uint64_t *offset, uint64_t *total)
+{
+    *valid = 0;
+    if (pos > end || end - pos < KMB_RECORD_OVERHEAD) return KMB_OK;
+    const uint8_t *p = NULL;
+    int rc = window_get(st, stream, seg, pos, KMB_HEADER_SIZE, end, &p);
+    if (rc) return rc == KMB_EEOF ? KMB_OK : rc;
+    uint64_t off = kmb_load_u64le(p + KMB_REC_OFFSET);
+    uint64_t size = kmb_record_size(kmb_load_u32le(p + KMB_REC_LENGTH));
+    if (size > end - pos || off >= KMB_MAX_OFFSET) return KMB_OK;
+    uint64_t body = size - 4;
+    uint32_t crc = 0;
+    for (uint64_t done = 0; done < body;) {
+        size_t n = body - done > SCAN_CHUNK ? SCAN_CHUNK : (size_t)(body - done);
+        rc = window_get(st, stream, seg, pos + done, n, end, &p);
+        if (rc) return rc == KMB_EEOF ? KMB_OK : rc;
+        crc = kmb_crc32_update(crc, p, n);
+        done += n;
+    }
+    rc = window_get(st, stream, seg, pos + body, 4, end, &p);
+    if (rc) return rc == KMB_EEOF ? KMB_OK : rc;
+    if (kmb_load_u32le(p) != crc) return KMB_OK;
+    *valid = 1;
+    *offset = off;
+    *total = size;
+    return KMB_OK;
+}
+
+/*
  * Read and check the single record at byte `pos` of segment g (valid bytes end at `end`).
  * On KMB_OK *out borrows st->rbuf. Returns KMB_ECORRUPT/KMB_EEOF (no context) when the
- * bytes there are not a whole, valid record, KMB_EIO on read errors.
+ * bytes there are not a whole, valid record, KMB_EIO on read errors. The record is checked
+ * (check_at) before its bytes are held, so memory follows real records, not claims.
  */
 static int read_record_at(kmb_storage *st, uint64_t stream, const seg_state *g, uint64_t pos,
                           uint64_t end, kmb_record *out, size_t *size_out)
 {
-    if (pos >= end || end - pos < KMB_RECORD_OVERHEAD)
-        return kmb_error_set(KMB_EEOF, 0, "segment ends inside a record");
-    uint8_t hdr[KMB_HEADER_SIZE];
-    size_t n = 0;
-    int rc = st->backend->read(st->backend, stream, g->number, pos, hdr, sizeof(hdr), &n);
-    if (rc) return with_stream(st, rc, stream, g->number);
-    if (n < sizeof(hdr)) return kmb_error_set(KMB_EEOF, 0, "segment ends inside a record");
-    uint64_t total = kmb_record_size(kmb_load_u32le(hdr + 40));
-    if (total > end - pos) return kmb_error_set(KMB_EEOF, 0, "segment ends inside a record");
+    int valid = 0;
+    uint64_t offset = 0, total = 0;
+    window_reset(st); /* the window may hold another segment's bytes */
+    int rc = check_at(st, stream, g->number, pos, end, &valid, &offset, &total);
+    window_reset(st);
+    if (rc) return rc;
+    if (!valid) return kmb_error_set(KMB_ECORRUPT, 0, "no valid record at this position");
+    if (total > SIZE_MAX / 2) return oom();
     rc = grow(&st->rbuf, &st->rbuf_cap, (size_t)total);
     if (rc) return rc;
+    size_t n = 0;
     rc = st->backend->read(st->backend, stream, g->number, pos, st->rbuf, (size_t)total, &n);
     if (rc) return with_stream(st, rc, stream, g->number);
     if (n < total) return kmb_error_set(KMB_EEOF, 0, "segment ends inside a record");
@@ -438,23 +501,16 @@ static int scan(kmb_storage *st, stream_state *s, seg_state *g, uint64_t pos, ui
 {
     window_reset(st);
     while (end - pos >= KMB_RECORD_OVERHEAD) {
-        const uint8_t *p = NULL;
-        int rc = window_get(st, s->id, g->number, pos, KMB_HEADER_SIZE, end, &p);
-        if (rc == KMB_EEOF) break;
+        int valid;
+        uint64_t offset = 0, total = 0;
+        int rc = check_at(st, s->id, g->number, pos, end, &valid, &offset, &total);
         if (rc) return rc;
-        uint64_t total = kmb_record_size(kmb_load_u32le(p + 40));
-        if (total > end - pos) break;
-        rc = window_get(st, s->id, g->number, pos, (size_t)total, end, &p);
-        if (rc == KMB_EEOF) break;
-        if (rc) return rc;
-        kmb_record r;
-        size_t used;
-        if (!kmb_record_probe(&r, &used, p, (size_t)total)) break;
+        if (!valid) break;
         if (!*base_known && g->ix.count == 0) {
-            g->base = r.offset; /* after damage upstream: take the segment's own word */
+            g->base = offset; /* after damage upstream: take the segment's own word */
             *base_known = 1;
         }
-        if (r.offset != g->base + g->ix.count) break;
+        if (offset != g->base + g->ix.count) break;
         rc = kmb_index_append(&g->ix, pos);
         if (rc) return oom();
         pos += total;
@@ -464,33 +520,39 @@ static int scan(kmb_storage *st, stream_state *s, seg_state *g, uint64_t pos, ui
 }
 
 /*
- * Whether a valid record starts anywhere in [from, end) of segment g: the test that tells
- * a torn tail (nothing valid follows) from corruption. A record "follows validly" when its
- * CRC matches and its offset could continue the stream (`expected` or later, within what
- * the bytes could hold); a stale copy of an older record does not. Checking the offset
- * before the CRC also keeps random bytes from costing a CRC each.
+ * Whether a valid record with an offset in [lo, hi] starts anywhere in [from, end) of
+ * segment g: the test that tells a torn tail (nothing valid follows) from corruption. A
+ * stale copy of an older record does not count. Checking the offset before the CRC keeps
+ * random bytes from costing a CRC each; crafted bytes (headers everywhere claiming long
+ * records) could still make the search quadratic, so it is bounded: after checksumming
+ * four times the tail's size it stops and answers "found" — the safe answer, which leaves
+ * the bytes in place as damage instead of cutting them. Linear: at most 4 × (end - from)
+ * + one window of bytes are checksummed, and the tail is read at most 5 times.
  */
 static int valid_record_follows(kmb_storage *st, uint64_t stream, seg_state *g, uint64_t from,
-                                uint64_t end, uint64_t expected, int *found)
+                                uint64_t end, uint64_t lo, uint64_t hi, int *found)
 {
     *found = 0;
     window_reset(st);
-    uint64_t span = (end - from) / KMB_RECORD_OVERHEAD + 1;
+    uint64_t budget = 4 * (end - from) + SCAN_CHUNK, spent = 0;
     for (uint64_t q = from; end - q >= KMB_RECORD_OVERHEAD; q++) {
         const uint8_t *p = NULL;
         int rc = window_get(st, stream, g->number, q, KMB_HEADER_SIZE, end, &p);
         if (rc == KMB_EEOF) break;
         if (rc) return rc;
-        uint64_t off = kmb_load_u64le(p);
-        uint64_t total = kmb_record_size(kmb_load_u32le(p + 40));
-        if (total > end - q) continue;
-        if (off < expected || off - expected > span) continue;
-        rc = window_get(st, stream, g->number, q, (size_t)total, end, &p);
-        if (rc == KMB_EEOF) continue;
+        uint64_t off = kmb_load_u64le(p + KMB_REC_OFFSET);
+        uint64_t total = kmb_record_size(kmb_load_u32le(p + KMB_REC_LENGTH));
+        if (total > end - q || off < lo || off > hi) continue;
+        spent += total;
+        if (spent > budget) {
+            *found = 1;
+            return KMB_OK;
+        }
+        int valid;
+        uint64_t offset = 0, size = 0;
+        rc = check_at(st, stream, g->number, q, end, &valid, &offset, &size);
         if (rc) return rc;
-        kmb_record r;
-        size_t used;
-        if (kmb_record_probe(&r, &used, p, (size_t)total)) {
+        if (valid) {
             *found = 1;
             return KMB_OK;
         }
@@ -509,8 +571,13 @@ static int index_confirmed(kmb_storage *st, stream_state *s, seg_state *g, uint6
         return 1;
     }
     if (pos[0] != 0) return 0;
+    /* A record spans at least the overhead and at most the largest event this storage
+     * accepts: a wider gap would make a read hold bytes no record of ours can need. */
+    uint64_t widest = kmb_record_size(st->opts.max_event_size);
     for (size_t i = 1; i < n; i++)
-        if (pos[i] < pos[i - 1] || pos[i] - pos[i - 1] < KMB_RECORD_OVERHEAD) return 0;
+        if (pos[i] < pos[i - 1] || pos[i] - pos[i - 1] < KMB_RECORD_OVERHEAD ||
+            pos[i] - pos[i - 1] > widest)
+            return 0;
     if (pos[n - 1] >= disk_size) return 0;
     kmb_record r;
     size_t size;
@@ -533,10 +600,124 @@ static void sleep_ms(long ms)
 }
 
 /*
+ * The durable watermark record (backend.h), 36 bytes: "KMBW", version 1, 3 zero bytes, the
+ * end of the last batch known durable (segment u32, byte u64), where that batch began
+ * (segment u32, byte u64), CRC-32 of the 32 bytes before it. docs/FORMAT.md.
+ */
+#define WM_SIZE 36
+
+static void watermark_store(kmb_storage *st, stream_state *s)
+{
+    if (!st->backend->save_watermark) return;
+    uint8_t b[WM_SIZE] = {'K', 'M', 'B', 'W', 1};
+    kmb_store_u32le(b + 8, s->wm_end.seg);
+    kmb_store_u64le(b + 12, s->wm_end.pos);
+    kmb_store_u32le(b + 20, s->wm_batch.seg);
+    kmb_store_u64le(b + 24, s->wm_batch.pos);
+    kmb_store_u32le(b + 32, kmb_crc32(b, 32));
+    st->backend->save_watermark(st->backend, s->id, b, sizeof(b));
+}
+
+/* Load the stream's watermark; a missing or damaged one leaves wm_known 0 (the strict rule). */
+static void watermark_load(kmb_storage *st, stream_state *s)
+{
+    uint8_t b[KMB_WATERMARK_MAX];
+    size_t len = 0;
+    if (!st->backend->load_watermark ||
+        st->backend->load_watermark(st->backend, s->id, b, sizeof(b), &len) != KMB_OK)
+        return;
+    if (len != WM_SIZE || memcmp(b, "KMBW", 4) != 0 || b[4] != 1 ||
+        kmb_load_u32le(b + 32) != kmb_crc32(b, 32))
+        return;
+    s->wm_end = (kmb_mark){kmb_load_u32le(b + 8), kmb_load_u64le(b + 12)};
+    s->wm_batch = (kmb_mark){kmb_load_u32le(b + 20), kmb_load_u64le(b + 24)};
+    if (mark_before(s->wm_end, s->wm_batch)) return;
+    s->wm_known = 1;
+}
+
+/*
+ * After an fsync=True append's sync: the batch [start, end) of segment g is durable. Best
+ * effort (backend.h): a lost update leaves an older watermark, which is still truthful.
+ */
+static void watermark_advance(kmb_storage *st, stream_state *s, const seg_state *g,
+                              uint64_t start, uint64_t end)
+{
+    s->wm_known = 1;
+    s->wm_batch = (kmb_mark){g->number, start};
+    s->wm_end = (kmb_mark){g->number, end};
+    watermark_store(st, s);
+}
+
+/* After a cut of segment g at `pos`: the watermark must not vouch for bytes to come. */
+static void watermark_lower(kmb_storage *st, stream_state *s, const seg_state *g, uint64_t pos)
+{
+    kmb_mark cut = {g->number, pos};
+    if (!s->wm_known || !mark_before(cut, s->wm_end)) return;
+    s->wm_end = cut;
+    if (mark_before(cut, s->wm_batch)) s->wm_batch = cut;
+    watermark_store(st, s);
+}
+
+/*
+ * Whether [stop, end) of segment g starts with zero bytes up to the next 4 KiB boundary
+ * (at least 8: a whole offset field, which no record at a stop can have as zeros), past
+ * which a valid record follows: what a power cut that lost the first page of a batch in
+ * flight leaves. *resume is the boundary.
+ */
+static int zero_page_at(kmb_storage *st, uint64_t stream, const seg_state *g, uint64_t stop,
+                        uint64_t end, int *yes, uint64_t *resume)
+{
+    *yes = 0;
+    uint64_t z = (stop / 4096 + 1) * 4096;
+    if (z > end || z - stop < 8) return KMB_OK;
+    const uint8_t *p = NULL;
+    window_reset(st);
+    int rc = window_get(st, stream, g->number, stop, (size_t)(z - stop), end, &p);
+    if (rc) return rc == KMB_EEOF ? KMB_OK : rc;
+    for (size_t i = 0; i < z - stop; i++)
+        if (p[i]) return KMB_OK;
+    *yes = 1;
+    *resume = z;
+    return KMB_OK;
+}
+
+/*
+ * Whether the invalid bytes at `stop` of the segment the last append wrote to are a torn
+ * tail although valid records follow them: at or past the end of the last batch known
+ * durable, nothing was acknowledged as durable (a power cut may keep any of a batch's
+ * pages); inside that batch, only a lost first page (zero_page_at) followed by records
+ * that all skip ahead is taken for one. Earlier acknowledged data is never cut.
+ */
+static int torn_despite_records(kmb_storage *st, stream_state *s, seg_state *g, uint64_t stop,
+                                uint64_t end, uint64_t expected, int *torn)
+{
+    *torn = 0;
+    if (!s->wm_known) return KMB_OK;
+    kmb_mark at = {g->number, stop};
+    if (!mark_before(at, s->wm_end)) {
+        *torn = 1;
+        return KMB_OK;
+    }
+    if (mark_before(at, s->wm_batch)) return KMB_OK;
+    int zeros = 0, again = 0;
+    uint64_t resume = 0;
+    int rc = zero_page_at(st, s->id, g, stop, end, &zeros, &resume);
+    if (rc || !zeros) return rc;
+    rc = valid_record_follows(st, s->id, g, resume, end, expected, expected, &again);
+    if (rc) return rc;
+    *torn = !again;
+    return KMB_OK;
+}
+
+/*
  * Decide what the bytes [stop, end) of segment g are, after scanning stopped at `stop`.
- * Active segment, nothing valid after: a torn tail, quarantined by a writer and simply not
- * visible to a reader. Otherwise: damage. A reader first lets a live writer finish (its
- * pages may show up out of order) by re-reading a few times.
+ * The rule (docs/FORMAT.md, "Recovery"): in the segment the last append wrote to, the
+ * invalid bytes at the end of the valid records are a torn tail — the residue of an append
+ * that never returned — if no valid record follows them, or if they lie at or past the
+ * durable watermark (a power cut can keep any subset of an unacknowledged batch's pages, so
+ * valid records may follow a hole there). A writer moves a torn tail into a quarantine file;
+ * a reader does not see it. Anything else is damage: nothing is cut. A reader first lets a
+ * live writer finish (its pages may show up out of order) by re-reading a few times.
  */
 static int settle_tail(kmb_storage *st, stream_state *s, seg_state *g, int active,
                        uint64_t *stop, int *base_known)
@@ -548,9 +729,22 @@ static int settle_tail(kmb_storage *st, stream_state *s, seg_state *g, int activ
         if (rc) return with_stream(st, rc, s->id, g->number);
         if (*stop >= end) return KMB_OK;
         uint64_t expected = g->base + g->ix.count;
-        int follows = 1;
-        if (active) {
-            rc = valid_record_follows(st, s->id, g, *stop, end, expected, &follows);
+        int follows = 1, whole = 0;
+        uint64_t off_at = 0, size_at = 0;
+        if (active) { /* a whole record with the wrong offset is not what a torn write leaves */
+            window_reset(st);
+            rc = check_at(st, s->id, g->number, *stop, end, &whole, &off_at, &size_at);
+            if (rc) return rc;
+        }
+        if (active && !whole) {
+            uint64_t span = (end - *stop) / KMB_RECORD_OVERHEAD + 1;
+            rc = valid_record_follows(st, s->id, g, *stop, end, expected, expected + span,
+                                      &follows);
+            if (rc == KMB_OK && follows) {
+                int torn = 0;
+                rc = torn_despite_records(st, s, g, *stop, end, expected, &torn);
+                follows = !torn;
+            }
             if (rc) return rc;
         }
         if (!follows) {
@@ -561,6 +755,7 @@ static int settle_tail(kmb_storage *st, stream_state *s, seg_state *g, int activ
             rc = st->backend->quarantine(st->backend, s->id, g->number, *stop, qname,
                                          sizeof(qname));
             if (rc) return with_stream(st, rc, s->id, g->number);
+            watermark_lower(st, s, g, *stop);
             note(st,
                  "stream %" PRIu64 ": torn tail of %" PRIu64 " bytes at byte %" PRIu64
                  " of %s (an append that never returned) moved to %s",
@@ -580,15 +775,20 @@ static int settle_tail(kmb_storage *st, stream_state *s, seg_state *g, int activ
     }
 }
 
-/* Load segment `number` of s (appending it to s->segs). */
-static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int active)
+/*
+ * Load segment `number` of s (appending it to s->segs). active: the segment the last append
+ * wrote to (its invalid tail may be torn); sealed: a later segment exists (it must hold
+ * records); after_gap: segments are missing before it (its records say where it starts).
+ */
+static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int active,
+                        int sealed, int after_gap)
 {
-    int base_known = 1;
+    int base_known = !after_gap;
     uint64_t base = 0;
     if (s->nsegs) {
         seg_state *prev = &s->segs[s->nsegs - 1];
         base = prev->base + seg_count(prev);
-        base_known = !prev->damaged;
+        base_known = base_known && !prev->damaged;
     }
     seg_state *g = push_segment(s, number, base);
     if (!g) return oom();
@@ -596,6 +796,12 @@ static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int a
     uint64_t disk_size;
     int rc = st->backend->segment_size(st->backend, s->id, number, &disk_size);
     if (rc) return with_stream(st, rc, s->id, number);
+    if (disk_size == 0 && sealed) {
+        /* Eager rotation makes a segment only after the one before it filled up. */
+        mark_damaged(st, s, g, base, 0, "empty sealed segment (its records are missing)");
+        g->index_verified = 1;
+        return KMB_OK;
+    }
 
     char path[KMB_PATH_MAX];
     uint64_t from = 0;
@@ -689,12 +895,46 @@ static int list_segments_settled(kmb_storage *st, uint64_t id, uint32_t **out, s
     }
 }
 
+/*
+ * Segments missing before segment `present` (numbers want .. present-1): records are
+ * missing there. The damage is placed at the end of what precedes the gap.
+ */
+static void mark_gap(kmb_storage *st, stream_state *s, uint32_t want, uint32_t present)
+{
+    char what[96];
+    snprintf(what, sizeof(what), "missing segment file segment_%06" PRIu32 ".log%s", want,
+             present - want > 1 ? " (and more)" : "");
+    if (s->nsegs) {
+        seg_state *g = &s->segs[s->nsegs - 1];
+        mark_damaged(st, s, g, g->base + seg_count(g), g->size, what);
+    } else {
+        mark_damaged_at(st, s, want, 0, 0, what);
+    }
+}
+
+/*
+ * The segment the last append wrote to, by position in nums: the last one, or the one
+ * before an empty last one (eager rotation made the new file, then a crash took the end of
+ * the batch that filled its predecessor).
+ */
+static int tail_segment(kmb_storage *st, uint64_t id, const uint32_t *nums, size_t n,
+                        size_t *tail)
+{
+    *tail = n - 1;
+    if (n < 2 || nums[n - 1] != nums[n - 2] + 1) return KMB_OK;
+    uint64_t size;
+    int rc = st->backend->segment_size(st->backend, id, nums[n - 1], &size);
+    if (rc) return with_stream(st, rc, id, nums[n - 1]);
+    if (size == 0) *tail = n - 2;
+    return KMB_OK;
+}
+
 /* Load a stream from the backend. *out is NULL (and KMB_OK) when the stream is absent. */
 static int load_stream(kmb_storage *st, uint64_t id, stream_state **out)
 {
     *out = NULL;
     uint32_t *nums = NULL;
-    size_t n = 0;
+    size_t n = 0, tail = 0;
     int rc = list_segments_settled(st, id, &nums, &n);
     if (rc) return rc;
     if (n == 0) return KMB_OK;
@@ -705,24 +945,17 @@ static int load_stream(kmb_storage *st, uint64_t id, stream_state **out)
     }
     s->id = id;
     s->dir_unsynced = 1; /* as for its segments: made by an earlier run */
+    watermark_load(st, s);
+    rc = tail_segment(st, id, nums, n, &tail);
+    if (rc) goto fail;
     for (size_t i = 0; i < n; i++) {
-        if (nums[i] != i) {
-            /* A missing segment: records are missing. Keep what precedes it. */
-            if (s->nsegs) {
-                seg_state *g = &s->segs[s->nsegs - 1];
-                mark_damaged(st, s, g, g->base + seg_count(g), g->size, "missing segment file");
-            }
-            break;
-        }
-        rc = load_segment(st, s, nums[i], i + 1 == n);
+        uint32_t want = s->nsegs ? s->segs[s->nsegs - 1].number + 1 : 0;
+        if (nums[i] != want) mark_gap(st, s, want, nums[i]); /* a gap is damage, not an end */
+        rc = load_segment(st, s, nums[i], i >= tail, i + 1 < n, nums[i] != want);
         if (rc) goto fail;
     }
     free(nums);
     nums = NULL;
-    if (s->nsegs == 0) {
-        stream_free(s);
-        return KMB_OK;
-    }
     rc = rotate_if_full(st, s);
     if (rc) goto fail;
     update_next(s);
@@ -784,7 +1017,7 @@ static int refresh(kmb_storage *st, stream_state *s)
         if (!exists) break;
         rc = st->backend->segment_exists(st->backend, s->id, g->number + 2, &exists);
         if (rc) return with_stream(st, rc, s->id, g->number + 2);
-        rc = load_segment(st, s, g->number + 1, !exists);
+        rc = load_segment(st, s, g->number + 1, !exists, exists, 0);
         if (rc) return rc;
     }
     rc = rotate_if_full(st, s);
@@ -1747,6 +1980,7 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
         rc = with_stream(st, rc, stream, g->number);
         goto out;
     }
+    if (fsync) watermark_advance(st, s, g, g->size, pos);
     g->ix.count += count;
     g->size = pos;
     g->index_dirty = 1;

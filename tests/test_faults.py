@@ -77,6 +77,15 @@ def _count_calls(tmp_path, template):
     return calls
 
 
+def _watermark_calls():
+    """The scenario's I/O calls on the durable watermark file, whose single failure must
+    change nothing visible (each run of the loop above checks that): an open and a write
+    after each fsync=True append, an open when a stream is first loaded."""
+    fsync_appends = sum(1 for op, _, _ in STEPS if op == "append")
+    loads = len({sid for op, sid, _ in STEPS if op == "append"})
+    return 2 * fsync_appends + loads
+
+
 def _check_all(s, model):
     for sid in (1, 2, 3):
         check_stream(s, sid, model.get(sid, 0))
@@ -121,8 +130,10 @@ def test_every_io_call_fails_in_turn(tmp_path, kind):
         leftovers = [n for n in os.listdir(d / "1") if n.endswith(".tmp")]
         assert not leftovers, leftovers
         shutil.rmtree(d)
-    # Most calls are on the path of some append: their failure must surface.
-    assert raised_at >= n_calls // 2, (raised_at, n_calls)
+    # Most calls are on the path of some append: their failure must surface. The durable
+    # watermark's calls (an open and a write after each fsync=True append, an open when a
+    # stream is loaded) are best effort by design and surface nothing (backend.h).
+    assert raised_at >= (n_calls - _watermark_calls()) // 2, (raised_at, n_calls)
 
 
 def _torn_template(tmp_path):
@@ -258,10 +269,11 @@ def test_set_fault_arguments(tmp_path):
         s.append_batch(1, [b"x"], fsync=True)
         s._set_fault("write|sync", 0)
         s.append_batch(1, [b"y"], fsync=True)
-        assert s._io_calls() == (2, 0)     # one write and one sync per batch
+        # one write and one sync per batch, then the durable watermark's write (never synced)
+        assert s._io_calls() == (3, 0)
         s._set_fault("write|sync", 0)
         s.append_batch(2, [b"z"], fsync=True)
-        assert s._io_calls() == (4, 0)     # a new stream: its directory and the data dir too
+        assert s._io_calls() == (5, 0)     # a new stream: its directory and the data dir too
 
 
 # --- real write failures ------------------------------------------------------------------

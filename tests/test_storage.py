@@ -314,8 +314,6 @@ JUNK = {
     "random": bytes(random.Random(5).getrandbits(8) for _ in range(100)),
     "one-byte": b"\x01",
     "header-only": _codec.encode_record(5, b"\x11" * 32, b"payload")[:44],
-    # a whole record with a valid CRC but the wrong offset (a stale copy of record 0)
-    "stale-record": _codec.encode_record(0, None, b"one"),
 }
 
 
@@ -329,6 +327,30 @@ def test_junk_after_last_record_is_quarantined(disk, junk, keep_index):
     if not keep_index:
         os.remove(path + ".idx")
     _check_torn_recovery(disk, 2, 0, img, JUNK[junk], model.payloads, model)
+
+
+@pytest.mark.parametrize("keep_index", [True, False], ids=["idx", "no-idx"])
+def test_whole_stale_record_after_last_record_is_damage(disk, keep_index):
+    """A whole record with a valid CRC but an older offset (a copy of record 0) where the
+    next record belongs is not what a torn write leaves (a torn write leaves a partial
+    record, or records with the right offsets): it is damage, nothing is cut or moved."""
+    model = _write_stream(disk, 2, TORN_BATCHES, 1 << 20)
+    path = seg_path(disk.data_dir, 2, 0)
+    img = read_bytes(path) + _codec.encode_record(0, None, b"one")
+    write_bytes(path, img)
+    if not keep_index:
+        os.remove(path + ".idx")
+    s = disk.open(max_segment_size=1 << 20)
+    n = len(model.payloads)
+    assert s.read_from(2, 0, max_bytes=1) == model.payloads[:1]
+    with pytest.raises(km.CorruptedRecordError) as info:
+        s.read_from(2)
+    assert info.value.offset == n
+    with pytest.raises(km.CorruptedRecordError):
+        s.append_batch(2, [b"more"])
+    s.close()
+    assert read_bytes(path) == img
+    assert not torn_files(disk.data_dir, 2)
 
 
 @pytest.mark.parametrize("seed", [8, 9, 10, 12])

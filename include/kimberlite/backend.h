@@ -25,6 +25,7 @@ extern "C" {
 #endif
 
 #define KMB_BACKEND_VERSION 1
+#define KMB_WATERMARK_MAX 64 /* bytes of a stream's durable watermark record */
 
 typedef struct kmb_backend kmb_backend;
 
@@ -95,6 +96,24 @@ struct kmb_backend {
      * syncing. NULL when there is nothing to do (memory).
      */
     int (*sync_dir)(kmb_backend *b, uint64_t stream);
+
+    /*
+     * The durable watermark of a stream: a small record (the engine's bytes, at most
+     * KMB_WATERMARK_MAX) saying how far the stream is known to be durable (storage.c). The
+     * engine saves it after an fsync=True append's sync returned and never syncs it:
+     * whatever version survives a crash is one the data had already reached, so it is
+     * never ahead of the durable data. save: replaces the previous bytes; best effort, its
+     * errors are ignored. load: *len bytes into buf; KMB_ENOTFOUND when there is none.
+     * Both NULL where crashes cannot happen (memory).
+     */
+    int (*save_watermark)(kmb_backend *b, uint64_t stream, const void *data, size_t len);
+    int (*load_watermark)(kmb_backend *b, uint64_t stream, void *buf, size_t cap, size_t *len);
+
+    /*
+     * Remove an empty segment (and its index) that repair emptied into a quarantine
+     * object; only the stream's last segment is ever removed. KMB_EINVAL if it is not empty.
+     */
+    int (*remove_segment)(kmb_backend *b, uint64_t stream, uint32_t seg);
 };
 
 /*
