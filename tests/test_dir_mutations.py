@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -146,6 +147,7 @@ def _check(out, written, what):
             assert k <= n and head == _codec.head_hash(written[:k]), f"{what}: verify {k}"
 
 
+@pytest.mark.slow
 @settings(max_examples=settings.default.max_examples)
 @given(with_index=st.booleans(), mutations=st.lists(mutation, min_size=1, max_size=4),
        marker_seed=st.integers(0, 2 ** 32))

@@ -129,7 +129,8 @@ def test_repair_after_a_torn_batch(tmp_path):
         assert r.stream_id == 1 and r.next_offset == 3
         assert s.verify(1)[0] == 3
         assert s.append_batch(1, [b"next"]) == 4
-    q = sorted((n for n in os.listdir(stream_dir(d, 1)) if n.startswith("segment_000000.log.torn-")),
+    q = sorted((n for n in os.listdir(stream_dir(d, 1))
+                if n.startswith("segment_000000.log.torn-")),
                key=lambda n: int(n.rsplit("-", 1)[1]))
     assert b"".join(read_bytes(os.path.join(stream_dir(d, 1), n)) for n in q) == crash[acked:]
 
