@@ -213,6 +213,25 @@ def test_huge_index_is_ignored_without_reading_it(tmp_path, shape):
     assert got[7].value == [b"first", b"second", b"third"]
 
 
+@pytest.mark.parametrize("segment", [0, 2, 4], ids=["first", "sealed", "active"])
+def test_huge_index_of_one_segment_among_several(tmp_path, segment):
+    """The same for one segment of a five-segment stream: its 64 GiB sparse index is ignored,
+    every record is returned and verified, appends continue (child: 1 GiB, 20 s)."""
+    d = tmp_path / "d"
+    written = make_stream(d)
+    os.truncate(idx_path(d, 1, segment), 64 * GiB)
+    n = len(written)
+    out = probe(d, [["open", {"read_only": True, "max_segment_size": 1024}],
+                    ["read_from", 1, 0, None], ["verify", 1],
+                    ["open", {"max_segment_size": 1024}], ["read_from", 1, 0, None],
+                    ["verify", 1], ["append", 1, [b"more"]]], timeout=20, as_limit=1 * GiB)
+    for i in (1, 4):
+        assert out[i].ok and out[i].value == written, out[i]
+    for i in (2, 5):
+        assert out[i].ok and out[i].value[0] == n, out[i]
+    assert out[6].ok and out[6].value == n + 1, out[6]
+
+
 # --- 7. corrupt length fields -----------------------------------------------------------
 
 def _length_stream(d, with_index, max_event):
