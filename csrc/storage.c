@@ -2139,12 +2139,25 @@ int kmb_storage_read(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t m
     return KMB_OK;
 }
 
+/*
+ * Damage at or after the last record known hides where the stream ends: records may be
+ * missing there (an emptied segment, a damaged record with valid records after it). Its
+ * length and head are then unknown, and saying otherwise would make the stream look
+ * shorter than what was written.
+ */
+static int end_hidden(kmb_storage *st, stream_state *s)
+{
+    if (!s->damaged || s->tamper || s->damage_offset < s->next) return KMB_OK;
+    return damaged_error(st, s);
+}
+
 int kmb_storage_next_offset(kmb_storage *st, uint64_t stream, uint64_t *out)
 {
     int rc = enter(st);
     if (rc) return rc;
     stream_state *s;
     rc = get_stream(st, stream, &s);
+    if (rc == KMB_OK && s) rc = end_hidden(st, s);
     *out = (rc == KMB_OK && s) ? s->next : 0;
     leave(st);
     return rc;
@@ -2157,6 +2170,7 @@ int kmb_storage_head(kmb_storage *st, uint64_t stream, uint8_t out[KMB_HASH_SIZE
     stream_state *s;
     rc = get_stream(st, stream, &s);
     *has = 0;
+    if (rc == KMB_OK && s) rc = end_hidden(st, s);
     if (rc == KMB_OK && s && s->has_head) {
         memcpy(out, s->head, KMB_HASH_SIZE);
         *has = 1;
