@@ -9,8 +9,9 @@
  *   storage.c  open, close, queries, and the helpers below that every file uses
  *   hooks.c    the testing and fault-injection entry points (sys/faults.h, storage.h)
  * Everything about records lives in these files once, for every backend (disk.c,
- * memory.c), reached only through kmb_backend, so that Storage and MemoryStorage behave
- * identically by construction. Not a public header: nothing outside the engine includes it.
+ * memory.c), reached only through the kmb_backend table (sys/backend.h; no engine file
+ * includes a backend's own header), so that Storage and MemoryStorage behave identically
+ * by construction. Not a public header: nothing outside the engine includes it.
  */
 #ifndef KIMBERLITE_ENGINE_H
 #define KIMBERLITE_ENGINE_H
@@ -22,12 +23,12 @@
 
 #include "format.h"
 #include "hasher.h"
-#include "kimberlite/backend.h"
 #include "kimberlite/chain.h"
 #include "kimberlite/errors.h"
 #include "kimberlite/index.h"
 #include "kimberlite/record.h"
 #include "kimberlite/storage.h"
+#include "kimberlite/sys/backend.h"
 
 #if defined(__GNUC__)
 #pragma GCC visibility push(hidden) /* engine-internal symbols stay inside the library */
@@ -184,7 +185,8 @@ int with_stream(kmb_storage *st, int rc, uint64_t stream, uint32_t seg);
 int corrupt(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t offset, uint64_t pos,
             const char *what);
 
-/* Save segment g's index if it changed and is worth keeping (a writer only). */
+/* Save segment g's index (encoded by index.c) if it changed and is worth keeping (a writer
+ * only). */
 int save_index_if_dirty(kmb_storage *st, stream_state *s, seg_state *g);
 
 /* Lock and check the storage is open (and not inherited across fork); unlock with leave. */

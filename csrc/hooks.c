@@ -5,19 +5,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "disk.h" /* kmb_backend_disk_io: the fault plan of sys/faults.h */
 #include "engine.h"
 #include "kimberlite/sys/faults.h"
 
 /* ---------------------------------------------------------------- fault injection */
 
-/* The disk backend's file layer, or KMB_EINVAL: only it has one (sys/faults.h). */
-static int fault_io(kmb_storage *st, kmb_io **out)
+/* The backend's optional fault_plan callback (sys/backend.h), or KMB_EINVAL without one. */
+static int fault_plan(kmb_storage *st, const kmb_fault_plan *plan, uint64_t *calls,
+                      uint64_t *faults)
 {
-    *out = kmb_backend_disk_io(st->backend);
-    if (*out == NULL)
-        return kmb_error_set(KMB_EINVAL, 0, "fault injection needs a storage on the disk backend");
-    return KMB_OK;
+    if (!st->backend->fault_plan)
+        return kmb_error_set(KMB_EINVAL, 0,
+                             "fault injection needs a backend with a file layer (the disk "
+                             "backend); this storage's backend has none");
+    return st->backend->fault_plan(st->backend, plan, calls, faults);
 }
 
 int kmb_storage_set_fault(kmb_storage *st, unsigned ops, uint64_t nth, int err, int persistent,
@@ -25,11 +26,11 @@ int kmb_storage_set_fault(kmb_storage *st, unsigned ops, uint64_t nth, int err, 
 {
     int rc = enter(st);
     if (rc) return rc;
-    kmb_io *io;
-    rc = fault_io(st, &io);
-    if (rc == KMB_OK && err < KMB_FAULT_CRASH)
+    kmb_fault_plan plan = {ops, nth, err, persistent, short_write};
+    if (err < KMB_FAULT_CRASH && st->backend->fault_plan)
         rc = kmb_error_set(KMB_EINVAL, 0, "fault errno must be positive, 0 or KMB_FAULT_CRASH");
-    if (rc == KMB_OK) kmb_io_set_fault(io, ops, nth, err, persistent, short_write);
+    else
+        rc = fault_plan(st, &plan, NULL, NULL);
     leave(st);
     return rc;
 }
@@ -38,12 +39,7 @@ int kmb_storage_fault_counts(kmb_storage *st, uint64_t *calls, uint64_t *faults)
 {
     int rc = enter(st);
     if (rc) return rc;
-    kmb_io *io;
-    rc = fault_io(st, &io);
-    if (rc == KMB_OK) {
-        if (calls) *calls = io->calls;
-        if (faults) *faults = io->faults;
-    }
+    rc = fault_plan(st, NULL, calls, faults);
     leave(st);
     return rc;
 }

@@ -232,6 +232,25 @@ static int settle_tail(kmb_storage *st, stream_state *s, seg_state *g, int activ
     }
 }
 
+/*
+ * Segment g's stored index, decoded and checked by index.c into g->ix. The backend reads no
+ * more than the index of a segment of disk_size bytes could take (one entry per
+ * KMB_RECORD_OVERHEAD bytes), so a huge or hostile .idx costs nothing: it is refused
+ * (KMB_EINDEX) and rebuilt by scanning.
+ */
+static int load_stored_index(kmb_storage *st, stream_state *s, seg_state *g, uint64_t disk_size)
+{
+    uint8_t *data = NULL;
+    size_t len = 0;
+    uint64_t max_len = kmb_index_encoded_size(disk_size / KMB_RECORD_OVERHEAD);
+    int rc = st->backend->load_index(st->backend, s->id, g->number, max_len, &data, &len);
+    if (rc == KMB_OK && len > max_len)
+        rc = kmb_error_set(KMB_EINDEX, 0, "index larger than its segment could need");
+    if (rc == KMB_OK) rc = kmb_index_decode(&g->ix, data, len);
+    free(data);
+    return rc;
+}
+
 /* Load segment `number` of s (appending it to s->segs). */
 static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int active)
 {
@@ -251,7 +270,7 @@ static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int a
 
     char path[KMB_PATH_MAX];
     uint64_t from = 0;
-    rc = st->backend->load_index(st->backend, s->id, number, &g->ix);
+    rc = load_stored_index(st, s, g, disk_size);
     if (rc == KMB_ENOMEM) return rc;
     size_t indexed = g->ix.count;
     if (rc == KMB_OK && !index_confirmed(st, s, g, disk_size, &base_known, &from)) {

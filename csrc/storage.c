@@ -3,8 +3,8 @@
  * every engine file shares (errors with context, notes, buffers, locking).
  *
  * The engine's other files are named for what they do: stream.c, recover.c, read.c,
- * append.c and hooks.c (engine.h lists them). A backend (kimberlite/backend.h) is reached
- * only through its function table.
+ * append.c and hooks.c (engine.h lists them). A backend (kimberlite/sys/backend.h) is
+ * reached only through its function table.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -15,7 +15,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "disk.h" /* kmb_backend_disk_io: is this a disk writer? (fork guard) */
 #include "engine.h"
 
 /* ---------------------------------------------------------------- shared helpers */
@@ -92,7 +91,12 @@ int corrupt(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t offset, uin
 int save_index_if_dirty(kmb_storage *st, stream_state *s, seg_state *g)
 {
     if (st->opts.read_only || !g->index_dirty || g->damaged) return KMB_OK;
-    int rc = st->backend->save_index(st->backend, s->id, g->number, &g->ix);
+    uint8_t *data = NULL;
+    size_t len = 0;
+    int rc = kmb_index_encode(&g->ix, &data, &len);
+    if (rc) return rc;
+    rc = st->backend->save_index(st->backend, s->id, g->number, data, len);
+    free(data);
     if (rc) return with_stream(st, rc, s->id, g->number);
     g->index_dirty = 0;
     return KMB_OK;
@@ -136,6 +140,34 @@ void kmb_options_init(kmb_options *opts)
     opts->read_only = 0;
 }
 
+/* A backend this engine can use: its version, and every required callback present. */
+static int check_backend(const kmb_backend *b)
+{
+    if (b->version != KMB_BACKEND_VERSION)
+        return kmb_error_set(KMB_EINVAL, 0,
+                             "backend of interface version %u; this library implements version "
+                             "%d (kimberlite/sys/backend.h): rebuild the backend against it",
+                             b->version, KMB_BACKEND_VERSION);
+    const char *missing = !b->list_streams     ? "list_streams"
+                          : !b->list_segments  ? "list_segments"
+                          : !b->segment_exists ? "segment_exists"
+                          : !b->segment_size   ? "segment_size"
+                          : !b->read           ? "read"
+                          : !b->write          ? "write"
+                          : !b->truncate       ? "truncate"
+                          : !b->sync           ? "sync"
+                          : !b->create_segment ? "create_segment"
+                          : !b->quarantine     ? "quarantine"
+                          : !b->load_index     ? "load_index"
+                          : !b->save_index     ? "save_index"
+                          : !b->describe       ? "describe"
+                                               : NULL;
+    if (missing)
+        return kmb_error_set(KMB_EINVAL, 0, "backend has no %s callback (required by "
+                             "kimberlite/sys/backend.h)", missing);
+    return KMB_OK;
+}
+
 /* The one check of the options (NULL: the defaults), made before anything is opened. */
 static int check_options(const kmb_options *opts)
 {
@@ -149,9 +181,10 @@ static int check_options(const kmb_options *opts)
 int kmb_storage_open_backend(kmb_storage **out, kmb_backend *backend, const kmb_options *opts)
 {
     *out = NULL;
-    int rc = check_options(opts);
+    int rc = check_backend(backend);
+    if (rc == KMB_OK) rc = check_options(opts);
     if (rc) {
-        backend->free(backend);
+        if (backend->free) backend->free(backend);
         return rc;
     }
     kmb_options o;
@@ -172,7 +205,7 @@ int kmb_storage_open_backend(kmb_storage **out, kmb_backend *backend, const kmb_
     st->backend = backend;
     st->opts = o;
     st->pid = getpid();
-    st->fork_guard = !o.read_only && kmb_backend_disk_io(backend) != NULL;
+    st->fork_guard = !o.read_only && (backend->flags & KMB_BACKEND_PROCESS_BOUND);
     *out = st;
     return KMB_OK;
 }
