@@ -44,10 +44,10 @@ static void encode_bodies(uint8_t *p, seg_state *g, const kmb_slice *events, siz
                           size_t j, uint64_t next, uint64_t pos)
 {
     uint8_t *start = p;
-    for (size_t r = i; r < j; r++) {
-        uint32_t len = (uint32_t)events[r].len;
-        g->ix.positions[g->ix.count + r] = pos + (uint64_t)(p - start);
-        kmb_rec_put_body(p, next + r, events[r].data, len);
+    for (size_t k = i; k < j; k++) {
+        uint32_t len = (uint32_t)events[k].len;
+        g->ix.positions[g->ix.count + k] = pos + (uint64_t)(p - start);
+        kmb_rec_put_body(p, next + k, events[k].data, len);
         if (len >= COMBINE_MIN_LEN)
             kmb_rec_put_crc(p, len, kmb_crc32(p + KMB_REC_PAYLOAD_AT, len));
         p += kmb_record_size(len);
@@ -63,9 +63,9 @@ static void seal_records(uint8_t *p, const kmb_slice *events, size_t i, size_t j
                          uint64_t next, const uint8_t (*hashes)[KMB_HASH_SIZE],
                          const uint8_t *head, uint64_t *op_len, uint32_t *op)
 {
-    for (size_t r = i; r < j; r++) {
-        uint32_t len = (uint32_t)events[r].len;
-        kmb_rec_put_prev_hash(p, next + r == 0 ? NULL : r ? hashes[r - 1] : head);
+    for (size_t k = i; k < j; k++) {
+        uint32_t len = (uint32_t)events[k].len;
+        kmb_rec_put_prev_hash(p, next + k == 0 ? NULL : k ? hashes[k - 1] : head);
         if (len < COMBINE_MIN_LEN) { /* cheaper to checksum it whole than to combine */
             kmb_rec_put_crc(p, len, kmb_crc32(p, kmb_rec_crc_at(len)));
         } else {

@@ -59,13 +59,13 @@ static int hash_before(kmb_storage *st, stream_state *s, uint64_t offset,
     seg_state *g = &s->segs[k];
     size_t i = (size_t)(offset - 1 - g->base);
     uint64_t pos = g->ix.positions[i];
-    kmb_record r;
+    kmb_record rec;
     size_t size;
-    int rc = read_record_at(st, s->id, g, pos, rec_end(g, i), &r, &size);
+    int rc = read_record_at(st, s->id, g, pos, rec_end(g, i), &rec, &size);
     if (rc == KMB_EIO || rc == KMB_ENOMEM) return rc;
-    if (rc || r.offset != offset - 1)
+    if (rc || rec.offset != offset - 1)
         return corrupt(st, s->id, g->number, offset - 1, pos, "record fails its CRC check");
-    kmb_record_hash(out, &r);
+    kmb_record_hash(out, &rec);
     return KMB_OK;
 }
 
@@ -94,9 +94,9 @@ static int grow_chunk(rchunk *c, size_t bytes, size_t n)
     int rc = grow(&c->buf, &c->cap, bytes);
     if (rc) return rc;
     if (n > c->rcap) {
-        kmb_record *r = realloc(c->recs, n * sizeof(*r));
-        if (!r) return oom();
-        c->recs = r;
+        kmb_record *recs = realloc(c->recs, n * sizeof(*recs));
+        if (!recs) return oom();
+        c->recs = recs;
         uint8_t(*h)[KMB_HASH_SIZE] = realloc(c->hash, n * sizeof(*h));
         if (!h) return oom();
         c->hash = h;
@@ -434,11 +434,11 @@ static int collect_records(void *ctx, const kmb_record *recs, size_t n)
         out->records_cap = cap;
     }
     for (size_t j = 0; j < n; j++) {
-        kmb_record *r = &out->records[out->count++];
-        *r = recs[j];
-        r->payload = NULL; /* set once the buffer stops moving */
-        if (r->length) memcpy(out->buffer + out->payload_bytes, recs[j].payload, r->length);
-        out->payload_bytes += r->length;
+        kmb_record *rec = &out->records[out->count++];
+        *rec = recs[j];
+        rec->payload = NULL; /* set once the buffer stops moving */
+        if (rec->length) memcpy(out->buffer + out->payload_bytes, recs[j].payload, rec->length);
+        out->payload_bytes += rec->length;
     }
     return KMB_OK;
 }

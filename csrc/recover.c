@@ -99,14 +99,14 @@ static int scan(kmb_storage *st, stream_state *s, seg_state *g, uint64_t pos, ui
         rc = window_get(st, s->id, g->number, pos, (size_t)total, end, &p);
         if (rc == KMB_EEOF) break;
         if (rc) return rc;
-        kmb_record r;
+        kmb_record rec;
         size_t used;
-        if (!kmb_record_probe(&r, &used, p, (size_t)total)) break;
+        if (!kmb_record_probe(&rec, &used, p, (size_t)total)) break;
         if (!*base_known && g->ix.count == 0) {
-            g->base = r.offset; /* after damage upstream: take the segment's own word */
+            g->base = rec.offset; /* after damage upstream: take the segment's own word */
             *base_known = 1;
         }
-        if (r.offset != g->base + g->ix.count) break;
+        if (rec.offset != g->base + g->ix.count) break;
         rc = kmb_index_append(&g->ix, pos);
         if (rc) return oom();
         pos += total;
@@ -140,9 +140,9 @@ static int valid_record_follows(kmb_storage *st, uint64_t stream, seg_state *g, 
         rc = window_get(st, stream, g->number, q, (size_t)total, end, &p);
         if (rc == KMB_EEOF) continue;
         if (rc) return rc;
-        kmb_record r;
+        kmb_record rec;
         size_t used;
-        if (kmb_record_probe(&r, &used, p, (size_t)total)) {
+        if (kmb_record_probe(&rec, &used, p, (size_t)total)) {
             *found = 1;
             return KMB_OK;
         }
@@ -164,14 +164,14 @@ static int index_confirmed(kmb_storage *st, stream_state *s, seg_state *g, uint6
     for (size_t i = 1; i < n; i++)
         if (pos[i] < pos[i - 1] || pos[i] - pos[i - 1] < KMB_RECORD_OVERHEAD) return 0;
     if (pos[n - 1] >= disk_size) return 0;
-    kmb_record r;
+    kmb_record rec;
     size_t size;
     /* The first and last entries must hold records with the offsets the index implies. */
-    if (read_record_at(st, s->id, g, pos[0], disk_size, &r, &size) != KMB_OK) return 0;
-    if (*base_known && r.offset != g->base) return 0;
-    uint64_t base = r.offset;
-    if (read_record_at(st, s->id, g, pos[n - 1], disk_size, &r, &size) != KMB_OK) return 0;
-    if (r.offset != base + n - 1) return 0;
+    if (read_record_at(st, s->id, g, pos[0], disk_size, &rec, &size) != KMB_OK) return 0;
+    if (*base_known && rec.offset != g->base) return 0;
+    uint64_t base = rec.offset;
+    if (read_record_at(st, s->id, g, pos[n - 1], disk_size, &rec, &size) != KMB_OK) return 0;
+    if (rec.offset != base + n - 1) return 0;
     g->base = base;
     *base_known = 1;
     *scan_from = pos[n - 1] + size;
@@ -311,15 +311,15 @@ static int load_head(kmb_storage *st, stream_state *s)
         seg_state *g = &s->segs[k];
         if (seg_records(g) == 0) continue;
         size_t i = g->ix.count - 1;
-        kmb_record r;
+        kmb_record rec;
         size_t size;
-        int rc = read_record_at(st, s->id, g, g->ix.positions[i], g->size, &r, &size);
+        int rc = read_record_at(st, s->id, g, g->ix.positions[i], g->size, &rec, &size);
         if (rc == KMB_EIO || rc == KMB_ENOMEM) return rc;
         if (rc) {
             mark_damaged(st, s, g, g->base + i, g->ix.positions[i], "corrupted last record");
             return KMB_OK;
         }
-        kmb_record_hash(s->head, &r);
+        kmb_record_hash(s->head, &rec);
         s->has_head = 1;
         return KMB_OK;
     }

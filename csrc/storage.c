@@ -337,27 +337,70 @@ void kmb_storage_free(kmb_storage *st)
 
 /* ---------------------------------------------------------------- queries */
 
-int kmb_storage_next_offset(kmb_storage *st, uint64_t stream, uint64_t *out)
+/* Lock the storage and load a stream (*s NULL when absent); on failure nothing is held. */
+static int enter_stream(kmb_storage *st, uint64_t stream, stream_state **s)
 {
+    *s = NULL;
     int rc = enter(st);
     if (rc) return rc;
-    stream_state *s;
-    rc = get_stream(st, stream, &s);
-    *out = (rc == KMB_OK && s) ? s->next : 0;
-    leave(st);
+    rc = get_stream(st, stream, s);
+    if (rc) leave(st);
     return rc;
+}
+
+int kmb_storage_next_offset(kmb_storage *st, uint64_t stream, uint64_t *out)
+{
+    stream_state *s;
+    *out = 0;
+    int rc = enter_stream(st, stream, &s);
+    if (rc) return rc;
+    if (s) *out = s->next;
+    leave(st);
+    return KMB_OK;
 }
 
 int kmb_storage_head(kmb_storage *st, uint64_t stream, uint8_t out[KMB_HASH_SIZE], int *has)
 {
-    int rc = enter(st);
-    if (rc) return rc;
     stream_state *s;
-    rc = get_stream(st, stream, &s);
     *has = 0;
-    if (rc == KMB_OK && s && s->has_head) {
+    int rc = enter_stream(st, stream, &s);
+    if (rc) return rc;
+    if (s && s->has_head) {
         memcpy(out, s->head, KMB_HASH_SIZE);
         *has = 1;
+    }
+    leave(st);
+    return KMB_OK;
+}
+
+int kmb_storage_segment_count(kmb_storage *st, uint64_t stream, uint64_t *out)
+{
+    stream_state *s;
+    *out = 0;
+    int rc = enter_stream(st, stream, &s);
+    if (rc) return rc;
+    if (s) *out = s->nsegs;
+    leave(st);
+    return KMB_OK;
+}
+
+int kmb_storage_completed_segments(kmb_storage *st, uint64_t stream, uint32_t **out,
+                                   size_t *count)
+{
+    stream_state *s;
+    *out = NULL;
+    *count = 0;
+    int rc = enter_stream(st, stream, &s);
+    if (rc) return rc;
+    if (s && s->nsegs > 1) {
+        uint32_t *nums = malloc((s->nsegs - 1) * sizeof(*nums));
+        if (!nums) {
+            rc = oom();
+        } else {
+            for (size_t i = 0; i + 1 < s->nsegs; i++) nums[i] = s->segs[i].number;
+            *out = nums;
+            *count = s->nsegs - 1;
+        }
     }
     leave(st);
     return rc;
@@ -370,40 +413,6 @@ int kmb_storage_streams(kmb_storage *st, uint64_t **out, size_t *count)
     int rc = enter(st);
     if (rc) return rc;
     rc = st->backend->list_streams(st->backend, out, count);
-    leave(st);
-    return rc;
-}
-
-int kmb_storage_segment_count(kmb_storage *st, uint64_t stream, uint64_t *out)
-{
-    int rc = enter(st);
-    if (rc) return rc;
-    stream_state *s;
-    rc = get_stream(st, stream, &s);
-    *out = (rc == KMB_OK && s) ? s->nsegs : 0;
-    leave(st);
-    return rc;
-}
-
-int kmb_storage_completed_segments(kmb_storage *st, uint64_t stream, uint32_t **out,
-                                   size_t *count)
-{
-    *out = NULL;
-    *count = 0;
-    int rc = enter(st);
-    if (rc) return rc;
-    stream_state *s;
-    rc = get_stream(st, stream, &s);
-    if (rc == KMB_OK && s && s->nsegs > 1) {
-        uint32_t *nums = malloc((s->nsegs - 1) * sizeof(*nums));
-        if (!nums) {
-            rc = oom();
-        } else {
-            for (size_t i = 0; i + 1 < s->nsegs; i++) nums[i] = s->segs[i].number;
-            *out = nums;
-            *count = s->nsegs - 1;
-        }
-    }
     leave(st);
     return rc;
 }
