@@ -551,6 +551,30 @@ static int make_dirs(kmb_io *io, const char *path)
     return KMB_OK;
 }
 
+/* The disk backend's function table (sys/backend.h). */
+static void fill_table(kmb_backend *b, int read_only)
+{
+    b->version = KMB_BACKEND_VERSION;
+    b->flags = read_only ? 0 : KMB_BACKEND_PROCESS_BOUND; /* the writer's flock */
+    b->read_only = read_only ? 1 : 0;
+    b->list_streams = disk_list_streams;
+    b->list_segments = disk_list_segments;
+    b->segment_exists = disk_segment_exists;
+    b->segment_size = disk_segment_size;
+    b->read = disk_read;
+    b->write = disk_write;
+    b->truncate = disk_truncate;
+    b->sync = disk_sync;
+    b->create_segment = disk_create_segment;
+    b->quarantine = disk_quarantine;
+    b->load_index = disk_load_index;
+    b->save_index = disk_save_index;
+    b->describe = disk_describe;
+    b->free = disk_free;
+    b->sync_dir = disk_sync_dir;
+    b->fault_plan = disk_fault_plan;
+}
+
 int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
 {
     *out = NULL;
@@ -573,25 +597,7 @@ int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
     d->root[len] = '\0';
 
     kmb_backend *b = &d->base;
-    b->version = KMB_BACKEND_VERSION;
-    b->flags = read_only ? 0 : KMB_BACKEND_PROCESS_BOUND; /* the writer's flock */
-    b->read_only = read_only ? 1 : 0;
-    b->list_streams = disk_list_streams;
-    b->list_segments = disk_list_segments;
-    b->segment_exists = disk_segment_exists;
-    b->segment_size = disk_segment_size;
-    b->read = disk_read;
-    b->write = disk_write;
-    b->truncate = disk_truncate;
-    b->sync = disk_sync;
-    b->create_segment = disk_create_segment;
-    b->quarantine = disk_quarantine;
-    b->load_index = disk_load_index;
-    b->save_index = disk_save_index;
-    b->describe = disk_describe;
-    b->free = disk_free;
-    b->sync_dir = disk_sync_dir;
-    b->fault_plan = disk_fault_plan;
+    fill_table(b, read_only);
 
     int rc;
     if (read_only) {
