@@ -5,7 +5,7 @@
  *   data_dir/{stream}/segment_%06u.log      records
  *   data_dir/{stream}/segment_%06u.log.idx  offset index (a cache)
  *   data_dir/{stream}/segment_%06u.log.torn-K   quarantined torn tails
- *   data_dir/{stream}/durable               the durable watermark (backend.h; a hint)
+ *   data_dir/{stream}/durable               the durable watermark (a hint; watermark.c)
  *
  * Open descriptors are bounded: segment files are kept in a small LRU cache of
  * KMB_DISK_MAX_FDS descriptors, plus the lock file. All file operations go through io.c.
@@ -22,11 +22,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "disk.h"
 #include "io.h"
-#include "kimberlite/backend.h"
 #include "kimberlite/errors.h"
-#include "kimberlite/index.h"
+#include "kimberlite/sys/backend.h"
 
 #define KMB_DISK_MAX_FDS 8
 #define KMB_LOCK_NAME "kimberlite.lock"
@@ -122,17 +120,6 @@ static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
     return (x > y) - (x < y);
-}
-
-/* Release the descriptor cached for (stream, seg), if any. */
-static void drop_fd(disk_backend *d, uint64_t stream, uint32_t seg)
-{
-    for (int i = 0; i < KMB_DISK_MAX_FDS; i++) {
-        if (d->slots[i].fd >= 0 && d->slots[i].stream == stream && d->slots[i].seg == seg) {
-            close(d->slots[i].fd);
-            d->slots[i].fd = -1;
-        }
-    }
 }
 
 /*
@@ -401,7 +388,7 @@ static int watermark_path(disk_backend *d, uint64_t stream, char *out, size_t ca
     return (n < 0 || (size_t)n >= cap) ? path_too_long(d->root) : KMB_OK;
 }
 
-/* One small write, never synced (see backend.h for why that is enough). */
+/* One small write, never synced (see sys/backend.h for why that is enough). */
 static int disk_save_watermark(kmb_backend *b, uint64_t stream, const void *data, size_t len)
 {
     disk_backend *d = D(b);
@@ -435,28 +422,6 @@ static int disk_load_watermark(kmb_backend *b, uint64_t stream, void *buf, size_
     close(fd);
     if (n < 0) return kmb_error_set(KMB_ENOTFOUND, 0, "no usable durable watermark");
     *len = (size_t)n;
-    return KMB_OK;
-}
-
-/* Remove an emptied last segment and its index (repair). */
-static int disk_remove_segment(kmb_backend *b, uint64_t stream, uint32_t seg)
-{
-    disk_backend *d = D(b);
-    uint64_t size = 0;
-    int rc = b->segment_size(b, stream, seg, &size);
-    if (rc) return rc;
-    char path[PATH_MAX], idx[PATH_MAX];
-    rc = segment_path(d, stream, seg, "", path, sizeof(path));
-    if (rc == KMB_OK) rc = segment_path(d, stream, seg, ".idx", idx, sizeof(idx));
-    if (rc) return rc;
-    if (size != 0) return kmb_error_set(KMB_EINVAL, 0, "%s is not empty; not removed", path);
-    drop_fd(d, stream, seg);
-    if (unlink(idx) != 0 && errno != ENOENT) return io_error(errno, idx, "cannot remove index");
-    if (unlink(path) != 0) return io_error(errno, path, "cannot remove emptied segment");
-    char dir[PATH_MAX];
-    rc = stream_dir(d, stream, dir, sizeof(dir));
-    if (rc) return rc;
-    if (kmb_io_sync_dir(&d->io, dir) != 0) return io_error(errno, dir, "cannot sync stream directory");
     return KMB_OK;
 }
 
@@ -517,9 +482,16 @@ fail:
     return rc;
 }
 
-static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, kmb_index *out)
+/*
+ * The index bytes, never more than max_len: a larger file (a sparse 64 GiB one, say) is
+ * refused from its size alone, before anything is allocated or read.
+ */
+static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t max_len,
+                           uint8_t **out, size_t *len)
 {
     disk_backend *d = D(b);
+    *out = NULL;
+    *len = 0;
     char path[PATH_MAX];
     int rc = segment_path(d, stream, seg, ".idx", path, sizeof(path));
     if (rc) return rc;
@@ -534,29 +506,36 @@ static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, kmb_in
         rc = io_error(errno, path, "cannot stat index");
         goto done;
     }
-    size_t len = (size_t)st.st_size;
-    data = malloc(len ? len : 1);
+    if ((uint64_t)st.st_size > max_len || (uint64_t)st.st_size > SIZE_MAX - 1) {
+        rc = kmb_error_set(KMB_EINDEX, 0,
+                           "index file %s is %" PRIu64 " bytes, more than its segment could "
+                           "need (%" PRIu64 "): not read; it is rebuilt from the segment",
+                           path, (uint64_t)st.st_size, max_len);
+        kmb_error_set_path(path);
+        goto done;
+    }
+    data = malloc(st.st_size ? (size_t)st.st_size : 1);
     if (!data) {
         rc = kmb_error_set(KMB_ENOMEM, 0, "out of memory reading index %s", path);
         goto done;
     }
-    ssize_t n = kmb_io_pread(&d->io, fd, data, len, 0);
+    ssize_t n = kmb_io_pread(&d->io, fd, data, (size_t)st.st_size, 0);
     if (n < 0) {
         rc = io_error(errno, path, "cannot read index");
         goto done;
     }
-    rc = kmb_index_decode(out, data, (size_t)n);
-    if (rc) {
-        kmb_error_set_path(path);
-    }
+    *out = data;
+    *len = (size_t)n;
+    data = NULL;
 done:
     free(data);
     close(fd);
     return rc;
 }
 
-/* Like kmb_index_save/_load, but through io.c, so that fault plans reach index writes. */
-static int disk_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const kmb_index *ix)
+/* As kmb_index_save: a temporary file renamed into place, but through io.c (fault plans). */
+static int disk_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const uint8_t *data,
+                           size_t len)
 {
     disk_backend *d = D(b);
     char path[PATH_MAX], tmp[PATH_MAX];
@@ -564,24 +543,25 @@ static int disk_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const 
     if (rc) return rc;
     rc = segment_path(d, stream, seg, ".idx.tmp", tmp, sizeof(tmp));
     if (rc) return rc;
-    uint8_t *data = NULL;
-    size_t len = 0;
-    rc = kmb_index_encode(ix, &data, &len);
-    if (rc) return rc;
     int fd = kmb_io_open(&d->io, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        rc = io_error(errno, tmp, "cannot create index");
-    } else {
-        if (kmb_io_pwrite(&d->io, fd, data, len, 0) != 0) {
-            rc = io_error(errno, tmp, "cannot write index");
-        }
-        close(fd);
-        if (rc == KMB_OK && kmb_io_rename(&d->io, tmp, path) != 0)
-            rc = io_error(errno, path, "cannot rename index into place");
-        if (rc) unlink(tmp);
-    }
-    free(data);
+    if (fd < 0) return io_error(errno, tmp, "cannot create index");
+    if (kmb_io_pwrite(&d->io, fd, data, len, 0) != 0) rc = io_error(errno, tmp, "cannot write index");
+    close(fd);
+    if (rc == KMB_OK && kmb_io_rename(&d->io, tmp, path) != 0)
+        rc = io_error(errno, path, "cannot rename index into place");
+    if (rc) unlink(tmp);
     return rc;
+}
+
+/* sys/backend.h's fault_plan: the plan of this backend's file layer (io.c). */
+static int disk_fault_plan(kmb_backend *b, const kmb_fault_plan *plan, uint64_t *calls,
+                           uint64_t *faults)
+{
+    kmb_io *io = &D(b)->io;
+    if (plan) kmb_io_set_fault(io, plan->ops, plan->nth, plan->err, plan->persistent, plan->short_write);
+    if (calls) *calls = io->calls;
+    if (faults) *faults = io->faults;
+    return KMB_OK;
 }
 
 static void disk_describe(kmb_backend *b, uint64_t stream, uint32_t seg, char *out, size_t cap)
@@ -632,6 +612,32 @@ static int make_dirs(kmb_io *io, const char *path)
     return KMB_OK;
 }
 
+/* The disk backend's function table (sys/backend.h). */
+static void fill_table(kmb_backend *b, int read_only)
+{
+    b->version = KMB_BACKEND_VERSION;
+    b->flags = read_only ? 0 : KMB_BACKEND_PROCESS_BOUND; /* the writer's flock */
+    b->read_only = read_only ? 1 : 0;
+    b->list_streams = disk_list_streams;
+    b->list_segments = disk_list_segments;
+    b->segment_exists = disk_segment_exists;
+    b->segment_size = disk_segment_size;
+    b->read = disk_read;
+    b->write = disk_write;
+    b->truncate = disk_truncate;
+    b->sync = disk_sync;
+    b->create_segment = disk_create_segment;
+    b->quarantine = disk_quarantine;
+    b->load_index = disk_load_index;
+    b->save_index = disk_save_index;
+    b->describe = disk_describe;
+    b->free = disk_free;
+    b->sync_dir = disk_sync_dir;
+    b->fault_plan = disk_fault_plan;
+    b->save_watermark = disk_save_watermark;
+    b->load_watermark = disk_load_watermark;
+}
+
 int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
 {
     *out = NULL;
@@ -654,26 +660,7 @@ int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
     d->root[len] = '\0';
 
     kmb_backend *b = &d->base;
-    b->version = KMB_BACKEND_VERSION;
-    b->read_only = read_only ? 1 : 0;
-    b->list_streams = disk_list_streams;
-    b->list_segments = disk_list_segments;
-    b->segment_exists = disk_segment_exists;
-    b->segment_size = disk_segment_size;
-    b->read = disk_read;
-    b->write = disk_write;
-    b->truncate = disk_truncate;
-    b->sync = disk_sync;
-    b->create_segment = disk_create_segment;
-    b->quarantine = disk_quarantine;
-    b->load_index = disk_load_index;
-    b->save_index = disk_save_index;
-    b->describe = disk_describe;
-    b->free = disk_free;
-    b->sync_dir = disk_sync_dir;
-    b->save_watermark = disk_save_watermark;
-    b->load_watermark = disk_load_watermark;
-    b->remove_segment = disk_remove_segment;
+    fill_table(b, read_only);
 
     int rc;
     if (read_only) {
@@ -726,15 +713,4 @@ int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
 fail:
     disk_free(b);
     return rc;
-}
-
-kmb_io *kmb_backend_disk_io(kmb_backend *b)
-{
-    /* A disk backend is recognised by its own free function: no tag in the public struct. */
-    return (b != NULL && b->free == disk_free) ? &D(b)->io : NULL;
-}
-
-void kmb_backend_disk_drop_fd(kmb_backend *b, uint64_t stream, uint32_t seg)
-{
-    drop_fd(D(b), stream, seg);
 }

@@ -27,7 +27,7 @@
 
 #include "kimberlite/chain.h"
 #include "kimberlite/record.h"
-#include "kimberlite/storage.h"
+#include "kimberlite/slice.h"
 
 /*
  * How long a caller spins in kmb_hasher_wait before it starts yielding its CPU: a hash

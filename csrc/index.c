@@ -26,7 +26,7 @@
 
 #include "kimberlite/crc32.h"
 #include "kimberlite/errors.h"
-#include "kimberlite/record.h" /* little-endian helpers */
+#include "format.h" /* the .idx layout; little-endian helpers */
 
 #define MIN_FILE_SIZE (KMB_INDEX_HEADER_SIZE + KMB_INDEX_TRAILER_SIZE)
 #define REBUILD_HINT "the index is a cache: it is rebuilt from its segment"
@@ -99,12 +99,12 @@ int kmb_index_encode(const kmb_index *ix, uint8_t **out, size_t *len)
         return kmb_error_set(KMB_ENOMEM, 0, "out of memory encoding an offset index (%zu bytes)",
                              size);
     }
-    memcpy(buf, KMB_INDEX_MAGIC, 4);
-    buf[4] = KMB_INDEX_VERSION;
-    buf[5] = buf[6] = buf[7] = 0;
-    kmb_store_u64le(buf + 8, (uint64_t)ix->count);
+    memcpy(buf + KMB_IDX_MAGIC_AT, KMB_INDEX_MAGIC, KMB_IDX_MAGIC_SIZE);
+    buf[KMB_IDX_VERSION_AT] = KMB_INDEX_VERSION;
+    memset(buf + KMB_IDX_RESERVED_AT, 0, KMB_IDX_RESERVED_SIZE);
+    kmb_store_u64le(buf + KMB_IDX_COUNT_AT, (uint64_t)ix->count);
     for (size_t i = 0; i < ix->count; i++) {
-        kmb_store_u64le(buf + KMB_INDEX_HEADER_SIZE + 8 * i, ix->positions[i]);
+        kmb_store_u64le(buf + kmb_idx_entry_at(i), ix->positions[i]);
     }
     size_t body = size - KMB_INDEX_TRAILER_SIZE;
     kmb_store_u32le(buf + body, kmb_crc32(buf, body));
@@ -125,24 +125,25 @@ static int check_header(const uint8_t *hdr, uint64_t total, uint64_t *count)
                              "offset index too short: %" PRIu64 " bytes, at least %d needed (%s)",
                              total, MIN_FILE_SIZE, REBUILD_HINT);
     }
-    if (memcmp(hdr, KMB_INDEX_MAGIC, 4) != 0) {
+    if (memcmp(hdr + KMB_IDX_MAGIC_AT, KMB_INDEX_MAGIC, KMB_IDX_MAGIC_SIZE) != 0) {
         return kmb_error_set(KMB_EINDEX, 0,
                              "bad offset index magic %02x %02x %02x %02x, expected \"VDXI\" (%s)",
                              hdr[0], hdr[1], hdr[2], hdr[3], REBUILD_HINT);
     }
-    if (hdr[4] != KMB_INDEX_VERSION) {
+    if (hdr[KMB_IDX_VERSION_AT] != KMB_INDEX_VERSION) {
         return kmb_error_set(KMB_EINDEX, 0, "unsupported offset index version %u, expected %d (%s)",
-                             hdr[4], KMB_INDEX_VERSION, REBUILD_HINT);
+                             hdr[KMB_IDX_VERSION_AT], KMB_INDEX_VERSION, REBUILD_HINT);
     }
-    if (hdr[5] != 0 || hdr[6] != 0 || hdr[7] != 0) {
+    const uint8_t *rsv = hdr + KMB_IDX_RESERVED_AT;
+    if (rsv[0] != 0 || rsv[1] != 0 || rsv[2] != 0) {
         return kmb_error_set(KMB_EINDEX, 0,
                              "offset index reserved bytes are not zero (%02x %02x %02x) (%s)",
-                             hdr[5], hdr[6], hdr[7], REBUILD_HINT);
+                             rsv[0], rsv[1], rsv[2], REBUILD_HINT);
     }
-    uint64_t n = kmb_load_u64le(hdr + 8);
+    uint64_t n = kmb_load_u64le(hdr + KMB_IDX_COUNT_AT);
     /* Compare N with the room the file has, rather than computing 16 + 8*N (may wrap). */
     uint64_t room = total - MIN_FILE_SIZE;
-    if (room % 8 != 0 || n != room / 8) {
+    if (room % KMB_IDX_ENTRY_SIZE != 0 || n != room / KMB_IDX_ENTRY_SIZE) {
         return kmb_error_set(KMB_EINDEX, 0,
                              "offset index size mismatch: header says %" PRIu64
                              " entries, the file has %" PRIu64 " bytes (%s)",
@@ -174,7 +175,7 @@ int kmb_index_decode(kmb_index *out, const void *data, size_t len)
     rc = kmb_index_reserve(out, (size_t)n);
     if (rc != KMB_OK) return rc;
     for (size_t i = 0; i < (size_t)n; i++) {
-        out->positions[i] = kmb_load_u64le(p + KMB_INDEX_HEADER_SIZE + 8 * i);
+        out->positions[i] = kmb_load_u64le(p + kmb_idx_entry_at(i));
     }
     out->count = (size_t)n;
     return KMB_OK;

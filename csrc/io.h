@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "kimberlite/sys/faults.h"
+#include "kimberlite/sys/fault_codes.h"
 
 /* Operation classes a fault plan can target (bit mask): the public KMB_FAULT_* values. */
 enum {

@@ -10,9 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kimberlite/backend.h"
 #include "kimberlite/errors.h"
-#include "kimberlite/index.h"
+#include "kimberlite/sys/backend.h"
 
 typedef struct mem_buf {
     uint8_t *data;
@@ -21,7 +20,7 @@ typedef struct mem_buf {
 
 typedef struct mem_segment {
     mem_buf bytes;
-    kmb_index index;
+    mem_buf index; /* the stored index bytes (.idx format), decoded by the engine */
     int has_index;
     unsigned quarantines; /* quarantine objects made from this segment */
 } mem_segment;
@@ -218,7 +217,6 @@ static int mem_create_segment(kmb_backend *b, uint64_t stream, uint32_t seg, int
         s->cap = ncap;
     }
     memset(&s->segs[s->nsegs], 0, sizeof(*s->segs));
-    kmb_index_init(&s->segs[s->nsegs].index);
     s->nsegs++;
     return KMB_OK;
 }
@@ -250,36 +248,38 @@ static int mem_quarantine(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_
     return KMB_OK;
 }
 
-/* Remove the stream's emptied last segment (repair). */
-static int mem_remove_segment(kmb_backend *b, uint64_t stream, uint32_t seg)
+static int mem_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t max_len,
+                          uint8_t **out, size_t *len)
 {
-    mem_stream *st = find_stream(M(b), stream);
-    if (!st || seg >= st->nsegs) return missing(b, stream, seg);
-    mem_segment *s = &st->segs[seg];
-    if (seg + 1 != st->nsegs || s->bytes.len != 0)
-        return kmb_error_set(KMB_EINVAL, 0, "memory backend: segment %" PRIu32 " of stream %"
-                             PRIu64 " is not an empty last segment; not removed", seg, stream);
-    free(s->bytes.data);
-    kmb_index_free(&s->index);
-    st->nsegs--;
-    return KMB_OK;
-}
-
-static int mem_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, kmb_index *out)
-{
+    *out = NULL;
+    *len = 0;
     mem_segment *s = find_segment(M(b), stream, seg);
     if (!s) return missing(b, stream, seg);
     if (!s->has_index) return kmb_error_set(KMB_ENOTFOUND, 0, "no index");
-    return kmb_index_copy(out, &s->index);
+    size_t n = s->index.len;
+    if (n > max_len)
+        return kmb_error_set(KMB_EINDEX, 0,
+                             "index of memory:%" PRIu64 "/segment_%06" PRIu32 ".log is %zu bytes, "
+                             "more than its segment could need (%" PRIu64 ")",
+                             stream, seg, n, max_len);
+    uint8_t *copy = malloc(n ? n : 1);
+    if (!copy) return oom();
+    if (n) memcpy(copy, s->index.data, n);
+    *out = copy;
+    *len = n;
+    return KMB_OK;
 }
 
-static int mem_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const kmb_index *ix)
+static int mem_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const uint8_t *data,
+                          size_t len)
 {
     mem_segment *s = find_segment(M(b), stream, seg);
     if (!s) return missing(b, stream, seg);
-    int rc = kmb_index_copy(&s->index, ix);
-    if (rc == KMB_OK) s->has_index = 1;
-    return rc;
+    if (buf_reserve(&s->index, len)) return oom();
+    if (len) memcpy(s->index.data, data, len);
+    s->index.len = len;
+    s->has_index = 1;
+    return KMB_OK;
 }
 
 static void mem_describe(kmb_backend *b, uint64_t stream, uint32_t seg, char *out, size_t cap)
@@ -296,7 +296,7 @@ static void mem_free(kmb_backend *b)
         mem_stream *s = &m->streams[i];
         for (size_t j = 0; j < s->nsegs; j++) {
             free(s->segs[j].bytes.data);
-            kmb_index_free(&s->segs[j].index);
+            free(s->segs[j].index.data);
         }
         for (size_t j = 0; j < s->ntorn; j++) free(s->torn[j].data);
         free(s->torn);
@@ -328,7 +328,6 @@ int kmb_backend_memory_new(kmb_backend **out)
     b->save_index = mem_save_index;
     b->describe = mem_describe;
     b->free = mem_free;
-    b->remove_segment = mem_remove_segment;
     *out = b;
     return KMB_OK;
 }

@@ -14,27 +14,17 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "format.h"
 #include "kimberlite/crc32.h"
 #include "kimberlite/errors.h"
-
-#define OFF_OFFSET 0
-#define OFF_PREV_HASH 8
-#define OFF_LENGTH 40
 
 size_t kmb_record_encode(uint8_t *out, uint64_t offset, const uint8_t *prev_hash,
                          const void *payload, uint32_t length)
 {
-    kmb_store_u64le(out + OFF_OFFSET, offset);
-    if (prev_hash != NULL) {
-        memcpy(out + OFF_PREV_HASH, prev_hash, KMB_HASH_SIZE);
-    } else {
-        memset(out + OFF_PREV_HASH, 0, KMB_HASH_SIZE);
-    }
-    kmb_store_u32le(out + OFF_LENGTH, length);
-    if (length > 0) memcpy(out + KMB_HEADER_SIZE, payload, length);
-    size_t body = (size_t)KMB_HEADER_SIZE + length;
-    kmb_store_u32le(out + body, kmb_crc32(out, body));
-    return body + 4;
+    size_t size = kmb_rec_put_body(out, offset, payload, length);
+    kmb_rec_put_prev_hash(out, prev_hash);
+    kmb_rec_put_crc(out, length, kmb_crc32(out, kmb_rec_crc_at(length)));
+    return size;
 }
 
 /* Why a buffer does not start with a valid record. */
@@ -56,20 +46,20 @@ static check_result record_check(kmb_record *out, size_t *consumed, const uint8_
                                  size_t len, check_detail *d)
 {
     if (len < KMB_HEADER_SIZE) return CHECK_SHORT_HEADER;
-    uint32_t length = kmb_load_u32le(p + OFF_LENGTH);
+    uint32_t length = kmb_load_u32le(p + KMB_REC_LENGTH_AT);
     uint64_t need = kmb_record_size(length); /* at most 2**32 + 47: no overflow */
     d->need = need;
     if ((uint64_t)len < need) return CHECK_SHORT_BODY;
-    size_t body = (size_t)KMB_HEADER_SIZE + length; /* fits: it is below len */
-    d->stored = kmb_load_u32le(p + body);
+    size_t body = kmb_rec_crc_at(length); /* fits: it is below len */
+    d->stored = kmb_rec_crc_of(p, length);
     d->actual = kmb_crc32(p, body);
     if (d->stored != d->actual) return CHECK_BAD_CRC;
-    uint64_t offset = kmb_load_u64le(p + OFF_OFFSET);
+    uint64_t offset = kmb_rec_offset_of(p);
     if (offset >= KMB_MAX_OFFSET) return CHECK_BAD_OFFSET;
     out->offset = offset;
-    memcpy(out->prev_hash, p + OFF_PREV_HASH, KMB_HASH_SIZE);
+    memcpy(out->prev_hash, p + KMB_REC_PREV_HASH_AT, KMB_HASH_SIZE);
     out->length = length;
-    out->payload = p + KMB_HEADER_SIZE;
+    out->payload = p + KMB_REC_PAYLOAD_AT;
     *consumed = (size_t)need;
     return CHECK_OK;
 }
@@ -89,8 +79,8 @@ int kmb_record_decode(kmb_record *out, size_t *consumed, const void *data, size_
 
     int code = KMB_ECORRUPT;
     /* The offset field is only worth quoting when all 8 bytes of it are present. */
-    int has_offset = len >= 8;
-    uint64_t offset = has_offset ? kmb_load_u64le(p + OFF_OFFSET) : 0;
+    int has_offset = len >= KMB_REC_OFFSET_AT + 8;
+    uint64_t offset = has_offset ? kmb_rec_offset_of(p) : 0;
     switch (r) {
     case CHECK_SHORT_HEADER:
         code = kmb_error_set(KMB_EEOF, 0,
@@ -103,14 +93,14 @@ int kmb_record_decode(kmb_record *out, size_t *consumed, const void *data, size_
                              "data ends inside the record at offset %" PRIu64
                              ": its payload length %" PRIu32 " needs %" PRIu64
                              " bytes, %zu present (a truncated or torn record)",
-                             offset, kmb_load_u32le(p + OFF_LENGTH), d.need, len);
+                             offset, kmb_load_u32le(p + KMB_REC_LENGTH_AT), d.need, len);
         break;
     case CHECK_BAD_CRC:
         code = kmb_error_set(KMB_ECORRUPT, 0,
                              "CRC mismatch in the record claiming offset %" PRIu64
                              ": stored 0x%08" PRIx32 ", computed 0x%08" PRIx32
                              " over %" PRIu64 " bytes (the record is damaged)",
-                             offset, d.stored, d.actual, d.need - 4);
+                             offset, d.stored, d.actual, d.need - KMB_REC_CRC_SIZE);
         break;
     case CHECK_BAD_OFFSET:
         code = kmb_error_set(KMB_ECORRUPT, 0,

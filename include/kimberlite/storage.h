@@ -27,9 +27,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backend.h"
 #include "chain.h"
 #include "record.h"
+#include "slice.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -40,18 +40,13 @@ extern "C" {
 #define KMB_NO_LIMIT UINT64_MAX
 
 typedef struct kmb_storage kmb_storage;
+typedef struct kmb_backend kmb_backend; /* the backend interface: sys/backend.h */
 
 typedef struct kmb_options {
     uint64_t max_segment_size; /* > 0; default KMB_DEFAULT_MAX_SEGMENT_SIZE */
     uint64_t max_event_size;   /* > 0; default KMB_DEFAULT_MAX_EVENT_SIZE; capped at 2**32-1 */
     int read_only;             /* disk only: no lock, no writes */
 } kmb_options;
-
-/* One event to append: borrowed bytes. */
-typedef struct kmb_slice {
-    const void *data;
-    size_t len;
-} kmb_slice;
 
 /* Records returned by kmb_storage_read: payloads point into `buffer`. */
 typedef struct kmb_read_result {
@@ -78,8 +73,10 @@ int kmb_storage_open(kmb_storage **out, const char *path, const kmb_options *opt
 int kmb_storage_open_memory(kmb_storage **out, const kmb_options *opts);
 
 /*
- * Open a storage over any backend. Takes ownership of `backend` in every case (it is
- * freed on failure). opts->read_only is taken from backend->read_only.
+ * Open a storage over any backend (sys/backend.h). Takes ownership of `backend` in every
+ * case (it is freed on failure). opts->read_only is taken from backend->read_only.
+ * Errors: KMB_EINVAL (bad options; a backend of another KMB_BACKEND_VERSION or missing a
+ * required callback), KMB_ENOMEM, KMB_ERROR (no mutex).
  */
 int kmb_storage_open_backend(kmb_storage **out, kmb_backend *backend, const kmb_options *opts);
 
@@ -147,10 +144,14 @@ int kmb_storage_read_each(kmb_storage *st, uint64_t stream, uint64_t from, uint6
 /* Release a read result's memory (it is zeroed and reusable). */
 void kmb_read_result_free(kmb_read_result *r);
 
-/* Number of records in the stream (0 if absent). */
+/*
+ * Number of records in the stream (0 if absent). Loads the stream on first use, so:
+ * Errors: KMB_EIO, KMB_ECLOSED, KMB_ENOMEM (damage found while loading is not an error
+ * here: reads and appends report it).
+ */
 int kmb_storage_next_offset(kmb_storage *st, uint64_t stream, uint64_t *out);
 
-/* The stream's head hash; *has = 0 for an absent or empty stream. */
+/* The stream's head hash; *has = 0 for an absent or empty stream. Errors: as next_offset. */
 int kmb_storage_head(kmb_storage *st, uint64_t stream, uint8_t out[KMB_HASH_SIZE], int *has);
 
 /*
@@ -162,17 +163,26 @@ int kmb_storage_head(kmb_storage *st, uint64_t stream, uint8_t out[KMB_HASH_SIZE
 int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected_head,
                        uint64_t *next_out, uint8_t head_out[KMB_HASH_SIZE], int *has_head);
 
-/* Streams that exist, ascending; the caller frees *out (NULL when *count is 0). */
+/*
+ * Streams that exist, ascending; the caller frees *out (NULL when *count is 0).
+ * Errors: KMB_EIO, KMB_ECLOSED, KMB_ENOMEM.
+ */
 int kmb_storage_streams(kmb_storage *st, uint64_t **out, size_t *count);
 
-/* Number of segments of a stream, the active one included (0 if absent). */
+/* Number of segments of a stream, the active one included (0 if absent). Errors: as
+ * next_offset. */
 int kmb_storage_segment_count(kmb_storage *st, uint64_t stream, uint64_t *out);
 
-/* Sealed segment numbers, ascending; the caller frees *out (NULL when *count is 0). */
+/* Sealed segment numbers, ascending; the caller frees *out (NULL when *count is 0).
+ * Errors: as next_offset. */
 int kmb_storage_completed_segments(kmb_storage *st, uint64_t stream, uint32_t **out,
                                    size_t *count);
 
-/* Write every index that changed since it was last written. No-op when read-only. */
+/*
+ * Write every index that changed since it was last written. No-op when read-only. Every
+ * index is attempted; the first failure is returned. Errors: KMB_EIO, KMB_ECLOSED,
+ * KMB_ENOMEM.
+ */
 int kmb_storage_flush_indexes(kmb_storage *st);
 
 /*

@@ -11,8 +11,9 @@
  * approach: first count the calls a scenario makes (nth = 0), then replay the scenario
  * failing call 1, 2, …, N in turn and check recovery after each.
  *
- * Only storages on the disk backend have a file layer: on any other backend (the memory
- * backend, a custom backend) both functions return KMB_EINVAL. Calls are serialised with
+ * Only storages whose backend has a fault_plan callback (sys/backend.h) have such a layer:
+ * the disk backend does; on any other backend (the memory backend, a custom backend
+ * without it) both functions return KMB_EINVAL. Calls are serialised with
  * the storage's other calls; the plan lives until it is replaced or the storage closes.
  */
 #ifndef KIMBERLITE_SYS_FAULTS_H
@@ -21,29 +22,11 @@
 #include <stdint.h>
 
 #include "../storage.h"
+#include "fault_codes.h" /* KMB_FAULT_*, KMB_FAULT_CRASH */
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* Classes of file operations a plan counts and fails (a bit mask). */
-enum {
-    KMB_FAULT_OPEN = 1u << 0,     /* open(2) of segments, indexes, quarantine and lock files */
-    KMB_FAULT_READ = 1u << 1,     /* pread(2) */
-    KMB_FAULT_WRITE = 1u << 2,    /* pwrite(2) of segments, indexes and quarantine files */
-    KMB_FAULT_SYNC = 1u << 3,     /* fdatasync(2) of a file, fsync(2) of a directory */
-    KMB_FAULT_RENAME = 1u << 4,   /* rename(2): an index put into place */
-    KMB_FAULT_TRUNCATE = 1u << 5, /* ftruncate(2): a failed batch cut back, a torn tail cut */
-    KMB_FAULT_MKDIR = 1u << 6,    /* mkdir(2) of a stream directory */
-    KMB_FAULT_ALL = (1u << 7) - 1
-};
-
-/*
- * `err` value meaning "crash here": instead of failing, the process kills itself with
- * SIGKILL at the chosen call (after writing half the bytes when short_write is set, which
- * leaves a torn write on disk). For crash tests run in a child process.
- */
-#define KMB_FAULT_CRASH (-1)
 
 /*
  * Install a fault plan on st, resetting its counters.

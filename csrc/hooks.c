@@ -1,0 +1,119 @@
+/*
+ * hooks.c — entry points for tests: fault injection (kimberlite/sys/faults.h) and the
+ * segment-bytes hooks of storage.h that let a test read or rewrite a segment in place.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "kimberlite/sys/faults.h"
+
+/* ---------------------------------------------------------------- fault injection */
+
+/* The backend's optional fault_plan callback (sys/backend.h), or KMB_EINVAL without one. */
+static int fault_plan(kmb_storage *st, const kmb_fault_plan *plan, uint64_t *calls,
+                      uint64_t *faults)
+{
+    if (!st->backend->fault_plan)
+        return kmb_error_set(KMB_EINVAL, 0,
+                             "fault injection needs a backend with a file layer (the disk "
+                             "backend); this storage's backend has none");
+    return st->backend->fault_plan(st->backend, plan, calls, faults);
+}
+
+int kmb_storage_set_fault(kmb_storage *st, unsigned ops, uint64_t nth, int err, int persistent,
+                          int short_write)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    kmb_fault_plan plan = {ops, nth, err, persistent, short_write};
+    if (err < KMB_FAULT_CRASH && st->backend->fault_plan)
+        rc = kmb_error_set(KMB_EINVAL, 0, "fault errno must be positive, 0 or KMB_FAULT_CRASH");
+    else
+        rc = fault_plan(st, &plan, NULL, NULL);
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_fault_counts(kmb_storage *st, uint64_t *calls, uint64_t *faults)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    rc = fault_plan(st, NULL, calls, faults);
+    leave(st);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- testing hooks */
+
+int kmb_storage_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t seg, uint8_t **out,
+                              size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    int rc = enter(st);
+    if (rc) return rc;
+    uint64_t size = 0;
+    size_t n = 0;
+    uint8_t *buf = NULL;
+    rc = st->backend->segment_size(st->backend, stream, seg, &size);
+    if (rc) {
+        rc = with_stream(st, rc, stream, seg);
+        goto out;
+    }
+    if (size > SIZE_MAX - 1) {
+        rc = oom();
+        goto out;
+    }
+    buf = malloc(size ? (size_t)size : 1);
+    if (!buf) {
+        rc = oom();
+        goto out;
+    }
+    rc = st->backend->read(st->backend, stream, seg, 0, buf, (size_t)size, &n);
+    if (rc) {
+        free(buf);
+        rc = with_stream(st, rc, stream, seg);
+        goto out;
+    }
+    *out = buf;
+    *len = n;
+out:
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_replace_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t seg,
+                                      const void *data, size_t len)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    if (st->opts.read_only) {
+        rc = kmb_error_set(KMB_EREADONLY, 0, "cannot replace segment bytes in read-only mode");
+        goto out;
+    }
+    /* Save the stream's indexes first, as close() would: the stream then reloads like a
+     * directory reopened after a clean close, not after a crash. */
+    stream_state *s = table_find(st, stream);
+    for (size_t k = 0; s && k < s->nsegs; k++) (void)save_index_if_dirty(st, s, &s->segs[k]);
+    int exists = 0;
+    rc = st->backend->segment_exists(st->backend, stream, seg, &exists);
+    if (rc == KMB_OK && !exists) {
+        char name[KMB_PATH_MAX];
+        describe(st, stream, seg, name, sizeof(name));
+        rc = kmb_error_set(KMB_ENOTFOUND, 0, "no segment %s", name);
+    }
+    if (rc == KMB_OK && len) rc = st->backend->write(st->backend, stream, seg, 0, data, len);
+    if (rc == KMB_OK) rc = st->backend->truncate(st->backend, stream, seg, len);
+    if (rc) rc = with_stream(st, rc, stream, seg);
+    /* Forget what was cached about the stream, as if this storage had just been opened:
+     * the next call that uses it loads it again from the backend. */
+    if (s) {
+        table_remove(st, s);
+        stream_free(s);
+    }
+    window_reset(st);
+out:
+    leave(st);
+    return rc;
+}
