@@ -56,6 +56,30 @@ static int io_error(int err, const char *path, const char *what)
     return KMB_EIO;
 }
 
+/*
+ * Refuse a data file that is not a regular file (io.c: kmb_io_open_regular): a symbolic
+ * link (to /dev/null, say, where an fsync=False append would "succeed" and vanish), a
+ * FIFO (an open would wait forever), a device, a socket, a directory.
+ */
+static int not_regular(int err, mode_t found, const char *path, const char *what,
+                       const char *todo)
+{
+    char target[256] = "";
+    if (found == S_IFLNK) {
+        char link[200];
+        ssize_t n = readlink(path, link, sizeof(link) - 1);
+        if (n > 0) {
+            link[n] = '\0';
+            snprintf(target, sizeof(target), " (to %s)", link);
+        }
+    }
+    kmb_error_set(KMB_EIO, err, "%s %s is %s%s, not a regular file (kimberlite never follows "
+                  "a symbolic link or opens a special file in a data directory); %s",
+                  what, path, kmb_io_kind(found), target, todo);
+    kmb_error_set_path(path);
+    return KMB_EIO;
+}
+
 static int path_too_long(const char *root)
 {
     return io_error(ENAMETOOLONG, root, "path too long");
@@ -155,7 +179,12 @@ static int get_fd(disk_backend *d, uint64_t stream, uint32_t seg, int create, in
     if (rc) return rc;
     int flags = d->base.read_only ? O_RDONLY : O_RDWR;
     if (create) flags |= O_CREAT;
-    int fd = kmb_io_open(&d->io, path, flags, 0644);
+    mode_t found;
+    int fd = kmb_io_open_regular(&d->io, path, flags, 0644, &found);
+    if (fd < 0 && found)
+        return not_regular(errno, found, path, "segment",
+                           "put the segment file itself in its place, or move the stream "
+                           "directory away");
     if (fd < 0) return io_error(errno, path, create ? "cannot create segment" : "cannot open segment");
     fd_slot *s = &d->slots[victim];
     if (s->fd >= 0) close(s->fd);
@@ -182,11 +211,14 @@ static int disk_list_streams(kmb_backend *b, uint64_t **out, size_t *count)
     while ((ent = readdir(dir)) != NULL) {
         uint64_t id;
         if (!parse_u64(ent->d_name, &id)) continue;
-        /* A stream is a directory holding its first segment. */
+        /*
+         * A stream is a directory holding its first segment. Whatever has that name counts
+         * (lstat): a segment that is not a regular file is refused when the stream is used,
+         * rather than hidden from the listing.
+         */
         int n2 = snprintf(path, sizeof(path), "%s/%s/segment_000000.log", d->root, ent->d_name);
         struct stat st;
-        if (n2 < 0 || (size_t)n2 >= sizeof(path) || stat(path, &st) != 0 || !S_ISREG(st.st_mode))
-            continue;
+        if (n2 < 0 || (size_t)n2 >= sizeof(path) || lstat(path, &st) != 0) continue;
         if (n == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             uint64_t *p = realloc(ids, ncap * sizeof(*ids));
@@ -218,10 +250,24 @@ static int disk_list_segments(kmb_backend *b, uint64_t stream, uint32_t **out, s
     char path[PATH_MAX];
     int rc = stream_dir(d, stream, path, sizeof(path));
     if (rc) return rc;
-    DIR *dir = opendir(path);
+    /* O_NOFOLLOW: a stream directory must be a directory, not a link to one elsewhere
+     * (two stream ids would then share, and rewrite, one chain). */
+    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *dir = dfd >= 0 ? fdopendir(dfd) : NULL;
     if (!dir) {
-        if (errno == ENOENT) return KMB_OK;
-        return io_error(errno, path, "cannot list stream directory");
+        int err = errno;
+        if (dfd >= 0) close(dfd);
+        if (err == ENOENT) return KMB_OK;
+        struct stat st;
+        if ((err == ELOOP || err == ENOTDIR) && lstat(path, &st) == 0 && !S_ISDIR(st.st_mode)) {
+            kmb_error_set(KMB_EIO, err, "stream directory %s is %s, not a directory (kimberlite "
+                          "never follows a symbolic link in a data directory); put the "
+                          "stream's real directory in its place", path,
+                          kmb_io_kind(st.st_mode));
+            kmb_error_set_path(path);
+            return KMB_EIO;
+        }
+        return io_error(err, path, "cannot list stream directory");
     }
     uint32_t *segs = NULL;
     size_t n = 0, cap = 0;
@@ -258,7 +304,7 @@ static int disk_segment_exists(kmb_backend *b, uint64_t stream, uint32_t seg, in
     int rc = segment_path(D(b), stream, seg, "", path, sizeof(path));
     if (rc) return rc;
     struct stat st;
-    if (stat(path, &st) == 0) {
+    if (lstat(path, &st) == 0) { /* whatever it is: opening it refuses anything irregular */
         *exists = 1;
         return KMB_OK;
     }
@@ -440,9 +486,19 @@ static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, kmb_in
     char path[PATH_MAX];
     int rc = segment_path(d, stream, seg, ".idx", path, sizeof(path));
     if (rc) return rc;
-    int fd = kmb_io_open(&d->io, path, O_RDONLY, 0);
+    mode_t found;
+    int fd = kmb_io_open_regular(&d->io, path, O_RDONLY, 0, &found);
     if (fd < 0) {
         if (errno == ENOENT) return kmb_error_set(KMB_ENOTFOUND, 0, "no index file %s", path);
+        /* An index is a cache: one that is not a regular file is ignored (the engine
+         * rebuilds the index from the segment), and a writer's next save replaces the
+         * name itself (never what a link points to). */
+        if (found) {
+            kmb_error_set(KMB_EINDEX, 0, "index %s is %s, not a regular file; ignored",
+                          path, kmb_io_kind(found));
+            kmb_error_set_path(path);
+            return KMB_EINDEX;
+        }
         return io_error(errno, path, "cannot open index");
     }
     struct stat st;
@@ -485,7 +541,11 @@ static int disk_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const 
     size_t len = 0;
     rc = kmb_index_encode(ix, &data, &len);
     if (rc) return rc;
-    int fd = kmb_io_open(&d->io, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    /* Our own temporary name (only the lock holder writes indexes): whatever is left
+     * there (a crash's leftover, a FIFO, a link) goes, and O_EXCL creates a new file
+     * without following or waiting on anything. */
+    if (unlink(tmp) != 0 && errno != ENOENT) return io_error(errno, tmp, "cannot replace index");
+    int fd = kmb_io_open(&d->io, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0644);
     if (fd < 0) {
         rc = io_error(errno, tmp, "cannot create index");
     } else {
@@ -609,9 +669,12 @@ int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
             rc = path_too_long(d->root);
             goto fail;
         }
-        d->lock_fd = kmb_io_open(&d->io, lock, O_RDWR | O_CREAT, 0644);
+        mode_t found;
+        d->lock_fd = kmb_io_open_regular(&d->io, lock, O_RDWR | O_CREAT, 0644, &found);
         if (d->lock_fd < 0) {
-            rc = io_error(errno, lock, "cannot open lock file");
+            rc = found ? not_regular(errno, found, lock, "lock file",
+                                     "remove it (a writer creates its lock file) and open again")
+                       : io_error(errno, lock, "cannot open lock file");
             goto fail;
         }
         if (flock(d->lock_fd, LOCK_EX | LOCK_NB) != 0) {
@@ -646,6 +709,13 @@ kmb_io *kmb_backend_disk_io(kmb_backend *b)
 {
     /* A disk backend is recognised by its own free function: no tag in the public struct. */
     return (b != NULL && b->free == disk_free) ? &D(b)->io : NULL;
+}
+
+void kmb_backend_disk_forget_lock(kmb_backend *b)
+{
+    if (kmb_backend_disk_io(b) == NULL || D(b)->lock_fd < 0) return;
+    close(D(b)->lock_fd); /* our copy only: the parent's descriptor keeps the lock */
+    D(b)->lock_fd = -1;
 }
 
 void kmb_backend_disk_drop_fd(kmb_backend *b, uint64_t stream, uint32_t seg)
