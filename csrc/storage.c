@@ -1552,6 +1552,21 @@ void kmb_storage_free(kmb_storage *st)
     free(st);
 }
 
+/* ---------------------------------------------------------------- fork() (storage.h) */
+
+void kmb_storage_fork_prepare(kmb_storage *st) { pthread_mutex_lock(&st->mu); }
+
+void kmb_storage_fork_parent(kmb_storage *st) { pthread_mutex_unlock(&st->mu); }
+
+void kmb_storage_fork_child(kmb_storage *st)
+{
+    /* Only this thread exists now, and it holds the mutex (fork_prepare): no call was in
+     * progress, so the state is consistent; the hasher's thread stayed in the parent. */
+    kmb_hasher_forget(&st->worker);
+    if (inherited(st) && st->backend != NULL) kmb_backend_disk_forget_lock(st->backend);
+    pthread_mutex_unlock(&st->mu);
+}
+
 /*
  * Before an fsync=True append: make durable what earlier fsync=False appends (or another
  * process) left in the page cache and this batch's chain now depends on — sealed segments'
