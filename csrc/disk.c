@@ -41,6 +41,7 @@ typedef struct disk_backend {
     kmb_backend base;
     char *root;
     int lock_fd;
+    pid_t pid; /* the process that opened it (and took the lock) */
     kmb_io io;
     fd_slot slots[KMB_DISK_MAX_FDS];
     uint64_t tick;
@@ -572,7 +573,16 @@ static void disk_free(kmb_backend *b)
     if (!d) return;
     for (int i = 0; i < KMB_DISK_MAX_FDS; i++)
         if (d->slots[i].fd >= 0) close(d->slots[i].fd);
-    if (d->lock_fd >= 0) close(d->lock_fd); /* releases the flock */
+    if (d->lock_fd >= 0) {
+        /*
+         * Unlock explicitly, then close: a child forked from this process may still hold a
+         * copy of the descriptor (it closes it right after fork, but it may not have run
+         * yet), and the flock belongs to the open file description they share. A child
+         * closing an inherited writer must not unlock its parent's lock.
+         */
+        if (getpid() == d->pid) flock(d->lock_fd, LOCK_UN);
+        close(d->lock_fd);
+    }
     free(d->root);
     free(d);
 }
@@ -617,6 +627,7 @@ int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
     disk_backend *d = calloc(1, sizeof(*d));
     if (!d) return kmb_error_set(KMB_ENOMEM, 0, "out of memory opening %s", path);
     d->lock_fd = -1;
+    d->pid = getpid();
     for (int i = 0; i < KMB_DISK_MAX_FDS; i++) d->slots[i].fd = -1;
     kmb_io_init(&d->io);
     /* Strip trailing slashes so that messages show clean paths. */
