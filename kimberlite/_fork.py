@@ -32,7 +32,7 @@ __all__ = ["track"]
 
 _live: "WeakSet[object]" = WeakSet()
 _lock = _thread.allocate_lock()
-_held: list = []  # the storages whose engine lock is held across the fork (strong references)
+_held: "list[object]" = []  # the storages whose engine lock is held across the fork (strong references)
 
 
 def track(storage: object) -> None:
