@@ -520,3 +520,41 @@ def test_cli_works_around_a_special_index(tmp_path, kind, command):
     if command == "read":
         assert p.stdout.splitlines()[:3] == events(3)
     assert kind_of(idx) != stat.S_IFREG  # read-only commands change nothing
+
+
+# ---- OffsetIndex.load / save on a path the caller gives ----------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink-null", "socket", "chardev"])
+def test_offset_index_load_of_a_special_file_fails_fast(tmp_path, kind):
+    path = tmp_path / "x.idx"
+    make_hostile(path, kind)
+    code = r"""
+import sys, kimberlite as km
+try:
+    km.OffsetIndex.load(sys.argv[1])
+    print("loaded")
+except km.StorageError as e:
+    print(type(e).__name__, e.filename == sys.argv[1], "not a regular file" in str(e))
+"""
+    p = run_child(code, path)
+    assert p.returncode == 0, p.stderr
+    # (opening a socket fails in the OS already, ENXIO: that message is the OS's)
+    assert p.stdout.split() == ["StorageIOError", "True", "True" if kind != "socket" else "False"]
+
+
+def test_offset_index_save_beside_a_fifo_fails_fast(tmp_path):
+    """save() writes path + ".tmp" first: a FIFO there is an error at once, not a wait."""
+    path = tmp_path / "x.idx"
+    os.mkfifo(str(path) + ".tmp")
+    code = r"""
+import sys, kimberlite as km
+try:
+    km.OffsetIndex([0, 60]).save(sys.argv[1])
+    print("saved")
+except km.StorageError as e:
+    print(type(e).__name__)
+"""
+    p = run_child(code, path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["StorageIOError"]
+    assert not os.path.exists(path)
