@@ -41,6 +41,7 @@ typedef struct disk_backend {
     kmb_backend base;
     char *root;
     int lock_fd;
+    pid_t pid; /* the process that opened it (and took the lock) */
     kmb_io io;
     fd_slot slots[KMB_DISK_MAX_FDS];
     uint64_t tick;
@@ -52,6 +53,30 @@ static disk_backend *D(kmb_backend *b) { return (disk_backend *)b; }
 static int io_error(int err, const char *path, const char *what)
 {
     kmb_error_set(KMB_EIO, err, "%s: %s (%s)", what, strerror(err), path);
+    kmb_error_set_path(path);
+    return KMB_EIO;
+}
+
+/*
+ * Refuse a data file that is not a regular file (io.c: kmb_io_open_regular): a symbolic
+ * link (to /dev/null, say, where an fsync=False append would "succeed" and vanish), a
+ * FIFO (an open would wait forever), a device, a socket, a directory.
+ */
+static int not_regular(int err, mode_t found, const char *path, const char *what,
+                       const char *todo)
+{
+    char target[256] = "";
+    if (found == S_IFLNK) {
+        char link[200];
+        ssize_t n = readlink(path, link, sizeof(link) - 1);
+        if (n > 0) {
+            link[n] = '\0';
+            snprintf(target, sizeof(target), " (to %s)", link);
+        }
+    }
+    kmb_error_set(KMB_EIO, err, "%s %s is %s%s, not a regular file (kimberlite never follows "
+                  "a symbolic link or opens a special file in a data directory); %s",
+                  what, path, kmb_io_kind(found), target, todo);
     kmb_error_set_path(path);
     return KMB_EIO;
 }
@@ -144,7 +169,12 @@ static int get_fd(disk_backend *d, uint64_t stream, uint32_t seg, int create, in
     if (rc) return rc;
     int flags = d->base.read_only ? O_RDONLY : O_RDWR;
     if (create) flags |= O_CREAT;
-    int fd = kmb_io_open(&d->io, path, flags, 0644);
+    mode_t found;
+    int fd = kmb_io_open_regular(&d->io, path, flags, 0644, &found);
+    if (fd < 0 && found)
+        return not_regular(errno, found, path, "segment",
+                           "put the segment file itself in its place, or move the stream "
+                           "directory away");
     if (fd < 0) return io_error(errno, path, create ? "cannot create segment" : "cannot open segment");
     fd_slot *s = &d->slots[victim];
     if (s->fd >= 0) close(s->fd);
@@ -187,11 +217,16 @@ static int disk_list_streams(kmb_backend *b, uint64_t **out, size_t *count)
     while ((ent = readdir(dir)) != NULL) {
         uint64_t id;
         if (!parse_u64(ent->d_name, &id)) continue;
-        /* A stream is a directory holding a segment (its first one may be missing: damage). */
+        /*
+         * A stream is a directory holding a segment. Whatever has a segment's name counts
+         * (lstat): a segment that is not a regular file is refused when the stream is used,
+         * rather than hidden from the listing; and a stream whose first segment is missing
+         * is listed (its reads and appends report the damage).
+         */
         int n2 = snprintf(path, sizeof(path), "%s/%s/segment_000000.log", d->root, ent->d_name);
         struct stat st;
         if (n2 < 0 || (size_t)n2 >= sizeof(path)) continue;
-        if (stat(path, &st) != 0 && !holds_segment(d, ent->d_name)) continue;
+        if (lstat(path, &st) != 0 && !holds_segment(d, ent->d_name)) continue;
         if (n == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             uint64_t *p = realloc(ids, ncap * sizeof(*ids));
@@ -223,10 +258,24 @@ static int disk_list_segments(kmb_backend *b, uint64_t stream, uint32_t **out, s
     char path[PATH_MAX];
     int rc = stream_dir(d, stream, path, sizeof(path));
     if (rc) return rc;
-    DIR *dir = opendir(path);
+    /* O_NOFOLLOW: a stream directory must be a directory, not a link to one elsewhere
+     * (two stream ids would then share, and rewrite, one chain). */
+    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *dir = dfd >= 0 ? fdopendir(dfd) : NULL;
     if (!dir) {
-        if (errno == ENOENT) return KMB_OK;
-        return io_error(errno, path, "cannot list stream directory");
+        int err = errno;
+        if (dfd >= 0) close(dfd);
+        if (err == ENOENT) return KMB_OK;
+        struct stat st;
+        if ((err == ELOOP || err == ENOTDIR) && lstat(path, &st) == 0 && !S_ISDIR(st.st_mode)) {
+            kmb_error_set(KMB_EIO, err, "stream directory %s is %s, not a directory (kimberlite "
+                          "never follows a symbolic link in a data directory); put the "
+                          "stream's real directory in its place", path,
+                          kmb_io_kind(st.st_mode));
+            kmb_error_set_path(path);
+            return KMB_EIO;
+        }
+        return io_error(err, path, "cannot list stream directory");
     }
     uint32_t *segs = NULL;
     size_t n = 0, cap = 0;
@@ -263,7 +312,7 @@ static int disk_segment_exists(kmb_backend *b, uint64_t stream, uint32_t seg, in
     int rc = segment_path(D(b), stream, seg, "", path, sizeof(path));
     if (rc) return rc;
     struct stat st;
-    if (stat(path, &st) == 0) {
+    if (lstat(path, &st) == 0) { /* whatever it is: opening it refuses anything irregular */
         *exists = 1;
         return KMB_OK;
     }
@@ -495,9 +544,19 @@ static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64
     char path[PATH_MAX];
     int rc = segment_path(d, stream, seg, ".idx", path, sizeof(path));
     if (rc) return rc;
-    int fd = kmb_io_open(&d->io, path, O_RDONLY, 0);
+    mode_t found;
+    int fd = kmb_io_open_regular(&d->io, path, O_RDONLY, 0, &found);
     if (fd < 0) {
         if (errno == ENOENT) return kmb_error_set(KMB_ENOTFOUND, 0, "no index file %s", path);
+        /* An index is a cache: one that is not a regular file is ignored (the engine
+         * rebuilds the index from the segment), and a writer's next save replaces the
+         * name itself (never what a link points to). */
+        if (found) {
+            kmb_error_set(KMB_EINDEX, 0, "index %s is %s, not a regular file; ignored",
+                          path, kmb_io_kind(found));
+            kmb_error_set_path(path);
+            return KMB_EINDEX;
+        }
         return io_error(errno, path, "cannot open index");
     }
     struct stat st;
@@ -543,7 +602,11 @@ static int disk_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const 
     if (rc) return rc;
     rc = segment_path(d, stream, seg, ".idx.tmp", tmp, sizeof(tmp));
     if (rc) return rc;
-    int fd = kmb_io_open(&d->io, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    /* Our own temporary name (only the lock holder writes indexes): whatever is left
+     * there (a crash's leftover, a FIFO, a link) goes, and O_EXCL creates a new file
+     * without following or waiting on anything. */
+    if (unlink(tmp) != 0 && errno != ENOENT) return io_error(errno, tmp, "cannot replace index");
+    int fd = kmb_io_open(&d->io, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0644);
     if (fd < 0) return io_error(errno, tmp, "cannot create index");
     if (kmb_io_pwrite(&d->io, fd, data, len, 0) != 0) rc = io_error(errno, tmp, "cannot write index");
     close(fd);
@@ -551,6 +614,16 @@ static int disk_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const 
         rc = io_error(errno, path, "cannot rename index into place");
     if (rc) unlink(tmp);
     return rc;
+}
+
+/* sys/backend.h's after_fork_child: our copy of the lock descriptor only; the parent's
+ * descriptor keeps the lock until the parent closes. */
+static void disk_after_fork_child(kmb_backend *b)
+{
+    disk_backend *d = D(b);
+    if (d->lock_fd < 0) return;
+    close(d->lock_fd);
+    d->lock_fd = -1;
 }
 
 /* sys/backend.h's fault_plan: the plan of this backend's file layer (io.c). */
@@ -575,7 +648,16 @@ static void disk_free(kmb_backend *b)
     if (!d) return;
     for (int i = 0; i < KMB_DISK_MAX_FDS; i++)
         if (d->slots[i].fd >= 0) close(d->slots[i].fd);
-    if (d->lock_fd >= 0) close(d->lock_fd); /* releases the flock */
+    if (d->lock_fd >= 0) {
+        /*
+         * Unlock explicitly, then close: a child forked from this process may still hold a
+         * copy of the descriptor (it closes it right after fork, but it may not have run
+         * yet), and the flock belongs to the open file description they share. A child
+         * closing an inherited writer must not unlock its parent's lock.
+         */
+        if (getpid() == d->pid) flock(d->lock_fd, LOCK_UN);
+        close(d->lock_fd);
+    }
     free(d->root);
     free(d);
 }
@@ -634,6 +716,7 @@ static void fill_table(kmb_backend *b, int read_only)
     b->free = disk_free;
     b->sync_dir = disk_sync_dir;
     b->fault_plan = disk_fault_plan;
+    b->after_fork_child = disk_after_fork_child;
     b->save_watermark = disk_save_watermark;
     b->load_watermark = disk_load_watermark;
 }
@@ -646,6 +729,7 @@ int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
     disk_backend *d = calloc(1, sizeof(*d));
     if (!d) return kmb_error_set(KMB_ENOMEM, 0, "out of memory opening %s", path);
     d->lock_fd = -1;
+    d->pid = getpid();
     for (int i = 0; i < KMB_DISK_MAX_FDS; i++) d->slots[i].fd = -1;
     kmb_io_init(&d->io);
     /* Strip trailing slashes so that messages show clean paths. */
@@ -682,9 +766,12 @@ int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
             rc = path_too_long(d->root);
             goto fail;
         }
-        d->lock_fd = kmb_io_open(&d->io, lock, O_RDWR | O_CREAT, 0644);
+        mode_t found;
+        d->lock_fd = kmb_io_open_regular(&d->io, lock, O_RDWR | O_CREAT, 0644, &found);
         if (d->lock_fd < 0) {
-            rc = io_error(errno, lock, "cannot open lock file");
+            rc = found ? not_regular(errno, found, lock, "lock file",
+                                     "remove it (a writer creates its lock file) and open again")
+                       : io_error(errno, lock, "cannot open lock file");
             goto fail;
         }
         if (flock(d->lock_fd, LOCK_EX | LOCK_NB) != 0) {

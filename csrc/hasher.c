@@ -282,6 +282,8 @@ int kmb_hasher_stalled(kmb_hasher *w, uint64_t waited)
     return 1;
 }
 
+void kmb_hasher_forget(kmb_hasher *w) { memset(w, 0, sizeof(*w)); }
+
 void kmb_hasher_backoff(kmb_hasher *w) { w->backoff = WORKER_BACKOFF_OPS; }
 
 void kmb_hasher_finish(kmb_hasher *w, int cancel)

@@ -129,6 +129,14 @@ uint64_t kmb_hasher_wait(kmb_hasher *h, size_t need);
  */
 int kmb_hasher_stalled(kmb_hasher *h, uint64_t waited);
 
+/*
+ * In the child of a fork(): forget the parent's thread (it does not exist here; its mutex
+ * may even have been held by it at the fork) without touching it. The hasher is then as if
+ * zeroed: a new thread starts on first need. No job may be in progress (the engine calls
+ * it with the storage's mutex held since before the fork).
+ */
+void kmb_hasher_forget(kmb_hasher *h);
+
 /* Make the next few operations go without the hasher (as after a stall). */
 void kmb_hasher_backoff(kmb_hasher *h);
 

@@ -232,7 +232,8 @@ int kmb_index_save(const kmb_index *ix, const char *path)
     memcpy(tmp, path, plen);
     memcpy(tmp + plen, ".tmp", sizeof ".tmp");
 
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* O_NONBLOCK: a FIFO there fails at once (ENXIO) instead of waiting for a reader. */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK, 0644);
     if (fd < 0) {
         rc = io_error(errno, "create", tmp);
         goto cleanup;
@@ -289,10 +290,20 @@ int kmb_index_load(kmb_index *out, const char *path)
     int rc;
 
     kmb_index_truncate(out, 0);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are read. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return io_error(errno, "open", path);
     if (fstat(fd, &stbuf) != 0) {
         rc = io_error(errno, "stat", path);
+        goto cleanup;
+    }
+    if (!S_ISREG(stbuf.st_mode)) {
+        int err = S_ISDIR(stbuf.st_mode) ? EISDIR : EINVAL;
+        kmb_error_set(KMB_EIO, err, "cannot load offset index file %s: it is not a regular file "
+                      "(a FIFO, device, socket or directory); give the path of an index file",
+                      path);
+        snprintf(kmb_error_mut()->path, sizeof kmb_error_mut()->path, "%s", path);
+        rc = KMB_EIO;
         goto cleanup;
     }
     /* Validate the header against the real size before allocating anything for it. */

@@ -1,5 +1,11 @@
 /*
  * io.c — the disk backend's file operations, with an optional fault plan for tests.
+ *
+ * No call here may block indefinitely: the EINTR loops below retry only calls that finish
+ * on their own (reads and writes of regular files, syncs, truncation), so that a signal
+ * (Ctrl-C) is never swallowed by a call that waits forever. Opening a FIFO would block
+ * until the other end appears, so the engine's data files are opened with
+ * kmb_io_open_regular, which refuses anything that is not a regular file without waiting.
  */
 #include "io.h"
 
@@ -57,6 +63,67 @@ int kmb_io_open(kmb_io *io, const char *path, int flags, mode_t mode)
     do {
         fd = open(path, flags | O_CLOEXEC, mode);
     } while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+/* What a mode is, for messages ("a FIFO", "a directory", ...). */
+const char *kmb_io_kind(mode_t mode)
+{
+    switch (mode & S_IFMT) {
+    case S_IFREG: return "a regular file";
+    case S_IFDIR: return "a directory";
+    case S_IFLNK: return "a symbolic link";
+    case S_IFIFO: return "a FIFO (named pipe)";
+    case S_IFCHR: return "a character device";
+    case S_IFBLK: return "a block device";
+    case S_IFSOCK: return "a socket";
+    default: return "not a regular file";
+    }
+}
+
+int kmb_io_open_regular(kmb_io *io, const char *path, int flags, mode_t mode, mode_t *found)
+{
+    *found = 0;
+    if (inject(io, KMB_IO_OPEN)) return -1;
+    /*
+     * Look before opening: opening a device can have side effects (a tape rewinds, a
+     * terminal becomes the controlling one), and a FIFO would block. lstat does not follow
+     * a final symbolic link; O_NOFOLLOW and the fstat below close the race with a name
+     * that changes between the two calls.
+     */
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISREG(st.st_mode)) {
+            *found = st.st_mode & S_IFMT;
+            errno = S_ISDIR(st.st_mode) ? EISDIR : S_ISLNK(st.st_mode) ? ELOOP : EINVAL;
+            return -1;
+        }
+    } else if (errno != ENOENT || !(flags & O_CREAT)) {
+        return -1;
+    }
+    int fd;
+    do {
+        fd = open(path, flags | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, mode);
+    } while (fd < 0 && errno == EINTR); /* O_NONBLOCK: an open that returns */
+    if (fd < 0) {
+        if (errno == ELOOP) *found = S_IFLNK; /* became a symbolic link meanwhile */
+        return -1;
+    }
+    int err = 0;
+    if (fstat(fd, &st) != 0) {
+        err = errno;
+    } else if (!S_ISREG(st.st_mode)) {
+        *found = st.st_mode & S_IFMT;
+        err = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+    }
+    if (err) {
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    /* Regular files ignore O_NONBLOCK on Linux, but not every file system promises it. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK)) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
     return fd;
 }
 

@@ -47,6 +47,21 @@ void kmb_io_set_fault(kmb_io *io, unsigned ops, uint64_t nth, int err, int persi
 /* Open a file; -1 with errno on failure. O_CLOEXEC is always added. */
 int kmb_io_open(kmb_io *io, const char *path, int flags, mode_t mode);
 
+/*
+ * Open a file that must be a regular file: a final symbolic link is not followed, and a
+ * FIFO, device, socket or directory is refused without being opened for I/O (never a
+ * wait, never a side effect). Flags as for open(2) (O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK and
+ * O_NOCTTY are added; O_NONBLOCK is cleared again on the descriptor returned). Returns
+ * the descriptor, or -1 with errno. When -1 is because something other than a regular
+ * file is there, *found is its type (S_IFIFO, S_IFLNK, S_IFDIR, ...; errno ELOOP for a
+ * symbolic link, EISDIR for a directory, EINVAL otherwise); else *found is 0. Counted as
+ * an open by the fault plan.
+ */
+int kmb_io_open_regular(kmb_io *io, const char *path, int flags, mode_t mode, mode_t *found);
+
+/* A file type (st_mode & S_IFMT) in words, for messages: "a FIFO (named pipe)", ... */
+const char *kmb_io_kind(mode_t mode);
+
 /* Read up to len bytes at pos, retrying short reads and EINTR; the count read (less than len
  * only at end of file) or -1 with errno. */
 ssize_t kmb_io_pread(kmb_io *io, int fd, void *buf, size_t len, uint64_t pos);

@@ -335,6 +335,22 @@ void kmb_storage_free(kmb_storage *st)
     free(st);
 }
 
+/* ---------------------------------------------------------------- fork() (storage.h) */
+
+void kmb_storage_fork_prepare(kmb_storage *st) { pthread_mutex_lock(&st->mu); }
+
+void kmb_storage_fork_parent(kmb_storage *st) { pthread_mutex_unlock(&st->mu); }
+
+void kmb_storage_fork_child(kmb_storage *st)
+{
+    /* Only this thread exists now, and it holds the mutex (fork_prepare): no call was in
+     * progress, so the state is consistent; the hasher's thread stayed in the parent. */
+    kmb_hasher_forget(&st->worker);
+    if (inherited(st) && st->backend != NULL && st->backend->after_fork_child)
+        st->backend->after_fork_child(st->backend);
+    pthread_mutex_unlock(&st->mu);
+}
+
 /* ---------------------------------------------------------------- queries */
 
 /* Lock the storage and load a stream (*s NULL when absent); on failure nothing is held. */

@@ -88,8 +88,9 @@ int kmb_index_save(const kmb_index *ix, const char *path);
 
 /*
  * Read and decode the index file at `path` into `out` (initialised). KMB_EIO on a read
- * error (ENOENT when the file does not exist), KMB_EINDEX when the contents are bad,
- * KMB_ENOMEM.
+ * error (ENOENT when the file does not exist; EISDIR or EINVAL, without waiting, when it
+ * is not a regular file: a directory, FIFO, device or socket), KMB_EINDEX when the
+ * contents are bad, KMB_ENOMEM.
  */
 int kmb_index_load(kmb_index *out, const char *path);
 

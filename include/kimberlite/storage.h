@@ -206,6 +206,34 @@ int kmb_storage_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t seg, ui
 int kmb_storage_replace_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t seg,
                                       const void *data, size_t len);
 
+/*
+ * fork() support: an at-fork protocol, in the manner of pthread_atfork(3). The library
+ * registers nothing itself (no global state): the application (the Python binding does it
+ * with os.register_at_fork) calls, for every storage it has open and not yet freed,
+ *   kmb_storage_fork_prepare   just before fork(), in the forking thread: waits for the
+ *                              call in progress on the storage, if any, to end, then holds
+ *                              the storage's mutex, so that no thread is inside it at the
+ *                              moment of the fork. Do not hold locks that a thread inside
+ *                              the storage may be waiting for (a read callback's, the
+ *                              Python GIL) while it waits;
+ *   kmb_storage_fork_parent    after fork() in the parent: releases the mutex;
+ *   kmb_storage_fork_child     after fork() in the child: releases the mutex, forgets the
+ *                              parent's hashing thread (it does not exist in the child; a
+ *                              new one starts on first need), and, for a disk writer,
+ *                              closes the child's copy of the lock file descriptor, so that
+ *                              the lock is released when the parent closes its writer
+ *                              whether the child lives on or not (flock belongs to the open
+ *                              file description the two processes share).
+ * A disk writer stays unusable in the child (two writers would interleave records): every
+ * call there fails with KMB_ERROR and closing it releases nothing of the parent's. Read-only
+ * and memory storages work in the child as in the parent. Closed storages may be passed
+ * (until kmb_storage_free). Call prepare for several storages in any fixed order and
+ * parent/child for each of them once. None of these fail.
+ */
+void kmb_storage_fork_prepare(kmb_storage *st);
+void kmb_storage_fork_parent(kmb_storage *st);
+void kmb_storage_fork_child(kmb_storage *st);
+
 #ifdef __cplusplus
 }
 #endif

@@ -162,6 +162,14 @@ struct kmb_backend {
      * object, and its index. KMB_EINVAL if it is not empty or not the last.
      */
     int (*remove_segment)(kmb_backend *b, uint64_t stream, uint32_t seg);
+
+    /*
+     * In the child of a fork(), for a backend inherited from the parent: give up what
+     * belongs to the parent's process without touching it (the disk backend closes its copy
+     * of the writer's lock descriptor, which leaves the parent's lock held by the parent's
+     * own descriptor). Called with nothing else running. NULL: nothing to give up.
+     */
+    void (*after_fork_child)(kmb_backend *b);
 };
 
 /*
