@@ -13,6 +13,7 @@
 #include "kimberlite/backend.h"
 #include "kimberlite/errors.h"
 #include "kimberlite/index.h"
+#include "kimberlite/layout.h"
 
 typedef struct mem_buf {
     uint8_t *data;
@@ -245,7 +246,7 @@ static int mem_quarantine(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_
     s->quarantines++;
     if (from < s->bytes.len) s->bytes.len = (size_t)from;
     if (name_out && name_cap)
-        snprintf(name_out, name_cap, "memory:%" PRIu64 "/segment_%06" PRIu32 ".log.torn-%u",
+        snprintf(name_out, name_cap, "memory:%" PRIu64 "/" KMB_SEGMENT_NAME_FORMAT ".torn-%u",
                  stream, seg, s->quarantines);
     return KMB_OK;
 }
@@ -270,7 +271,7 @@ static int mem_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const k
 static void mem_describe(kmb_backend *b, uint64_t stream, uint32_t seg, char *out, size_t cap)
 {
     (void)b;
-    snprintf(out, cap, "memory:%" PRIu64 "/segment_%06" PRIu32 ".log", stream, seg);
+    snprintf(out, cap, "memory:%" PRIu64 "/" KMB_SEGMENT_NAME_FORMAT, stream, seg);
 }
 
 static void mem_free(kmb_backend *b)
