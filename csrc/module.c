@@ -12,8 +12,6 @@
 
 #include <string.h>
 
-#include <structmember.h>
-
 #include "kimberlite/layout.h"
 
 /* Below this many bytes a checksum or hash is cheaper than releasing the GIL. */
@@ -363,6 +361,7 @@ static int kmb_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->IndexCorruptedError);
     Py_VISIT(st->LockedError);
     Py_VISIT(st->StorageIOError);
+    Py_VISIT(st->record_base_type);
     Py_VISIT(st->record_class);
     return 0;
 }
@@ -382,6 +381,7 @@ static int kmb_module_clear(PyObject *module)
     Py_CLEAR(st->IndexCorruptedError);
     Py_CLEAR(st->LockedError);
     Py_CLEAR(st->StorageIOError);
+    Py_CLEAR(st->record_base_type);
     Py_CLEAR(st->record_class);
     return 0;
 }
@@ -391,49 +391,8 @@ static void kmb_module_free(void *module)
     kmb_module_clear((PyObject *)module);
 }
 
-/* ---- kimberlite.Record, made from C ----------------------------------------------------- */
-
-PyObject *kmb_record_new(kmb_module_state *st, PyObject *offset, PyObject *prev_hash,
-                         PyObject *payload)
-{
-    PyObject *rec = NULL;
-    if (offset != NULL && prev_hash != NULL && payload != NULL) {
-        PyTypeObject *tp = (PyTypeObject *)st->record_class;
-        rec = tp->tp_alloc(tp, 0);
-    }
-    if (rec == NULL) {
-        Py_XDECREF(offset);
-        Py_XDECREF(prev_hash);
-        Py_XDECREF(payload);
-        return NULL;
-    }
-    /* The slots of a new instance are NULL: store the references, as __init__ would. */
-    char *base = (char *)rec;
-    *(PyObject **)(base + st->record_offset_at) = offset;
-    *(PyObject **)(base + st->record_prev_hash_at) = prev_hash;
-    *(PyObject **)(base + st->record_payload_at) = payload;
-    return rec;
-}
-
-/* The byte offset of the __slots__ member `name` of cls inside an instance. 0 or -1. */
-static int slot_offset(PyObject *cls, const char *name, Py_ssize_t *out)
-{
-    PyObject *d = PyObject_GetAttrString(cls, name);
-    if (d == NULL) return -1;
-    int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
-             ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
-    if (ok) *out = ((PyMemberDescrObject *)d)->d_member->offset;
-    Py_DECREF(d);
-    if (!ok) {
-        PyErr_Format(PyExc_TypeError, "kimberlite._record.Record.%s is not a __slots__ member",
-                     name);
-        return -1;
-    }
-    return 0;
-}
-
-/* Import kimberlite._record.Record (as _errors is imported) and find its slots, so that
- * read_records makes records without running __init__ on what the engine verified. */
+/* Import kimberlite._record.Record (as _errors is imported): the class read_records makes.
+ * It must subclass _RecordBase, whose fields kmb_record_new fills. */
 static int import_record_class(kmb_module_state *st)
 {
     PyObject *mod = PyImport_ImportModule("kimberlite._record");
@@ -441,15 +400,15 @@ static int import_record_class(kmb_module_state *st)
     PyObject *cls = PyObject_GetAttrString(mod, "Record");
     Py_DECREF(mod);
     if (cls == NULL) return -1;
-    if (!PyType_Check(cls) || ((PyTypeObject *)cls)->tp_itemsize != 0) {
-        PyErr_SetString(PyExc_TypeError, "kimberlite._record.Record is not a plain class");
+    if (!PyType_Check(cls) ||
+        !PyType_IsSubtype((PyTypeObject *)cls, st->record_base_type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "kimberlite._record.Record is not a subclass of _core._RecordBase");
         Py_DECREF(cls);
         return -1;
     }
     Py_XSETREF(st->record_class, cls);
-    if (slot_offset(cls, "_offset", &st->record_offset_at) < 0) return -1;
-    if (slot_offset(cls, "_prev_hash", &st->record_prev_hash_at) < 0) return -1;
-    return slot_offset(cls, "_payload", &st->record_payload_at);
+    return 0;
 }
 
 /* Fetch kimberlite._errors.<name> into *slot (a new reference). */
@@ -491,8 +450,10 @@ static int kmb_module_exec(PyObject *module)
         import_exception(errors, "LockedError", &st->LockedError) < 0 ||
         import_exception(errors, "StorageIOError", &st->StorageIOError) < 0)
         goto done;
-    if (import_record_class(st) < 0) goto done;
 
+    if (kmb_record_type_init(module, st) < 0) goto done;
+    /* Before kimberlite._record runs: it subclasses _core._RecordBase. */
+    if (import_record_class(st) < 0) goto done;
     if (kmb_storage_types_init(module, st) < 0) goto done;
     if (kmb_index_type_init(module, st) < 0) goto done;
 

@@ -60,10 +60,10 @@ typedef struct kmb_module_state {
     PyObject *LockedError;
     PyObject *StorageIOError;
 
-    /* kimberlite.Record from kimberlite._record (a strong reference), and the byte offsets
-     * of its three __slots__ inside an instance, for kmb_record_new(). */
+    /* _RecordBase (py_record.c), and kimberlite.Record, its subclass in
+     * kimberlite/_record.py, imported at exec time (strong references). */
+    PyTypeObject *record_base_type;
     PyObject *record_class;
-    Py_ssize_t record_offset_at, record_prev_hash_at, record_payload_at;
 } kmb_module_state;
 
 extern PyModuleDef kmb_module_def;
@@ -95,16 +95,15 @@ PyObject *kmb_raise(kmb_module_state *st, int code);
  */
 PyObject *kmb_raise_expected(kmb_module_state *st, int code, PyObject *expected_offset);
 
-/* ---- records (module.c) ---------------------------------------------------------------- */
+/* ---- records (py_record.c) ------------------------------------------------------------ */
 
 /*
- * A kimberlite.Record made without running Record.__init__, for records the engine has
- * verified: offset in [0, 2**63), prev_hash None (offset 0) or 32 bytes, payload bytes.
- * Steals the three references (each may be NULL after a failed allocation: then NULL is
- * returned with that error set). New reference, or NULL with an exception.
+ * A kimberlite.Record for a record the engine has verified (offset below 2**63, prev_hash
+ * as stored), made without checking it again. Steals `payload` (bytes; NULL after a failed
+ * allocation, then NULL is returned with that error set). New reference, or NULL with an
+ * exception.
  */
-PyObject *kmb_record_new(kmb_module_state *st, PyObject *offset, PyObject *prev_hash,
-                         PyObject *payload);
+PyObject *kmb_record_new(kmb_module_state *st, const kmb_record *r, PyObject *payload);
 
 /* ---- shared argument helpers (module.c) ------------------------------------------------ */
 
@@ -144,6 +143,7 @@ int kmb_add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot);
 
 int kmb_storage_types_init(PyObject *module, kmb_module_state *st);
 int kmb_index_type_init(PyObject *module, kmb_module_state *st);
+int kmb_record_type_init(PyObject *module, kmb_module_state *st);
 
 /* ---- the shared Storage object (py_storage.c), for py_testing.c ---------------------- */
 

@@ -488,20 +488,20 @@ static int storage_read_args(StorageObject *self, PyObject *args, PyObject *kwds
  * into its new bytes objects after the GIL is released again: nobody else can see them yet
  * (bytes objects are not tracked by the garbage collector).
  *
- * For read_records the sink also keeps each record's prev_hash (None for genesis) and the first offset (the engine checks that offsets run on without
- * a gap); the Record objects are made once the whole read has succeeded.
+ * read_records makes each Record there and then (kmb_record_new: the fields of a verified
+ * record are copied, not checked again). Records are not tracked by the garbage collector
+ * either, so until the list is returned only the sink can reach a payload being filled.
  */
 typedef struct read_sink {
-    PyThreadState *ts; /* the calling thread's state while the GIL is out */
-    int records;       /* also keep the prev hashes */
-    PyObject **items;  /* payloads, new references, in stream order */
-    PyObject **prevs;  /* records: prev_hash objects, new references */
+    PyThreadState *ts;      /* the calling thread's state while the GIL is out */
+    kmb_module_state *ms;   /* records: the module state (Record class), else NULL */
+    PyObject **items;       /* new references, in stream order: bytes, or Records */
+    PyObject **fill;        /* items whose payload bytes are still to be copied (copy later) */
     size_t count, cap;
-    uint64_t first_offset;
-    int failed;        /* a Python exception is set */
+    int failed;             /* a Python exception is set */
 } read_sink;
 
-/* Room for n more records (no GIL needed: raw allocator). 0 or -1. */
+/* Room for n more items (no GIL needed: raw allocator). 0 or -1. */
 static int read_sink_grow(read_sink *k, size_t n)
 {
     if (k->count + n <= k->cap) return 0;
@@ -510,34 +510,21 @@ static int read_sink_grow(read_sink *k, size_t n)
     PyObject **p = PyMem_RawRealloc(k->items, cap * sizeof *p);
     if (p == NULL) return -1;
     k->items = p;
-    if (k->records) {
-        p = PyMem_RawRealloc(k->prevs, cap * sizeof *p);
-        if (p == NULL) return -1;
-        k->prevs = p;
-    }
     k->cap = cap;
     return 0;
 }
 
-/* Create the chunk's objects (GIL held); payloads stay unfilled when copy_later. */
-static int read_sink_objects(read_sink *k, const kmb_record *recs, size_t n, int copy_later)
+/* Create the chunk's objects (GIL held); with copy_later, payloads stay unfilled and
+ * fill[j] is the bytes object of record j. */
+static int read_sink_objects(read_sink *k, const kmb_record *recs, size_t n, PyObject **fill)
 {
     for (size_t j = 0; j < n; j++) {
-        const char *src = copy_later ? NULL : (const char *)recs[j].payload;
-        PyObject *prev = NULL;
-        if (k->records) {
-            /* None only for genesis storing zeros: the Record rule (kimberlite/_record.py) */
-            prev = kmb_hash_to_py(recs[j].prev_hash,
-                                  recs[j].offset != 0 || !kmb_hash_is_zero(recs[j].prev_hash));
-            if (prev == NULL) return -1;
-        }
-        PyObject *b = PyBytes_FromStringAndSize(src, (Py_ssize_t)recs[j].length);
-        if (b == NULL) {
-            Py_XDECREF(prev);
-            return -1;
-        }
-        if (k->records) k->prevs[k->count] = prev;
-        k->items[k->count++] = b;
+        const char *src = fill ? NULL : (const char *)recs[j].payload;
+        PyObject *item = PyBytes_FromStringAndSize(src, (Py_ssize_t)recs[j].length);
+        if (item == NULL) return -1;
+        if (fill) fill[j] = item;
+        if (k->ms != NULL && (item = kmb_record_new(k->ms, &recs[j], item)) == NULL) return -1;
+        k->items[k->count++] = item;
     }
     return 0;
 }
@@ -549,50 +536,34 @@ static int read_sink_chunk(void *ctx, const kmb_record *recs, size_t n)
     uint64_t bytes = 0;
     for (size_t j = 0; j < n; j++) bytes += recs[j].length;
     int copy_later = bytes >= KMB_COPY_GIL_THRESHOLD / 4 && bytes >= (uint64_t)n * 1024;
-    int grown = read_sink_grow(k, n);
-    size_t base = k->count;
+    PyObject **fill = copy_later ? PyMem_RawMalloc(n * sizeof *fill) : NULL;
+    int grown = (copy_later && fill == NULL) ? -1 : read_sink_grow(k, n);
     PyEval_RestoreThread(k->ts);
-    if (k->count == 0) k->first_offset = recs[0].offset;
     if (grown < 0) PyErr_NoMemory();
-    k->failed = grown < 0 || read_sink_objects(k, recs, n, copy_later) < 0;
+    k->failed = grown < 0 || read_sink_objects(k, recs, n, fill) < 0;
     k->ts = PyEval_SaveThread();
-    if (k->failed) return KMB_ENOMEM;
-    if (copy_later)
+    if (!k->failed && fill != NULL)
         for (size_t j = 0; j < n; j++)
-            if (recs[j].length)
-                memcpy(PyBytes_AS_STRING(k->items[base + j]), recs[j].payload, recs[j].length);
-    return 0;
+            if (recs[j].length) memcpy(PyBytes_AS_STRING(fill[j]), recs[j].payload, recs[j].length);
+    PyMem_RawFree(fill);
+    return k->failed ? KMB_ENOMEM : 0;
 }
 
 static void read_sink_clear(read_sink *k)
 {
-    for (size_t i = 0; i < k->count; i++) {
-        Py_XDECREF(k->items[i]);
-        if (k->records) Py_XDECREF(k->prevs[i]);
-    }
+    for (size_t i = 0; i < k->count; i++) Py_XDECREF(k->items[i]);
     PyMem_RawFree(k->items);
-    PyMem_RawFree(k->prevs);
 }
 
 /* The list read_from or read_records returns, from a complete sink (GIL held). Takes the
  * sink's references. */
-static PyObject *read_sink_list(read_sink *k, kmb_module_state *ms)
+static PyObject *read_sink_list(read_sink *k)
 {
     PyObject *list = PyList_New((Py_ssize_t)k->count);
     if (list == NULL) return NULL;
     for (size_t i = 0; i < k->count; i++) {
-        PyObject *item = k->items[i];
+        PyList_SET_ITEM(list, (Py_ssize_t)i, k->items[i]);
         k->items[i] = NULL;
-        if (k->records) {
-            item = kmb_record_new(ms, PyLong_FromUnsignedLongLong(k->first_offset + i),
-                                  k->prevs[i], item);
-            k->prevs[i] = NULL;
-            if (item == NULL) {
-                Py_DECREF(list);
-                return NULL;
-            }
-        }
-        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
     }
     return list;
 }
@@ -608,7 +579,7 @@ static PyObject *storage_read(StorageObject *self, PyObject *args, PyObject *kwd
         return NULL;
     read_sink k;
     memset(&k, 0, sizeof k);
-    k.records = records;
+    k.ms = records ? ms : NULL;
     k.ts = PyEval_SaveThread();
     int rc = kmb_storage_read_each(self->st, stream, from, max_bytes, read_sink_chunk, &k);
     PyEval_RestoreThread(k.ts);
@@ -616,7 +587,7 @@ static PyObject *storage_read(StorageObject *self, PyObject *args, PyObject *kwd
     if (k.failed)
         storage_drain_events(self); /* the callback's exception stands */
     else if (kmb_storage_finish(self, rc) == 0)
-        list = read_sink_list(&k, ms);
+        list = read_sink_list(&k);
     read_sink_clear(&k);
     return list;
 }
