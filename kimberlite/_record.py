@@ -15,7 +15,7 @@ the arguments; ``read_records`` fills them directly for records the engine has v
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
 from . import _core
 
