@@ -288,6 +288,42 @@ cleanup:
     return result;
 }
 
+PyDoc_STRVAR(decode_record_header_doc,
+"decode_record_header(data, pos=0, /)\n--\n\n"
+"Return (offset, prev_hash, length) of the record header at data[pos:pos + 44], without\n"
+"any check of the record (kimberlite.testing reads damaged segments with it): prev_hash\n"
+"is the 32 bytes stored. UnexpectedEofError when fewer than 44 bytes remain.");
+
+static PyObject *kmb_py_decode_record_header(PyObject *module, PyObject *const *args,
+                                             Py_ssize_t nargs)
+{
+    kmb_module_state *st = kmb_state_of_module(module);
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "decode_record_header() takes 1 or 2 arguments (%zd "
+                     "given)", nargs);
+        return NULL;
+    }
+    uint64_t pos = 0;
+    if (nargs == 2 && kmb_int_to_u64(args[1], "pos", 1, &pos) < 0) return NULL;
+    Py_buffer view;
+    if (kmb_get_buffer(args[0], &view, "data") < 0) return NULL;
+    PyObject *result = NULL;
+    if (pos > (uint64_t)view.len || (uint64_t)view.len - pos < KMB_HEADER_SIZE) {
+        kmb_error_set(KMB_EEOF, 0, "data ends inside a record header: %d bytes needed at "
+                      "position %llu, %llu present", KMB_HEADER_SIZE, (unsigned long long)pos,
+                      (unsigned long long)(pos > (uint64_t)view.len ? 0 : (uint64_t)view.len - pos));
+        kmb_raise(st, KMB_EEOF);
+    } else {
+        const uint8_t *h = (const uint8_t *)view.buf + pos;
+        /* the header is [offset:u64][prev_hash:32B][length:u32] (record.h) */
+        result = Py_BuildValue("(Ky#k)", (unsigned long long)kmb_load_u64le(h),
+                               (const char *)h + 8, (Py_ssize_t)KMB_HASH_SIZE,
+                               (unsigned long)kmb_load_u32le(h + 8 + KMB_HASH_SIZE));
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
 PyDoc_STRVAR(segment_file_name_doc,
 "segment_file_name(seg, /)\n--\n\n"
 "Return the file name of segment number seg (an int in [0, 2**32 - 1]):\n"
@@ -338,6 +374,8 @@ static PyMethodDef kmb_module_methods[] = {
     {"encode_record", (PyCFunction)(void (*)(void))kmb_py_encode_record, METH_FASTCALL,
      encode_record_doc},
     {"decode_record", (PyCFunction)kmb_py_decode_record, METH_O, decode_record_doc},
+    {"decode_record_header", (PyCFunction)(void (*)(void))kmb_py_decode_record_header,
+     METH_FASTCALL, decode_record_header_doc},
     {"segment_file_name", (PyCFunction)kmb_py_segment_file_name, METH_O, segment_file_name_doc},
     {"parse_segment_file_name", (PyCFunction)kmb_py_parse_segment_file_name, METH_O,
      parse_segment_file_name_doc},
