@@ -2,9 +2,10 @@
  * py_kimberlite.h — internal header of the CPython extension kimberlite._core.
  *
  * Shared by module.c (the module, its state and functions), py_storage.c (Storage,
- * MemoryStorage), py_index.c (OffsetIndex), py_errors.c (engine codes -> exceptions) and
- * py_testing.c (the private hooks of kimberlite.testing and the fault plan). Nothing here is
- * part of the C library's public API.
+ * MemoryStorage), py_index.c (OffsetIndex), py_record.c (Record's fields), py_errors.c
+ * (engine codes -> exceptions), py_events.c (recovery events -> logging) and py_testing.c
+ * (the private hooks of kimberlite.testing and the fault plan). Nothing here is part of
+ * the C library's public API.
  *
  * Every piece of per-interpreter data lives in the module state (kmb_module_state), never in
  * C globals: the heap types, the exception classes imported from kimberlite._errors and the
@@ -170,6 +171,20 @@ int kmb_storage_check_open(kmb_storage_object *self);
 /* After an engine call (GIL held): raise for a failure (see kmb_raise), then log the
  * engine's recovery events. 0 for KMB_OK, -1 with an exception set. */
 int kmb_storage_finish(kmb_storage_object *self, int rc);
+
+/* ---- py_events.c: the engine's recovery events ------------------------------------- */
+
+/* The engine's event callback (kmb_storage_set_event_callback; ctx is the Storage object):
+ * queues the message. Runs without the GIL, with the engine mutex held. */
+void kmb_events_push(void *ctx, const char *message);
+
+/* Log the queued messages as warnings on logging.getLogger("kimberlite") (GIL held). An
+ * exception already set (the caller's error) is kept; a failure of logging itself is
+ * reported as unraisable. */
+void kmb_events_drain(kmb_storage_object *self);
+
+/* Drop the queued messages unlogged (dealloc). */
+void kmb_events_discard(kmb_storage_object *self);
 
 /* ---- py_testing.c: private methods of Storage and MemoryStorage --------------------- */
 

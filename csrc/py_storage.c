@@ -2,7 +2,7 @@
  * py_storage.c — the types kimberlite.Storage (files) and kimberlite.MemoryStorage.
  *
  * Both wrap one kmb_storage (storage.h) and share every method; they differ only in how
- * they open (kmb_storage_open / kmb_storage_open_memory) and in their repr. The layer is
+ * they open (kmb_storage_open / kmb_storage_open_memory) and in their options. The layer is
  * thin: it converts arguments, releases the GIL around every engine call (the engine
  * serialises calls on one kmb_storage with its own mutex, so no Python-side lock is needed
  * and the GIL is never held while the engine may block), and turns engine codes into
@@ -12,11 +12,8 @@
  * call racing with close() fails cleanly); the kmb_storage is freed in tp_dealloc, when no
  * other thread can be inside it.
  *
- * Recovery events: the engine reports recovery actions (quarantined torn tails, rebuilt
- * indexes, damage found) through a callback that runs without the GIL, with the engine
- * mutex held. The callback only queues the message under a small mutex of its own; after
- * each engine call the calling thread, holding the GIL again, drains the queue into
- * logging.getLogger("kimberlite").warning().
+ * Recovery events (torn tails quarantined, indexes rebuilt, damage found) are queued by
+ * the engine's callback and logged after each call: py_events.c.
  */
 #include "py_kimberlite.h"
 
@@ -30,88 +27,7 @@
 /* Payload bytes above which read results are copied into bytes objects without the GIL. */
 #define KMB_COPY_GIL_THRESHOLD (256 * 1024)
 
-struct kmb_event_node {
-    struct kmb_event_node *next;
-    char message[];
-};
-
 typedef kmb_storage_object StorageObject;
-
-/* ---- recovery events -------------------------------------------------------------------- */
-
-/* Engine callback: runs without the GIL and with the engine mutex held. Only queues. */
-static void storage_on_event(void *ctx, const char *message)
-{
-    StorageObject *self = (StorageObject *)ctx;
-    size_t n = strlen(message);
-    kmb_event_node *node = malloc(sizeof *node + n + 1);
-    if (node == NULL) return; /* dropping a log line beats failing the engine call */
-    node->next = NULL;
-    memcpy(node->message, message, n + 1);
-    pthread_mutex_lock(&self->events_mu);
-    if (self->events_tail != NULL)
-        self->events_tail->next = node;
-    else
-        self->events_head = node;
-    self->events_tail = node;
-    pthread_mutex_unlock(&self->events_mu);
-}
-
-static kmb_event_node *storage_take_events(StorageObject *self)
-{
-    pthread_mutex_lock(&self->events_mu);
-    kmb_event_node *head = self->events_head;
-    self->events_head = self->events_tail = NULL;
-    pthread_mutex_unlock(&self->events_mu);
-    return head;
-}
-
-static void free_events(kmb_event_node *node)
-{
-    while (node != NULL) {
-        kmb_event_node *next = node->next;
-        free(node);
-        node = next;
-    }
-}
-
-/*
- * Log the queued recovery messages (GIL held). Any exception already set (the caller's
- * error) is kept; a failure of logging itself is reported as unraisable.
- */
-static void storage_drain_events(StorageObject *self)
-{
-    kmb_event_node *head = storage_take_events(self);
-    if (head == NULL) return;
-
-#if PY_VERSION_HEX >= 0x030C0000
-    PyObject *pending = PyErr_GetRaisedException();
-#else
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb); /* deprecated in 3.12, the only way before */
-#endif
-    PyObject *logger = NULL;
-    PyObject *logging = PyImport_ImportModule("logging");
-    if (logging != NULL) {
-        logger = PyObject_CallMethod(logging, "getLogger", "s", "kimberlite");
-        Py_DECREF(logging);
-    }
-    for (kmb_event_node *n = head; n != NULL && logger != NULL; n = n->next) {
-        PyObject *msg = PyUnicode_DecodeFSDefault(n->message);
-        PyObject *r = msg ? PyObject_CallMethod(logger, "warning", "O", msg) : NULL;
-        Py_XDECREF(msg);
-        if (r == NULL) break;
-        Py_DECREF(r);
-    }
-    if (PyErr_Occurred()) PyErr_WriteUnraisable((PyObject *)self);
-    Py_XDECREF(logger);
-    free_events(head);
-#if PY_VERSION_HEX >= 0x030C0000
-    PyErr_SetRaisedException(pending);
-#else
-    PyErr_Restore(type, value, tb);
-#endif
-}
 
 /*
  * After an engine call (GIL held): raise for a failure first (kmb_error_last() is still this
@@ -124,7 +40,7 @@ static int storage_finish_expected(StorageObject *self, int rc, PyObject *expect
         kmb_module_state *ms = kmb_state_of_type(Py_TYPE(self));
         if (ms != NULL) kmb_raise_expected(ms, rc, expected);
     }
-    storage_drain_events(self);
+    kmb_events_drain(self);
     return rc == KMB_OK ? 0 : -1;
 }
 
@@ -227,7 +143,7 @@ static int storage_adopt(StorageObject *self, const char *path, const kmb_option
         if (ms != NULL) kmb_raise(ms, rc);
         return -1;
     }
-    kmb_storage_set_event_callback(st, storage_on_event, self);
+    kmb_storage_set_event_callback(st, kmb_events_push, self);
     const kmb_options *in_force = kmb_storage_options(st);
     self->st = st;
     self->closed = 0;
@@ -301,7 +217,7 @@ static void storage_dealloc(StorageObject *self)
         kmb_storage_free(st);
         Py_END_ALLOW_THREADS
     }
-    free_events(storage_take_events(self));
+    kmb_events_discard(self);
     pthread_mutex_destroy(&self->events_mu);
     Py_CLEAR(self->path);
     tp->tp_free((PyObject *)self);
@@ -585,7 +501,7 @@ static PyObject *storage_read(StorageObject *self, PyObject *args, PyObject *kwd
     PyEval_RestoreThread(k.ts);
     PyObject *list = NULL;
     if (k.failed)
-        storage_drain_events(self); /* the callback's exception stands */
+        kmb_events_drain(self); /* the callback's exception stands */
     else if (kmb_storage_finish(self, rc) == 0)
         list = read_sink_list(&k);
     read_sink_clear(&k);
