@@ -138,11 +138,7 @@ static int storage_adopt(StorageObject *self, const char *path, const kmb_option
     Py_BEGIN_ALLOW_THREADS
     rc = path ? kmb_storage_open(&st, path, opts) : kmb_storage_open_memory(&st, opts);
     Py_END_ALLOW_THREADS
-    if (rc != KMB_OK) {
-        kmb_module_state *ms = kmb_state_of_type(Py_TYPE(self));
-        if (ms != NULL) kmb_raise(ms, rc);
-        return -1;
-    }
+    if (rc != KMB_OK) return kmb_storage_finish(self, rc); /* the one raise path */
     kmb_storage_set_event_callback(st, kmb_events_push, self);
     const kmb_options *in_force = kmb_storage_options(st);
     self->st = st;
