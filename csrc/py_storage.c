@@ -6,7 +6,8 @@
  * thin: it converts arguments, releases the GIL around every engine call (the engine
  * serialises calls on one kmb_storage with its own mutex, so no Python-side lock is needed
  * and the GIL is never held while the engine may block), and turns engine codes into
- * exceptions with kmb_raise().
+ * exceptions through one path (kmb_storage_finish -> kmb_raise, py_errors.c). Both reads
+ * share one data path (read_sink, over kmb_storage_read_each).
  *
  * Lifetime: close() only closes the engine storage (which then answers KMB_ECLOSED, so a
  * call racing with close() fails cleanly); the kmb_storage is freed in tp_dealloc, when no
@@ -17,14 +18,14 @@
  */
 #include "py_kimberlite.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <structmember.h>
 
-/* Payload bytes above which read results are copied into bytes objects without the GIL. */
+/* A read chunk of at least a quarter of this many payload bytes (and 1 KiB per record on
+ * average) is copied into its bytes objects without the GIL (read_sink_chunk). */
 #define KMB_COPY_GIL_THRESHOLD (256 * 1024)
 
 typedef kmb_storage_object StorageObject;
