@@ -25,6 +25,8 @@
 #include "io.h"
 #include "kimberlite/errors.h"
 #include "kimberlite/sys/backend.h"
+#include "kimberlite/index.h"
+#include "kimberlite/layout.h"
 
 #define KMB_DISK_MAX_FDS 8
 #define KMB_LOCK_NAME "kimberlite.lock"
@@ -95,7 +97,7 @@ static int stream_dir(disk_backend *d, uint64_t stream, char *out, size_t cap)
 static int segment_path(disk_backend *d, uint64_t stream, uint32_t seg, const char *suffix,
                         char *out, size_t cap)
 {
-    int n = snprintf(out, cap, "%s/%" PRIu64 "/segment_%06" PRIu32 ".log%s", d->root, stream,
+    int n = snprintf(out, cap, "%s/%" PRIu64 "/" KMB_SEGMENT_NAME_FORMAT "%s", d->root, stream,
                      seg, suffix);
     return (n < 0 || (size_t)n >= cap) ? path_too_long(d->root) : KMB_OK;
 }
@@ -112,26 +114,6 @@ static int parse_u64(const char *s, uint64_t *out)
         v = v * 10 + digit;
     }
     *out = v;
-    return 1;
-}
-
-/* Parse "segment_%06u.log" exactly as the writer formats it. 1 on success. */
-static int parse_segment_name(const char *name, uint32_t *out)
-{
-    if (strncmp(name, "segment_", 8) != 0) return 0;
-    const char *p = name + 8;
-    uint64_t v = 0;
-    size_t digits = 0;
-    while (p[digits] >= '0' && p[digits] <= '9') {
-        v = v * 10 + (uint64_t)(p[digits] - '0');
-        if (v > UINT32_MAX) return 0;
-        digits++;
-    }
-    if (digits < 6 || strcmp(p + digits, ".log") != 0) return 0;
-    char canon[32];
-    snprintf(canon, sizeof(canon), "segment_%06" PRIu32 ".log", (uint32_t)v);
-    if (strcmp(canon, name) != 0) return 0;
-    *out = (uint32_t)v;
     return 1;
 }
 
@@ -197,7 +179,7 @@ static int holds_segment(disk_backend *d, const char *name)
     int found = 0;
     struct dirent *ent;
     uint32_t seg;
-    while (!found && (ent = readdir(dir)) != NULL) found = parse_segment_name(ent->d_name, &seg);
+    while (!found && (ent = readdir(dir)) != NULL) found = kmb_segment_name_parse(ent->d_name, &seg);
     closedir(dir);
     return found;
 }
@@ -282,7 +264,7 @@ static int disk_list_segments(kmb_backend *b, uint64_t stream, uint32_t **out, s
     struct dirent *ent;
     while ((ent = readdir(dir)) != NULL) {
         uint32_t seg;
-        if (!parse_segment_name(ent->d_name, &seg)) continue;
+        if (!kmb_segment_name_parse(ent->d_name, &seg)) continue;
         if (n == cap) {
             size_t ncap = cap ? cap * 2 : 8;
             uint32_t *p = realloc(segs, ncap * sizeof(*segs));

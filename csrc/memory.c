@@ -12,6 +12,8 @@
 
 #include "kimberlite/errors.h"
 #include "kimberlite/sys/backend.h"
+#include "kimberlite/index.h"
+#include "kimberlite/layout.h"
 
 typedef struct mem_buf {
     uint8_t *data;
@@ -243,7 +245,7 @@ static int mem_quarantine(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_
     s->quarantines++;
     if (from < s->bytes.len) s->bytes.len = (size_t)from;
     if (name_out && name_cap)
-        snprintf(name_out, name_cap, "memory:%" PRIu64 "/segment_%06" PRIu32 ".log.torn-%u",
+        snprintf(name_out, name_cap, "memory:%" PRIu64 "/" KMB_SEGMENT_NAME_FORMAT ".torn-%u",
                  stream, seg, s->quarantines);
     return KMB_OK;
 }
@@ -285,7 +287,7 @@ static int mem_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const u
 static void mem_describe(kmb_backend *b, uint64_t stream, uint32_t seg, char *out, size_t cap)
 {
     (void)b;
-    snprintf(out, cap, "memory:%" PRIu64 "/segment_%06" PRIu32 ".log", stream, seg);
+    snprintf(out, cap, "memory:%" PRIu64 "/" KMB_SEGMENT_NAME_FORMAT, stream, seg);
 }
 
 static void mem_free(kmb_backend *b)

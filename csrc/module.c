@@ -2,14 +2,17 @@
  * module.c — kimberlite._core: the CPython extension module over the C engine.
  *
  * Multi-phase initialisation (PEP 489) with all data in the module state: the heap types
- * (py_storage.c, py_index.c), the exception classes imported from kimberlite._errors, and the
- * kimberlite.Record class that kimberlite/__init__.py registers with _set_record_class().
- * This file also holds the module-level functions (crc32, chain_hash, the record helpers
- * behind kimberlite.Record) and the argument converters the types share.
+ * (py_storage.c, py_index.c), the exception classes imported from kimberlite._errors and the
+ * kimberlite.Record class imported from kimberlite._record, both at exec time. This file
+ * also holds the module-level functions (crc32, chain_hash, the record codec behind
+ * kimberlite.Record and kimberlite.testing, the segment file naming) and the argument
+ * converters the types share.
  */
 #include "py_kimberlite.h"
 
 #include <string.h>
+
+#include "kimberlite/layout.h"
 
 /* Below this many bytes a checksum or hash is cheaper than releasing the GIL. */
 #define KMB_GIL_THRESHOLD 4096
@@ -131,14 +134,8 @@ int kmb_add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot)
 {
     PyObject *tp = PyType_FromModuleAndSpec(module, spec, NULL);
     if (tp == NULL) return -1;
-    Py_INCREF(tp);
-    if (PyModule_AddObject(module, strrchr(spec->name, '.') + 1, tp) < 0) {
-        Py_DECREF(tp);
-        Py_DECREF(tp);
-        return -1;
-    }
-    Py_XSETREF(*slot, (PyTypeObject *)tp);
-    return 0;
+    Py_XSETREF(*slot, (PyTypeObject *)tp); /* the state owns the new reference */
+    return PyModule_AddObjectRef(module, strrchr(spec->name, '.') + 1, tp);
 }
 
 /* ---- module functions ------------------------------------------------------------------- */
@@ -199,7 +196,8 @@ static PyObject *kmb_py_chain_hash(PyObject *module, PyObject *const *args, Py_s
 
 PyDoc_STRVAR(encode_record_doc,
 "encode_record(offset, prev_hash_or_None, payload, /)\n--\n\n"
-"Return the on-disk bytes of one record (internal helper of kimberlite.Record.to_bytes):\n"
+"Return the on-disk bytes of one record (the engine's encoder, behind\n"
+"kimberlite.Record.to_bytes and kimberlite.testing):\n"
 "[offset:u64][prev_hash:32B][length:u32][payload][crc32:u32], little-endian.\n\n"
 "offset must be in [0, 2**63); prev_hash None (written as 32 zero bytes) or 32 bytes;\n"
 "payload at most 2**32 - 1 bytes.");
@@ -250,7 +248,8 @@ PyDoc_STRVAR(decode_record_doc,
 "decode_record(data, /)\n--\n\n"
 "Decode the record at the start of a bytes-like object (internal helper of\n"
 "kimberlite.Record.from_bytes). Return (offset, prev_hash_or_None, payload, consumed):\n"
-"prev_hash is None when the stored hash is 32 zero bytes, consumed the record's size.\n\n"
+"prev_hash is None for a record at offset 0 storing 32 zero bytes (genesis), else the\n"
+"stored 32 bytes; consumed is the record's size.\n\n"
 "Raises UnexpectedEofError when data ends inside the record and CorruptedRecordError on\n"
 "a CRC mismatch or an offset >= 2**63.");
 
@@ -274,7 +273,9 @@ static PyObject *kmb_py_decode_record(PyObject *module, PyObject *data)
         kmb_raise(st, rc);
         goto cleanup;
     }
-    PyObject *prev = kmb_hash_to_py(rec.prev_hash, !kmb_hash_is_zero(rec.prev_hash));
+    /* None only for a genesis record storing zeros: the Record rule (kimberlite/_record.py). */
+    PyObject *prev = kmb_hash_to_py(rec.prev_hash,
+                                    rec.offset != 0 || !kmb_hash_is_zero(rec.prev_hash));
     PyObject *payload = prev ? PyBytes_FromStringAndSize((const char *)rec.payload, rec.length)
                              : NULL;
     if (payload != NULL)
@@ -287,21 +288,84 @@ cleanup:
     return result;
 }
 
-PyDoc_STRVAR(set_record_class_doc,
-"_set_record_class(cls, /)\n--\n\n"
-"Register the class that Storage.read_records() instantiates (kimberlite.Record).\n"
-"Called once by kimberlite/__init__.py; not part of the public API.");
+PyDoc_STRVAR(decode_record_header_doc,
+"decode_record_header(data, pos=0, /)\n--\n\n"
+"Return (offset, prev_hash, length) of the record header at data[pos:pos + 44], without\n"
+"any check of the record (kimberlite.testing reads damaged segments with it): prev_hash\n"
+"is the 32 bytes stored. UnexpectedEofError when fewer than 44 bytes remain.");
 
-static PyObject *kmb_py_set_record_class(PyObject *module, PyObject *cls)
+static PyObject *kmb_py_decode_record_header(PyObject *module, PyObject *const *args,
+                                             Py_ssize_t nargs)
 {
     kmb_module_state *st = kmb_state_of_module(module);
-    if (!PyType_Check(cls)) {
-        PyErr_Format(PyExc_TypeError, "expected a class, not %.100s", Py_TYPE(cls)->tp_name);
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "decode_record_header() takes 1 or 2 arguments (%zd "
+                     "given)", nargs);
         return NULL;
     }
-    Py_INCREF(cls);
-    Py_XSETREF(st->record_class, cls);
-    Py_RETURN_NONE;
+    uint64_t pos = 0;
+    if (nargs == 2 && kmb_int_to_u64(args[1], "pos", 1, &pos) < 0) return NULL;
+    Py_buffer view;
+    if (kmb_get_buffer(args[0], &view, "data") < 0) return NULL;
+    PyObject *result = NULL;
+    if (pos > (uint64_t)view.len || (uint64_t)view.len - pos < KMB_HEADER_SIZE) {
+        kmb_error_set(KMB_EEOF, 0, "data ends inside a record header: %d bytes needed at "
+                      "position %llu, %llu present", KMB_HEADER_SIZE, (unsigned long long)pos,
+                      (unsigned long long)(pos > (uint64_t)view.len ? 0 : (uint64_t)view.len - pos));
+        kmb_raise(st, KMB_EEOF);
+    } else {
+        const uint8_t *h = (const uint8_t *)view.buf + pos;
+        /* the header is [offset:u64][prev_hash:32B][length:u32] (record.h) */
+        result = Py_BuildValue("(Ky#k)", (unsigned long long)kmb_load_u64le(h),
+                               (const char *)h + 8, (Py_ssize_t)KMB_HASH_SIZE,
+                               (unsigned long)kmb_load_u32le(h + 8 + KMB_HASH_SIZE));
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+PyDoc_STRVAR(segment_file_name_doc,
+"segment_file_name(seg, /)\n--\n\n"
+"Return the file name of segment number seg (an int in [0, 2**32 - 1]):\n"
+"'segment_000042.log' (docs/FORMAT.md, Files). The engine's own naming, for\n"
+"kimberlite.testing and the command line.");
+
+static PyObject *kmb_py_segment_file_name(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    uint64_t seg;
+    if (kmb_int_to_u64(arg, "seg", 0, &seg) < 0) return NULL;
+    if (seg > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "seg must be in [0, 2**32 - 1], got %R", arg);
+        return NULL;
+    }
+    char name[KMB_SEGMENT_NAME_MAX];
+    int n = kmb_segment_name(name, sizeof name, (uint32_t)seg);
+    return PyUnicode_FromStringAndSize(name, n);
+}
+
+PyDoc_STRVAR(parse_segment_file_name_doc,
+"parse_segment_file_name(name, /)\n--\n\n"
+"Return the segment number of a segment file name exactly as the engine writes it\n"
+"('segment_000042.log' -> 42), or None for any other name (index and quarantine files,\n"
+"non-canonical spellings).");
+
+static PyObject *kmb_py_parse_segment_file_name(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (!PyUnicode_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "name must be a str, not %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t len;
+    const char *name = PyUnicode_AsUTF8AndSize(arg, &len);
+    if (name == NULL) {
+        PyErr_Clear(); /* not encodable (lone surrogates): not a segment name */
+        Py_RETURN_NONE;
+    }
+    uint32_t seg;
+    if ((size_t)len != strlen(name) || !kmb_segment_name_parse(name, &seg)) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(seg);
 }
 
 static PyMethodDef kmb_module_methods[] = {
@@ -310,7 +374,11 @@ static PyMethodDef kmb_module_methods[] = {
     {"encode_record", (PyCFunction)(void (*)(void))kmb_py_encode_record, METH_FASTCALL,
      encode_record_doc},
     {"decode_record", (PyCFunction)kmb_py_decode_record, METH_O, decode_record_doc},
-    {"_set_record_class", (PyCFunction)kmb_py_set_record_class, METH_O, set_record_class_doc},
+    {"decode_record_header", (PyCFunction)(void (*)(void))kmb_py_decode_record_header,
+     METH_FASTCALL, decode_record_header_doc},
+    {"segment_file_name", (PyCFunction)kmb_py_segment_file_name, METH_O, segment_file_name_doc},
+    {"parse_segment_file_name", (PyCFunction)kmb_py_parse_segment_file_name, METH_O,
+     parse_segment_file_name_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -331,6 +399,7 @@ static int kmb_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->IndexCorruptedError);
     Py_VISIT(st->LockedError);
     Py_VISIT(st->StorageIOError);
+    Py_VISIT(st->record_base_type);
     Py_VISIT(st->record_class);
     return 0;
 }
@@ -350,6 +419,7 @@ static int kmb_module_clear(PyObject *module)
     Py_CLEAR(st->IndexCorruptedError);
     Py_CLEAR(st->LockedError);
     Py_CLEAR(st->StorageIOError);
+    Py_CLEAR(st->record_base_type);
     Py_CLEAR(st->record_class);
     return 0;
 }
@@ -357,6 +427,26 @@ static int kmb_module_clear(PyObject *module)
 static void kmb_module_free(void *module)
 {
     kmb_module_clear((PyObject *)module);
+}
+
+/* Import kimberlite._record.Record (as _errors is imported): the class read_records makes.
+ * It must subclass _RecordBase, whose fields kmb_record_new fills. */
+static int import_record_class(kmb_module_state *st)
+{
+    PyObject *mod = PyImport_ImportModule("kimberlite._record");
+    if (mod == NULL) return -1;
+    PyObject *cls = PyObject_GetAttrString(mod, "Record");
+    Py_DECREF(mod);
+    if (cls == NULL) return -1;
+    if (!PyType_Check(cls) ||
+        !PyType_IsSubtype((PyTypeObject *)cls, st->record_base_type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "kimberlite._record.Record is not a subclass of _core._RecordBase");
+        Py_DECREF(cls);
+        return -1;
+    }
+    Py_XSETREF(st->record_class, cls);
+    return 0;
 }
 
 /* Fetch kimberlite._errors.<name> into *slot (a new reference). */
@@ -372,6 +462,15 @@ static int import_exception(PyObject *errors, const char *name, PyObject **slot)
     }
     Py_XSETREF(*slot, cls);
     return 0;
+}
+
+static int add_u64(PyObject *module, const char *name, uint64_t v)
+{
+    PyObject *obj = PyLong_FromUnsignedLongLong(v);
+    if (obj == NULL) return -1;
+    int rc = PyModule_AddObjectRef(module, name, obj);
+    Py_DECREF(obj);
+    return rc;
 }
 
 static int kmb_module_exec(PyObject *module)
@@ -390,31 +489,33 @@ static int kmb_module_exec(PyObject *module)
         import_exception(errors, "StorageIOError", &st->StorageIOError) < 0)
         goto done;
 
+    if (kmb_record_type_init(module, st) < 0) goto done;
+    /* Before kimberlite._record runs: it subclasses _core._RecordBase. */
+    if (import_record_class(st) < 0) goto done;
     if (kmb_storage_types_init(module, st) < 0) goto done;
     if (kmb_index_type_init(module, st) < 0) goto done;
 
     if (PyModule_AddIntConstant(module, "RECORD_OVERHEAD", KMB_RECORD_OVERHEAD) < 0) goto done;
     if (PyModule_AddIntConstant(module, "HEADER_SIZE", KMB_HEADER_SIZE) < 0) goto done;
-    PyObject *dflt = PyLong_FromUnsignedLongLong(KMB_DEFAULT_MAX_SEGMENT_SIZE);
-    if (dflt == NULL) goto done;
-    if (PyModule_AddObject(module, "DEFAULT_MAX_SEGMENT_SIZE", dflt) < 0) {
-        Py_DECREF(dflt);
-        goto done;
-    }
-    dflt = PyLong_FromUnsignedLongLong(KMB_DEFAULT_MAX_EVENT_SIZE);
-    if (dflt == NULL) goto done;
-    if (PyModule_AddObject(module, "DEFAULT_MAX_EVENT_SIZE", dflt) < 0) {
-        Py_DECREF(dflt);
-        goto done;
-    }
+    if (add_u64(module, "DEFAULT_MAX_SEGMENT_SIZE", KMB_DEFAULT_MAX_SEGMENT_SIZE) < 0) goto done;
+    if (add_u64(module, "DEFAULT_MAX_EVENT_SIZE", KMB_DEFAULT_MAX_EVENT_SIZE) < 0) goto done;
     rc = 0;
 done:
     Py_DECREF(errors);
     return rc;
 }
 
+/*
+ * Sub-interpreters (3.12+): every piece of Python data is in the module state, the types are
+ * heap types, and the engine's only process-wide state is the CRC-32 tables, built once
+ * under pthread_once and read-only after; a storage's engine thread never touches Python.
+ * So each interpreter, even one with its own GIL, can load the module.
+ */
 static PyModuleDef_Slot kmb_module_slots[] = {
     {Py_mod_exec, (void *)kmb_module_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
     {0, NULL},
 };
 

@@ -2,12 +2,14 @@
  * py_kimberlite.h — internal header of the CPython extension kimberlite._core.
  *
  * Shared by module.c (the module, its state and functions), py_storage.c (Storage,
- * MemoryStorage), py_index.c (OffsetIndex) and py_errors.c (engine codes -> exceptions).
- * Nothing here is part of the C library's public API.
+ * MemoryStorage), py_index.c (OffsetIndex), py_record.c (Record's fields), py_errors.c
+ * (engine codes -> exceptions), py_events.c (recovery events -> logging) and py_testing.c
+ * (the private hooks of kimberlite.testing and the fault plan). Nothing here is part of
+ * the C library's public API.
  *
  * Every piece of per-interpreter data lives in the module state (kmb_module_state), never in
  * C globals: the heap types, the exception classes imported from kimberlite._errors and the
- * Python Record class registered by kimberlite/__init__.py.
+ * Python Record class imported from kimberlite._record, both at exec time.
  */
 #ifndef KIMBERLITE_PY_KIMBERLITE_H
 #define KIMBERLITE_PY_KIMBERLITE_H
@@ -15,6 +17,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "kimberlite/chain.h"
@@ -23,6 +26,24 @@
 #include "kimberlite/index.h"
 #include "kimberlite/record.h"
 #include "kimberlite/storage.h"
+
+/* Compatibility with Python 3.9 (requires-python >= 3.9). */
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+static inline int PyModule_AddObjectRef(PyObject *m, const char *name, PyObject *value)
+{
+    Py_INCREF(value);
+    if (PyModule_AddObject(m, name, value) < 0) {
+        Py_DECREF(value);
+        return -1;
+    }
+    return 0;
+}
+#endif
 
 typedef struct kmb_module_state {
     /* Heap types created at exec time (strong references). */
@@ -40,7 +61,9 @@ typedef struct kmb_module_state {
     PyObject *LockedError;
     PyObject *StorageIOError;
 
-    /* kimberlite.Record, set by kimberlite/__init__.py through _set_record_class(). */
+    /* _RecordBase (py_record.c), and kimberlite.Record, its subclass in
+     * kimberlite/_record.py, imported at exec time (strong references). */
+    PyTypeObject *record_base_type;
     PyObject *record_class;
 } kmb_module_state;
 
@@ -67,12 +90,21 @@ kmb_module_state *kmb_state_of_type(PyTypeObject *tp);
 PyObject *kmb_raise(kmb_module_state *st, int code);
 
 /*
- * Raise OffsetMismatchError for a stream whose next offset is `actual` when the caller
- * passed `expected` (any Python int). Used for values that the engine's uint64_t cannot
- * carry (negative, or >= 2**64). Returns NULL.
+ * kmb_raise, with the caller's expected_offset (any Python int, borrowed) standing in for
+ * the engine's value in an OffsetMismatchError (message and .expected): for values the
+ * engine's uint64_t cannot carry (negative, or >= 2**64). NULL: exactly kmb_raise.
  */
-PyObject *kmb_raise_offset_mismatch(kmb_module_state *st, uint64_t stream, PyObject *expected,
-                                    uint64_t actual);
+PyObject *kmb_raise_expected(kmb_module_state *st, int code, PyObject *expected_offset);
+
+/* ---- records (py_record.c) ------------------------------------------------------------ */
+
+/*
+ * A kimberlite.Record for a record the engine has verified (offset below 2**63, prev_hash
+ * as stored), made without checking it again. Steals `payload` (bytes; NULL after a failed
+ * allocation, then NULL is returned with that error set). New reference, or NULL with an
+ * exception.
+ */
+PyObject *kmb_record_new(kmb_module_state *st, const kmb_record *r, PyObject *payload);
 
 /* ---- shared argument helpers (module.c) ------------------------------------------------ */
 
@@ -112,5 +144,52 @@ int kmb_add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot);
 
 int kmb_storage_types_init(PyObject *module, kmb_module_state *st);
 int kmb_index_type_init(PyObject *module, kmb_module_state *st);
+int kmb_record_type_init(PyObject *module, kmb_module_state *st);
+
+/* ---- the shared Storage object (py_storage.c), for py_testing.c ---------------------- */
+
+typedef struct kmb_event_node kmb_event_node;
+
+typedef struct {
+    PyObject_HEAD
+    kmb_storage *st;    /* NULL until __init__ succeeds; freed in dealloc only */
+    int closed;         /* close() was called (guarded by the GIL) */
+    int is_memory;
+    int read_only;
+    uint64_t max_segment_size;
+    uint64_t max_event_size;
+    PyObject *path;     /* str, or None for MemoryStorage */
+    pthread_mutex_t events_mu;
+    kmb_event_node *events_head;
+    kmb_event_node *events_tail;
+    PyObject *weakreflist;
+} kmb_storage_object;
+
+/* ValueError unless the storage is initialised and open. 0 or -1. */
+int kmb_storage_check_open(kmb_storage_object *self);
+
+/* After an engine call (GIL held): raise for a failure (see kmb_raise), then log the
+ * engine's recovery events. 0 for KMB_OK, -1 with an exception set. */
+int kmb_storage_finish(kmb_storage_object *self, int rc);
+
+/* ---- py_events.c: the engine's recovery events ------------------------------------- */
+
+/* The engine's event callback (kmb_storage_set_event_callback; ctx is the Storage object):
+ * queues the message. Runs without the GIL, with the engine mutex held. */
+void kmb_events_push(void *ctx, const char *message);
+
+/* Log the queued messages as warnings on logging.getLogger("kimberlite") (GIL held). An
+ * exception already set (the caller's error) is kept; a failure of logging itself is
+ * reported as unraisable. */
+void kmb_events_drain(kmb_storage_object *self);
+
+/* Drop the queued messages unlogged (dealloc). */
+void kmb_events_discard(kmb_storage_object *self);
+
+/* ---- py_testing.c: private methods of Storage and MemoryStorage --------------------- */
+
+/* Add the private testing methods (_segment_bytes, _replace_segment_bytes, _set_fault,
+ * _io_calls) to a Storage type, as method descriptors. 0 or -1. */
+int kmb_testing_methods_add(PyTypeObject *tp);
 
 #endif

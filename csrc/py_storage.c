@@ -2,141 +2,57 @@
  * py_storage.c — the types kimberlite.Storage (files) and kimberlite.MemoryStorage.
  *
  * Both wrap one kmb_storage (storage.h) and share every method; they differ only in how
- * they open (kmb_storage_open / kmb_storage_open_memory) and in their repr. The layer is
+ * they open (kmb_storage_open / kmb_storage_open_memory) and in their options. The layer is
  * thin: it converts arguments, releases the GIL around every engine call (the engine
  * serialises calls on one kmb_storage with its own mutex, so no Python-side lock is needed
  * and the GIL is never held while the engine may block), and turns engine codes into
- * exceptions with kmb_raise().
+ * exceptions through one path (kmb_storage_finish -> kmb_raise, py_errors.c). Both reads
+ * share one data path (read_sink, over kmb_storage_read_each).
  *
  * Lifetime: close() only closes the engine storage (which then answers KMB_ECLOSED, so a
  * call racing with close() fails cleanly); the kmb_storage is freed in tp_dealloc, when no
  * other thread can be inside it.
  *
- * Recovery events: the engine reports recovery actions (quarantined torn tails, rebuilt
- * indexes, damage found) through a callback that runs without the GIL, with the engine
- * mutex held. The callback only queues the message under a small mutex of its own; after
- * each engine call the calling thread, holding the GIL again, drains the queue into
- * logging.getLogger("kimberlite").warning().
+ * Recovery events (torn tails quarantined, indexes rebuilt, damage found) are queued by
+ * the engine's callback and logged after each call: py_events.c.
  */
 #include "py_kimberlite.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <structmember.h>
 
-#include "kimberlite/sys/faults.h"
-
-/* Payload bytes above which read results are copied into bytes objects without the GIL. */
+/* A read chunk of at least a quarter of this many payload bytes (and 1 KiB per record on
+ * average) is copied into its bytes objects without the GIL (read_sink_chunk). */
 #define KMB_COPY_GIL_THRESHOLD (256 * 1024)
 
-typedef struct kmb_event_node {
-    struct kmb_event_node *next;
-    char message[];
-} kmb_event_node;
-
-typedef struct {
-    PyObject_HEAD
-    kmb_storage *st;    /* NULL until __init__ succeeds; freed in dealloc only */
-    int closed;         /* close() was called (guarded by the GIL) */
-    int is_memory;
-    int read_only;
-    uint64_t max_segment_size;
-    uint64_t max_event_size;
-    PyObject *path;     /* str, or None for MemoryStorage */
-    pthread_mutex_t events_mu;
-    kmb_event_node *events_head;
-    kmb_event_node *events_tail;
-    PyObject *weakreflist;
-} StorageObject;
-
-/* ---- recovery events -------------------------------------------------------------------- */
-
-/* Engine callback: runs without the GIL and with the engine mutex held. Only queues. */
-static void storage_on_event(void *ctx, const char *message)
-{
-    StorageObject *self = (StorageObject *)ctx;
-    size_t n = strlen(message);
-    kmb_event_node *node = malloc(sizeof *node + n + 1);
-    if (node == NULL) return; /* dropping a log line beats failing the engine call */
-    node->next = NULL;
-    memcpy(node->message, message, n + 1);
-    pthread_mutex_lock(&self->events_mu);
-    if (self->events_tail != NULL)
-        self->events_tail->next = node;
-    else
-        self->events_head = node;
-    self->events_tail = node;
-    pthread_mutex_unlock(&self->events_mu);
-}
-
-static kmb_event_node *storage_take_events(StorageObject *self)
-{
-    pthread_mutex_lock(&self->events_mu);
-    kmb_event_node *head = self->events_head;
-    self->events_head = self->events_tail = NULL;
-    pthread_mutex_unlock(&self->events_mu);
-    return head;
-}
-
-static void free_events(kmb_event_node *node)
-{
-    while (node != NULL) {
-        kmb_event_node *next = node->next;
-        free(node);
-        node = next;
-    }
-}
-
-/*
- * Log the queued recovery messages (GIL held). Any exception already set (the caller's
- * error) is kept; a failure of logging itself is reported as unraisable.
- */
-static void storage_drain_events(StorageObject *self)
-{
-    kmb_event_node *head = storage_take_events(self);
-    if (head == NULL) return;
-
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyObject *logger = NULL;
-    PyObject *logging = PyImport_ImportModule("logging");
-    if (logging != NULL) {
-        logger = PyObject_CallMethod(logging, "getLogger", "s", "kimberlite");
-        Py_DECREF(logging);
-    }
-    for (kmb_event_node *n = head; n != NULL && logger != NULL; n = n->next) {
-        PyObject *msg = PyUnicode_DecodeFSDefault(n->message);
-        PyObject *r = msg ? PyObject_CallMethod(logger, "warning", "O", msg) : NULL;
-        Py_XDECREF(msg);
-        if (r == NULL) break;
-        Py_DECREF(r);
-    }
-    if (PyErr_Occurred()) PyErr_WriteUnraisable((PyObject *)self);
-    Py_XDECREF(logger);
-    free_events(head);
-    PyErr_Restore(type, value, tb);
-}
+typedef kmb_storage_object StorageObject;
 
 /*
  * After an engine call (GIL held): raise for a failure first (kmb_error_last() is still this
- * call's), then log recovery events. Returns 0 for KMB_OK, -1 with an exception set.
+ * call's; `expected` as in kmb_raise_expected), then log recovery events. Returns 0 for
+ * KMB_OK, -1 with an exception set. The one raise path of every method.
  */
-static int storage_finish(StorageObject *self, int rc)
+static int storage_finish_expected(StorageObject *self, int rc, PyObject *expected)
 {
     if (rc != KMB_OK) {
         kmb_module_state *ms = kmb_state_of_type(Py_TYPE(self));
-        if (ms != NULL) kmb_raise(ms, rc);
+        if (ms != NULL) kmb_raise_expected(ms, rc, expected);
     }
-    storage_drain_events(self);
+    kmb_events_drain(self);
     return rc == KMB_OK ? 0 : -1;
+}
+
+int kmb_storage_finish(StorageObject *self, int rc)
+{
+    return storage_finish_expected(self, rc, NULL);
 }
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
-static int storage_check_open(StorageObject *self)
+int kmb_storage_check_open(StorageObject *self)
 {
     if (self->st == NULL) {
         PyErr_Format(PyExc_ValueError, "%s object is not initialised (its __init__ was not called "
@@ -226,12 +142,8 @@ static int storage_adopt(StorageObject *self, const char *path, const kmb_option
     Py_BEGIN_ALLOW_THREADS
     rc = path ? kmb_storage_open(&st, path, opts) : kmb_storage_open_memory(&st, opts);
     Py_END_ALLOW_THREADS
-    if (rc != KMB_OK) {
-        kmb_module_state *ms = kmb_state_of_type(Py_TYPE(self));
-        if (ms != NULL) kmb_raise(ms, rc);
-        return -1;
-    }
-    kmb_storage_set_event_callback(st, storage_on_event, self);
+    if (rc != KMB_OK) return kmb_storage_finish(self, rc); /* the one raise path */
+    kmb_storage_set_event_callback(st, kmb_events_push, self);
     const kmb_options *in_force = kmb_storage_options(st);
     self->st = st;
     self->closed = 0;
@@ -305,22 +217,11 @@ static void storage_dealloc(StorageObject *self)
         kmb_storage_free(st);
         Py_END_ALLOW_THREADS
     }
-    free_events(storage_take_events(self));
+    kmb_events_discard(self);
     pthread_mutex_destroy(&self->events_mu);
     Py_CLEAR(self->path);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
-}
-
-static PyObject *storage_repr(StorageObject *self)
-{
-    if (self->st == NULL) return PyUnicode_FromFormat("<%s (uninitialised)>", Py_TYPE(self)->tp_name);
-    const char *state = self->closed ? "True" : "False";
-    if (self->is_memory || self->path == Py_None)
-        return PyUnicode_FromFormat("<%s max_segment_size=%llu closed=%s>", Py_TYPE(self)->tp_name,
-                                    (unsigned long long)self->max_segment_size, state);
-    return PyUnicode_FromFormat("<%s path=%R read_only=%s closed=%s>", Py_TYPE(self)->tp_name,
-                                self->path, self->read_only ? "True" : "False", state);
 }
 
 /* ---- methods ---------------------------------------------------------------------------- */
@@ -340,6 +241,110 @@ PyDoc_STRVAR(append_batch_doc,
 "StorageIOError is raised. A read-only Storage raises StorageError; a stream with damaged\n"
 "records raises CorruptedRecordError rather than extend the chain past the damage.");
 
+/*
+ * expected_offset: None -> *out = NULL. An int the engine can carry -> *value. A negative
+ * int or one >= 2**64 can never match, but the engine still validates the batch first: it
+ * gets UINT64_MAX (never a next offset: offsets stay below 2**63) and *unrepresentable is
+ * set, so that the error names the caller's value. 0 or -1 (TypeError for non-ints).
+ */
+static int expected_offset_arg(PyObject *obj, uint64_t *value, const uint64_t **out,
+                               int *unrepresentable)
+{
+    *out = NULL;
+    *unrepresentable = 0;
+    if (obj == Py_None) return 0;
+    if (kmb_int_to_u64(obj, "expected_offset", 0, value) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) return -1;
+        PyErr_Clear();
+        *value = UINT64_MAX;
+        *unrepresentable = 1;
+    }
+    *out = value;
+    return 0;
+}
+
+/*
+ * The events of a batch as slices over their buffers, valid until batch_release(). A list
+ * is copied into a tuple: while the GIL is out another thread could remove an item from the
+ * list and free it. Exact bytes objects are used without a buffer view (the common case);
+ * other bytes-like objects are held through views, whose exporters stay referenced.
+ */
+typedef struct batch {
+    PyObject *seq;        /* holds the items alive */
+    kmb_slice *slices;    /* count entries: stack, or PyMem */
+    size_t count;
+    Py_buffer *views;     /* only for items that are not exact bytes, allocated on need */
+    Py_ssize_t nviews;
+    kmb_slice stack[64];
+} batch;
+
+static void batch_release(batch *b)
+{
+    for (Py_ssize_t i = 0; i < b->nviews; i++) PyBuffer_Release(&b->views[i]);
+    PyMem_Free(b->views);
+    if (b->slices != b->stack) PyMem_Free(b->slices);
+    Py_XDECREF(b->seq);
+}
+
+/* TypeError for events[i], which is not a bytes-like object (the index is formatted only
+ * now, for the message). */
+static int batch_item_error(PyObject *item, Py_ssize_t i)
+{
+    char what[48];
+    snprintf(what, sizeof what, "events[%zd]", i);
+    Py_buffer unused;
+    if (kmb_get_buffer(item, &unused, what) == 0) PyBuffer_Release(&unused);
+    if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "%s must be a bytes-like object", what);
+    return -1;
+}
+
+/* Fill *b (zeroed by the caller) from `events`. 0, or -1 with an exception (then release
+ * *b all the same). */
+static int batch_build(batch *b, PyObject *events)
+{
+    if (PyUnicode_Check(events) || PyObject_CheckBuffer(events)) {
+        PyErr_Format(PyExc_TypeError,
+                     "events must be an iterable of bytes-like objects, not a single %.100s; "
+                     "to append one event, pass [event]", Py_TYPE(events)->tp_name);
+        return -1;
+    }
+    b->slices = b->stack;
+    b->seq = PyList_CheckExact(events)
+                 ? PyList_AsTuple(events)
+                 : PySequence_Fast(events, "events must be an iterable of bytes-like objects");
+    if (b->seq == NULL) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(b->seq);
+    PyObject **items = PySequence_Fast_ITEMS(b->seq);
+    if (n > (Py_ssize_t)(sizeof b->stack / sizeof b->stack[0])) {
+        b->slices = PyMem_Malloc((size_t)n * sizeof *b->slices);
+        if (b->slices == NULL) {
+            b->slices = b->stack;
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = items[i];
+        if (PyBytes_CheckExact(item)) {
+            b->slices[i].data = PyBytes_AS_STRING(item);
+            b->slices[i].len = (size_t)PyBytes_GET_SIZE(item);
+            continue;
+        }
+        if (PyUnicode_Check(item) || !PyObject_CheckBuffer(item)) return batch_item_error(item, i);
+        if (b->views == NULL && (b->views = PyMem_Malloc((size_t)(n - i) * sizeof *b->views)) == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        Py_buffer *v = &b->views[b->nviews];
+        if (kmb_get_buffer(item, v, "an event") < 0) return -1;
+        b->nviews++;
+        b->slices[i].data = v->buf;
+        b->slices[i].len = (size_t)v->len;
+    }
+    b->count = (size_t)n;
+    return 0;
+}
+
 static PyObject *storage_append_batch(StorageObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"stream_id", "events", "expected_offset", "fsync", NULL};
@@ -348,102 +353,26 @@ static PyObject *storage_append_batch(StorageObject *self, PyObject *args, PyObj
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Op:append_batch", kwlist, &sid, &events,
                                      &expected_obj, &fsync))
         return NULL;
-    if (storage_check_open(self) < 0) return NULL;
-    uint64_t stream;
+    if (kmb_storage_check_open(self) < 0) return NULL;
+    uint64_t stream, expected, next = 0;
+    const uint64_t *expected_p;
+    int unrepresentable;
     if (kmb_stream_id(sid, &stream) < 0) return NULL;
-
-    uint64_t expected = 0;
-    const uint64_t *expected_p = NULL;
-    int expected_unrepresentable = 0;
-    if (expected_obj != Py_None) {
-        if (kmb_int_to_u64(expected_obj, "expected_offset", 0, &expected) < 0) {
-            if (!PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
-            /* Negative or >= 2**64: it can never match, but the engine still validates the
-             * batch first. UINT64_MAX is never a next offset (offsets stay below 2**63). */
-            PyErr_Clear();
-            expected = UINT64_MAX;
-            expected_unrepresentable = 1;
-        }
-        expected_p = &expected;
-    }
-
-    if (PyUnicode_Check(events) || PyObject_CheckBuffer(events)) {
-        PyErr_Format(PyExc_TypeError,
-                     "events must be an iterable of bytes-like objects, not a single %.100s; "
-                     "to append one event, pass [event]", Py_TYPE(events)->tp_name);
+    if (expected_offset_arg(expected_obj, &expected, &expected_p, &unrepresentable) < 0)
         return NULL;
-    }
-    /*
-     * A list is copied into a tuple: while the GIL is out another thread could remove an
-     * item from the list and free it, and exact bytes objects are used without a view.
-     */
-    PyObject *seq = PyList_CheckExact(events) ? PyList_AsTuple(events)
-                    : PySequence_Fast(events, "events must be an iterable of bytes-like objects");
-    if (seq == NULL) return NULL;
 
     PyObject *result = NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), nviews = 0;
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    kmb_slice stack_slices[64];
-    kmb_slice *slices = stack_slices;
-    Py_buffer *views = NULL; /* only for items that are not exact bytes, allocated on need */
-    if (n > (Py_ssize_t)(sizeof stack_slices / sizeof stack_slices[0])) {
-        slices = PyMem_Malloc((size_t)n * sizeof *slices);
-        if (slices == NULL) {
-            PyErr_NoMemory();
-            goto cleanup;
-        }
+    batch b;
+    memset(&b, 0, sizeof b);
+    if (batch_build(&b, events) == 0) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS /* the views stay held while the GIL is out */
+        rc = kmb_storage_append(self->st, stream, b.slices, b.count, expected_p, fsync, &next);
+        Py_END_ALLOW_THREADS
+        if (storage_finish_expected(self, rc, unrepresentable ? expected_obj : NULL) == 0)
+            result = PyLong_FromUnsignedLongLong(next);
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = items[i];
-        if (PyBytes_CheckExact(item)) { /* the common case: no buffer protocol round trip */
-            slices[i].data = PyBytes_AS_STRING(item);
-            slices[i].len = (size_t)PyBytes_GET_SIZE(item);
-            continue;
-        }
-        if (views == NULL) {
-            views = PyMem_Malloc((size_t)(n - i) * sizeof *views);
-            if (views == NULL) {
-                PyErr_NoMemory();
-                goto cleanup;
-            }
-        }
-        if (PyUnicode_Check(item) || !PyObject_CheckBuffer(item)) {
-            /* Not a bytes-like object: the index is formatted only now, for the message. */
-            char what[48];
-            snprintf(what, sizeof what, "events[%zd]", i);
-            Py_buffer unused;
-            if (kmb_get_buffer(item, &unused, what) == 0) PyBuffer_Release(&unused);
-            if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "%s must be a bytes-like object", what);
-            goto cleanup;
-        }
-        if (kmb_get_buffer(item, &views[nviews], "an event") < 0) goto cleanup;
-        slices[i].data = views[nviews].buf;
-        slices[i].len = (size_t)views[nviews].len;
-        nviews++;
-    }
-
-    uint64_t next = 0;
-    int rc;
-    /* The views stay held (and their exporters referenced) while the GIL is out. */
-    Py_BEGIN_ALLOW_THREADS
-    rc = kmb_storage_append(self->st, stream, slices, (size_t)n, expected_p, fsync, &next);
-    Py_END_ALLOW_THREADS
-    if (rc == KMB_EOFFSET && expected_unrepresentable) {
-        kmb_module_state *ms = kmb_state_of_type(Py_TYPE(self));
-        if (ms != NULL)
-            kmb_raise_offset_mismatch(ms, stream, expected_obj, kmb_error_last()->actual_offset);
-        storage_drain_events(self);
-        goto cleanup;
-    }
-    if (storage_finish(self, rc) < 0) goto cleanup;
-    result = PyLong_FromUnsignedLongLong(next);
-
-cleanup:
-    for (Py_ssize_t i = 0; i < nviews; i++) PyBuffer_Release(&views[i]);
-    PyMem_Free(views);
-    if (slices != stack_slices) PyMem_Free(slices);
-    Py_DECREF(seq);
+    batch_release(&b);
     return result;
 }
 
@@ -456,7 +385,7 @@ static int storage_read_args(StorageObject *self, PyObject *args, PyObject *kwds
     PyObject *sid, *from_obj = NULL, *max_obj = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, &sid, &from_obj, &max_obj))
         return -1;
-    if (storage_check_open(self) < 0) return -1;
+    if (kmb_storage_check_open(self) < 0) return -1;
     *from = 0;
     if (kmb_stream_id(sid, stream) < 0) return -1;
     /* A from_offset past 2**64 - 1 is simply past the end: clamp. */
@@ -464,43 +393,118 @@ static int storage_read_args(StorageObject *self, PyObject *args, PyObject *kwds
     return storage_max_bytes(max_obj, max_bytes);
 }
 
-/* Parse (stream_id, from_offset=0, max_bytes=None) and read into *res (zeroed). */
-static int storage_read_common(StorageObject *self, PyObject *args, PyObject *kwds,
-                               const char *format, kmb_read_result *res)
+/*
+ * The one data path of read_from and read_records: the consumer of verified chunks
+ * (kmb_read_fn) of kmb_storage_read_each. The engine calls it without the GIL and with its
+ * mutex held (never the other way round anywhere in this module, so this cannot deadlock).
+ *
+ * The one GIL rule of both reads: the GIL is taken only to create the chunk's objects,
+ * while the engine's worker may be hashing the next chunk; a chunk of large payloads (at
+ * least KMB_COPY_GIL_THRESHOLD / 4 bytes in all and 1 KiB per record on average) is copied
+ * into its new bytes objects after the GIL is released again: nobody else can see them yet
+ * (bytes objects are not tracked by the garbage collector).
+ *
+ * read_records makes each Record there and then (kmb_record_new: the fields of a verified
+ * record are copied, not checked again). Records are not tracked by the garbage collector
+ * either, so until the list is returned only the sink can reach a payload being filled.
+ */
+typedef struct read_sink {
+    PyThreadState *ts;      /* the calling thread's state while the GIL is out */
+    kmb_module_state *ms;   /* records: the module state (Record class), else NULL */
+    PyObject **items;       /* new references, in stream order: bytes, or Records */
+    PyObject **fill;        /* items whose payload bytes are still to be copied (copy later) */
+    size_t count, cap;
+    int failed;             /* a Python exception is set */
+} read_sink;
+
+/* Room for n more items (no GIL needed: raw allocator). 0 or -1. */
+static int read_sink_grow(read_sink *k, size_t n)
 {
-    uint64_t stream, from, max_bytes;
-    if (storage_read_args(self, args, kwds, format, &stream, &from, &max_bytes) < 0) return -1;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = kmb_storage_read(self->st, stream, from, max_bytes, res);
-    Py_END_ALLOW_THREADS
-    return storage_finish(self, rc);
+    if (k->count + n <= k->cap) return 0;
+    size_t cap = k->cap ? k->cap : 256;
+    while (cap < k->count + n) cap *= 2;
+    PyObject **p = PyMem_RawRealloc(k->items, cap * sizeof *p);
+    if (p == NULL) return -1;
+    k->items = p;
+    k->cap = cap;
+    return 0;
 }
 
-/*
- * The payloads of a read result as a new list of bytes. The bytes objects are allocated
- * with the GIL held, but a large copy into them runs without it: nobody else can see them
- * yet.
- */
-static PyObject *payload_list(const kmb_read_result *res)
+/* Create the chunk's objects (GIL held); with copy_later, payloads stay unfilled and
+ * fill[j] is the bytes object of record j. */
+static int read_sink_objects(read_sink *k, const kmb_record *recs, size_t n, PyObject **fill)
 {
-    PyObject *list = PyList_New((Py_ssize_t)res->count);
+    for (size_t j = 0; j < n; j++) {
+        const char *src = fill ? NULL : (const char *)recs[j].payload;
+        PyObject *item = PyBytes_FromStringAndSize(src, (Py_ssize_t)recs[j].length);
+        if (item == NULL) return -1;
+        if (fill) fill[j] = item;
+        if (k->ms != NULL && (item = kmb_record_new(k->ms, &recs[j], item)) == NULL) return -1;
+        k->items[k->count++] = item;
+    }
+    return 0;
+}
+
+static int read_sink_chunk(void *ctx, const kmb_record *recs, size_t n)
+{
+    read_sink *k = ctx;
+    if (n == 0) return 0;
+    uint64_t bytes = 0;
+    for (size_t j = 0; j < n; j++) bytes += recs[j].length;
+    int copy_later = bytes >= KMB_COPY_GIL_THRESHOLD / 4 && bytes >= (uint64_t)n * 1024;
+    PyObject **fill = copy_later ? PyMem_RawMalloc(n * sizeof *fill) : NULL;
+    int grown = (copy_later && fill == NULL) ? -1 : read_sink_grow(k, n);
+    PyEval_RestoreThread(k->ts);
+    if (grown < 0) PyErr_NoMemory();
+    k->failed = grown < 0 || read_sink_objects(k, recs, n, fill) < 0;
+    k->ts = PyEval_SaveThread();
+    if (!k->failed && fill != NULL)
+        for (size_t j = 0; j < n; j++)
+            if (recs[j].length) memcpy(PyBytes_AS_STRING(fill[j]), recs[j].payload, recs[j].length);
+    PyMem_RawFree(fill);
+    return k->failed ? KMB_ENOMEM : 0;
+}
+
+static void read_sink_clear(read_sink *k)
+{
+    for (size_t i = 0; i < k->count; i++) Py_XDECREF(k->items[i]);
+    PyMem_RawFree(k->items);
+}
+
+/* The list read_from or read_records returns, from a complete sink (GIL held). Takes the
+ * sink's references. */
+static PyObject *read_sink_list(read_sink *k)
+{
+    PyObject *list = PyList_New((Py_ssize_t)k->count);
     if (list == NULL) return NULL;
-    for (size_t i = 0; i < res->count; i++) {
-        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)res->records[i].length);
-        if (b == NULL) {
-            Py_DECREF(list);
-            return NULL;
-        }
-        PyList_SET_ITEM(list, (Py_ssize_t)i, b);
+    for (size_t i = 0; i < k->count; i++) {
+        PyList_SET_ITEM(list, (Py_ssize_t)i, k->items[i]);
+        k->items[i] = NULL;
     }
-    int release = res->payload_bytes >= KMB_COPY_GIL_THRESHOLD;
-    PyThreadState *ts = release ? PyEval_SaveThread() : NULL;
-    for (size_t i = 0; i < res->count; i++) {
-        const kmb_record *r = &res->records[i];
-        if (r->length) memcpy(PyBytes_AS_STRING(PyList_GET_ITEM(list, (Py_ssize_t)i)), r->payload, r->length);
-    }
-    if (release) PyEval_RestoreThread(ts);
+    return list;
+}
+
+/* read_from (records = 0) and read_records (records = 1). */
+static PyObject *storage_read(StorageObject *self, PyObject *args, PyObject *kwds,
+                              const char *format, int records)
+{
+    kmb_module_state *ms = kmb_state_of_type(Py_TYPE(self));
+    if (ms == NULL) return NULL;
+    uint64_t stream, from, max_bytes;
+    if (storage_read_args(self, args, kwds, format, &stream, &from, &max_bytes) < 0)
+        return NULL;
+    read_sink k;
+    memset(&k, 0, sizeof k);
+    k.ms = records ? ms : NULL;
+    k.ts = PyEval_SaveThread();
+    int rc = kmb_storage_read_each(self->st, stream, from, max_bytes, read_sink_chunk, &k);
+    PyEval_RestoreThread(k.ts);
+    PyObject *list = NULL;
+    if (k.failed)
+        kmb_events_drain(self); /* the callback's exception stands */
+    else if (kmb_storage_finish(self, rc) == 0)
+        list = read_sink_list(&k);
+    read_sink_clear(&k);
     return list;
 }
 
@@ -514,82 +518,9 @@ PyDoc_STRVAR(read_from_doc,
 "Every record returned is checked (CRC, offset, chain link): damage raises\n"
 "CorruptedRecordError or ChainVerificationError instead of returning altered data.");
 
-/*
- * read_from's consumer of verified chunks (kmb_read_fn). The engine calls it without the
- * GIL and with its mutex held (never the other way round anywhere in this module, so this
- * cannot deadlock); it takes the GIL only to make the chunk's bytes objects, while the
- * engine's worker may be hashing the next chunk. Large payloads are copied into the new
- * objects after the GIL is released again: nobody else can see them yet.
- */
-typedef struct payload_sink {
-    PyThreadState *ts; /* the calling thread's state while the GIL is out */
-    PyObject **items;  /* new references, in stream order */
-    size_t count, cap;
-    int failed;        /* a Python exception is set */
-} payload_sink;
-
-static int payload_sink_chunk(void *ctx, const kmb_record *recs, size_t n)
-{
-    payload_sink *k = ctx;
-    if (k->count + n > k->cap) {
-        size_t cap = k->cap ? k->cap : 256;
-        while (cap < k->count + n) cap *= 2;
-        PyObject **p = PyMem_RawRealloc(k->items, cap * sizeof *p);
-        if (p == NULL) {
-            PyEval_RestoreThread(k->ts);
-            PyErr_NoMemory();
-            k->failed = 1;
-            k->ts = PyEval_SaveThread();
-            return KMB_ENOMEM;
-        }
-        k->items = p;
-        k->cap = cap;
-    }
-    uint64_t bytes = 0;
-    for (size_t j = 0; j < n; j++) bytes += recs[j].length;
-    int copy_later = bytes >= KMB_COPY_GIL_THRESHOLD / 4 && bytes >= (uint64_t)n * 1024;
-    size_t base = k->count;
-    PyEval_RestoreThread(k->ts);
-    for (size_t j = 0; j < n; j++) {
-        const char *src = copy_later ? NULL : (const char *)recs[j].payload;
-        PyObject *b = PyBytes_FromStringAndSize(src, (Py_ssize_t)recs[j].length);
-        if (b == NULL) {
-            k->failed = 1;
-            break;
-        }
-        k->items[k->count++] = b;
-    }
-    k->ts = PyEval_SaveThread();
-    if (k->failed) return KMB_ENOMEM;
-    if (copy_later)
-        for (size_t j = 0; j < n; j++)
-            if (recs[j].length)
-                memcpy(PyBytes_AS_STRING(k->items[base + j]), recs[j].payload, recs[j].length);
-    return 0;
-}
-
 static PyObject *storage_read_from(StorageObject *self, PyObject *args, PyObject *kwds)
 {
-    uint64_t stream, from, max_bytes;
-    if (storage_read_args(self, args, kwds, "O|OO:read_from", &stream, &from, &max_bytes) < 0)
-        return NULL;
-    payload_sink k;
-    memset(&k, 0, sizeof k);
-    k.ts = PyEval_SaveThread();
-    int rc = kmb_storage_read_each(self->st, stream, from, max_bytes, payload_sink_chunk, &k);
-    PyEval_RestoreThread(k.ts);
-    PyObject *list = NULL;
-    if (k.failed)
-        storage_drain_events(self); /* the callback's exception stands */
-    else if (storage_finish(self, rc) == 0)
-        list = PyList_New((Py_ssize_t)k.count);
-    if (list != NULL) {
-        for (size_t i = 0; i < k.count; i++) PyList_SET_ITEM(list, (Py_ssize_t)i, k.items[i]);
-    } else {
-        for (size_t i = 0; i < k.count; i++) Py_DECREF(k.items[i]);
-    }
-    PyMem_RawFree(k.items);
-    return list;
+    return storage_read(self, args, kwds, "O|OO:read_from", 0);
 }
 
 PyDoc_STRVAR(read_records_doc,
@@ -599,41 +530,7 @@ PyDoc_STRVAR(read_records_doc,
 
 static PyObject *storage_read_records(StorageObject *self, PyObject *args, PyObject *kwds)
 {
-    kmb_module_state *ms = kmb_state_of_type(Py_TYPE(self));
-    if (ms == NULL) return NULL;
-    if (ms->record_class == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "kimberlite.Record is not registered; import kimberlite first");
-        return NULL;
-    }
-    PyObject *cls = ms->record_class;
-    Py_INCREF(cls);
-    kmb_read_result res;
-    memset(&res, 0, sizeof res);
-    PyObject *list = NULL;
-    if (storage_read_common(self, args, kwds, "O|OO:read_records", &res) < 0) goto cleanup;
-    list = payload_list(&res);
-    if (list == NULL) goto cleanup;
-    for (size_t i = 0; i < res.count; i++) {
-        const kmb_record *r = &res.records[i];
-        PyObject *argv[3];
-        argv[0] = PyLong_FromUnsignedLongLong(r->offset);
-        argv[1] = kmb_hash_to_py(r->prev_hash, !kmb_hash_is_zero(r->prev_hash));
-        argv[2] = PyList_GET_ITEM(list, (Py_ssize_t)i); /* borrowed; replaced below */
-        PyObject *rec = NULL;
-        if (argv[0] && argv[1]) rec = PyObject_Vectorcall(cls, argv, 3, NULL);
-        Py_XDECREF(argv[0]);
-        Py_XDECREF(argv[1]);
-        if (rec == NULL) {
-            Py_CLEAR(list);
-            goto cleanup;
-        }
-        PyList_SetItem(list, (Py_ssize_t)i, rec); /* drops the payload's list reference */
-    }
-cleanup:
-    kmb_read_result_free(&res);
-    Py_DECREF(cls);
-    return list;
+    return storage_read(self, args, kwds, "O|OO:read_records", 1);
 }
 
 /* Parse a lone stream_id argument (positional or keyword). */
@@ -655,12 +552,12 @@ static PyObject *storage_next_offset(StorageObject *self, PyObject *args, PyObje
 {
     uint64_t stream, next = 0;
     if (parse_stream_only(args, kwds, "O:next_offset", &stream) < 0) return NULL;
-    if (storage_check_open(self) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = kmb_storage_next_offset(self->st, stream, &next);
     Py_END_ALLOW_THREADS
-    if (storage_finish(self, rc) < 0) return NULL;
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
     return PyLong_FromUnsignedLongLong(next);
 }
 
@@ -674,13 +571,13 @@ static PyObject *storage_latest_chain_hash(StorageObject *self, PyObject *args, 
 {
     uint64_t stream;
     if (parse_stream_only(args, kwds, "O:latest_chain_hash", &stream) < 0) return NULL;
-    if (storage_check_open(self) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
     uint8_t head[KMB_HASH_SIZE];
     int has = 0, rc;
     Py_BEGIN_ALLOW_THREADS
     rc = kmb_storage_head(self->st, stream, head, &has);
     Py_END_ALLOW_THREADS
-    if (storage_finish(self, rc) < 0) return NULL;
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
     return kmb_hash_to_py(head, has);
 }
 
@@ -698,7 +595,7 @@ static PyObject *storage_verify(StorageObject *self, PyObject *args, PyObject *k
     PyObject *sid, *head_obj = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:verify", kwlist, &sid, &head_obj))
         return NULL;
-    if (storage_check_open(self) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
     uint64_t stream, next = 0;
     if (kmb_stream_id(sid, &stream) < 0) return NULL;
     uint8_t expected[KMB_HASH_SIZE], head[KMB_HASH_SIZE];
@@ -708,7 +605,7 @@ static PyObject *storage_verify(StorageObject *self, PyObject *args, PyObject *k
     rc = kmb_storage_verify(self->st, stream, has_expected ? expected : NULL, &next, head,
                             &has_head);
     Py_END_ALLOW_THREADS
-    if (storage_finish(self, rc) < 0) return NULL;
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
     PyObject *h = kmb_hash_to_py(head, has_head);
     if (h == NULL) return NULL;
     PyObject *result = Py_BuildValue("(KN)", (unsigned long long)next, h);
@@ -721,7 +618,7 @@ PyDoc_STRVAR(streams_doc,
 
 static PyObject *storage_streams(StorageObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (storage_check_open(self) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
     uint64_t *ids = NULL;
     size_t count = 0;
     int rc;
@@ -729,7 +626,7 @@ static PyObject *storage_streams(StorageObject *self, PyObject *Py_UNUSED(ignore
     rc = kmb_storage_streams(self->st, &ids, &count);
     Py_END_ALLOW_THREADS
     PyObject *list = NULL;
-    if (storage_finish(self, rc) == 0) list = u64_list(ids, count);
+    if (kmb_storage_finish(self, rc) == 0) list = u64_list(ids, count);
     free(ids);
     return list;
 }
@@ -743,12 +640,12 @@ static PyObject *storage_segment_count(StorageObject *self, PyObject *args, PyOb
 {
     uint64_t stream, count = 0;
     if (parse_stream_only(args, kwds, "O:segment_count", &stream) < 0) return NULL;
-    if (storage_check_open(self) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = kmb_storage_segment_count(self->st, stream, &count);
     Py_END_ALLOW_THREADS
-    if (storage_finish(self, rc) < 0) return NULL;
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
     return PyLong_FromUnsignedLongLong(count);
 }
 
@@ -760,7 +657,7 @@ static PyObject *storage_completed_segments(StorageObject *self, PyObject *args,
 {
     uint64_t stream;
     if (parse_stream_only(args, kwds, "O:completed_segments", &stream) < 0) return NULL;
-    if (storage_check_open(self) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
     uint32_t *segs = NULL;
     size_t count = 0;
     int rc;
@@ -768,7 +665,7 @@ static PyObject *storage_completed_segments(StorageObject *self, PyObject *args,
     rc = kmb_storage_completed_segments(self->st, stream, &segs, &count);
     Py_END_ALLOW_THREADS
     PyObject *list = NULL;
-    if (storage_finish(self, rc) == 0 && (list = PyList_New((Py_ssize_t)count)) != NULL) {
+    if (kmb_storage_finish(self, rc) == 0 && (list = PyList_New((Py_ssize_t)count)) != NULL) {
         for (size_t i = 0; i < count; i++) {
             PyObject *x = PyLong_FromUnsignedLong(segs[i]);
             if (x == NULL) {
@@ -790,12 +687,12 @@ PyDoc_STRVAR(flush_indexes_doc,
 
 static PyObject *storage_flush_indexes(StorageObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (storage_check_open(self) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = kmb_storage_flush_indexes(self->st);
     Py_END_ALLOW_THREADS
-    if (storage_finish(self, rc) < 0) return NULL;
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -814,7 +711,7 @@ static PyObject *storage_close(StorageObject *self, PyObject *Py_UNUSED(ignored)
     Py_BEGIN_ALLOW_THREADS
     rc = kmb_storage_close(self->st);
     Py_END_ALLOW_THREADS
-    if (storage_finish(self, rc) < 0) return NULL;
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -824,7 +721,7 @@ PyDoc_STRVAR(enter_doc,
 
 static PyObject *storage_enter(StorageObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (storage_check_open(self) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
     Py_INCREF(self);
     return (PyObject *)self;
 }
@@ -840,178 +737,6 @@ static PyObject *storage_exit(StorageObject *self, PyObject *args)
     if (r == NULL) return NULL;
     Py_DECREF(r);
     Py_RETURN_FALSE;
-}
-
-/* ---- private testing hooks (kimberlite.testing) ---------------------------------------- */
-
-static int parse_stream_seg(PyObject *args, const char *format, uint64_t *stream, uint32_t *seg,
-                            Py_buffer *data)
-{
-    PyObject *sid, *seg_obj;
-    if (data ? !PyArg_ParseTuple(args, format, &sid, &seg_obj, data)
-             : !PyArg_ParseTuple(args, format, &sid, &seg_obj))
-        return -1;
-    uint64_t v;
-    if (kmb_stream_id(sid, stream) < 0 || kmb_int_to_u64(seg_obj, "seg", 1, &v) < 0) goto fail;
-    if (v > UINT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "seg must be in [0, 2**32 - 1], got %R", seg_obj);
-        goto fail;
-    }
-    *seg = (uint32_t)v;
-    return 0;
-fail:
-    if (data) PyBuffer_Release(data);
-    return -1;
-}
-
-PyDoc_STRVAR(segment_bytes_doc,
-"_segment_bytes($self, stream_id, seg, /)\n--\n\n"
-"Return the bytes of a segment (private: for kimberlite.testing).");
-
-static PyObject *storage_segment_bytes(StorageObject *self, PyObject *args)
-{
-    uint64_t stream;
-    uint32_t seg;
-    if (parse_stream_seg(args, "OO:_segment_bytes", &stream, &seg, NULL) < 0) return NULL;
-    if (storage_check_open(self) < 0) return NULL;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = kmb_storage_segment_bytes(self->st, stream, seg, &buf, &len);
-    Py_END_ALLOW_THREADS
-    PyObject *result = NULL;
-    if (storage_finish(self, rc) == 0) result = PyBytes_FromStringAndSize((char *)buf, (Py_ssize_t)len);
-    free(buf);
-    return result;
-}
-
-PyDoc_STRVAR(replace_segment_bytes_doc,
-"_replace_segment_bytes($self, stream_id, seg, data, /)\n--\n\n"
-"Overwrite a segment with data and make the engine load the stream again on next use, as\n"
-"after reopening (private: for kimberlite.testing, which damages streams on purpose).");
-
-static PyObject *storage_replace_segment_bytes(StorageObject *self, PyObject *args)
-{
-    uint64_t stream;
-    uint32_t seg;
-    Py_buffer data;
-    if (parse_stream_seg(args, "OOy*:_replace_segment_bytes", &stream, &seg, &data) < 0)
-        return NULL;
-    if (storage_check_open(self) < 0) {
-        PyBuffer_Release(&data);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = kmb_storage_replace_segment_bytes(self->st, stream, seg, data.buf, (size_t)data.len);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&data);
-    if (storage_finish(self, rc) < 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-/* ---- fault injection (tests only: kimberlite/sys/faults.h, docs/TESTING.md) ------------ */
-
-static const struct {
-    const char *name;
-    unsigned bit;
-} fault_op_names[] = {
-    {"open", KMB_FAULT_OPEN},       {"read", KMB_FAULT_READ},   {"write", KMB_FAULT_WRITE},
-    {"sync", KMB_FAULT_SYNC},       {"rename", KMB_FAULT_RENAME},
-    {"truncate", KMB_FAULT_TRUNCATE}, {"mkdir", KMB_FAULT_MKDIR}, {"all", KMB_FAULT_ALL},
-};
-
-/* ops: an int mask, or a str of names separated by commas or "|" ("write,sync", "all"). */
-static int fault_ops_from(PyObject *obj, unsigned *out)
-{
-    if (PyLong_Check(obj)) {
-        unsigned long v = PyLong_AsUnsignedLong(obj);
-        if (v == (unsigned long)-1 && PyErr_Occurred()) return -1;
-        if (v & ~(unsigned long)KMB_FAULT_ALL) {
-            PyErr_Format(PyExc_ValueError, "unknown fault operation bits in %R", obj);
-            return -1;
-        }
-        *out = (unsigned)v;
-        return 0;
-    }
-    if (!PyUnicode_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "ops must be a str or an int, not %.100s",
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    const char *s = PyUnicode_AsUTF8(obj);
-    if (s == NULL) return -1;
-    unsigned mask = 0;
-    while (*s) {
-        size_t n = strcspn(s, ",|");
-        size_t i, count = sizeof(fault_op_names) / sizeof(fault_op_names[0]);
-        for (i = 0; i < count; i++)
-            if (strlen(fault_op_names[i].name) == n && strncmp(s, fault_op_names[i].name, n) == 0)
-                break;
-        if (i == count) {
-            PyErr_Format(PyExc_ValueError, "unknown fault operation %.*s (use open, read, write, "
-                         "sync, rename, truncate, mkdir or all)", (int)n, s);
-            return -1;
-        }
-        mask |= fault_op_names[i].bit;
-        s += n;
-        if (*s) s++;
-    }
-    *out = mask;
-    return 0;
-}
-
-PyDoc_STRVAR(set_fault_doc,
-"_set_fault($self, ops, nth, errno=5, persistent=False, short=False, crash=False)\n--\n\n"
-"FOR TESTS ONLY (kimberlite/sys/faults.h). Make the nth call (1-based) of the file\n"
-"operations `ops` fail with `errno`: ops is a str such as \"write\", \"write,sync\" or\n"
-"\"all\" (open, read, write, sync, rename, truncate, mkdir) or an int mask; ops=\"\" removes\n"
-"the plan. nth=0 only counts calls (see _io_calls). persistent: every later call fails\n"
-"too. short: a failing write first writes half its bytes. crash: the process kills\n"
-"itself with SIGKILL at that call instead (after the half write when short). Resets the\n"
-"counters. Storage only; MemoryStorage raises ValueError.");
-
-static PyObject *storage_set_fault(StorageObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"ops", "nth", "errno", "persistent", "short", "crash", NULL};
-    PyObject *ops_obj;
-    unsigned long long nth;
-    int err = EIO, persistent = 0, short_write = 0, crash = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OK|ippp:_set_fault", kwlist, &ops_obj, &nth,
-                                     &err, &persistent, &short_write, &crash))
-        return NULL;
-    unsigned ops;
-    if (fault_ops_from(ops_obj, &ops) < 0) return NULL;
-    if (err < 0) {
-        PyErr_SetString(PyExc_ValueError, "errno must not be negative (use crash=True)");
-        return NULL;
-    }
-    if (storage_check_open(self) < 0) return NULL;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = kmb_storage_set_fault(self->st, ops, (uint64_t)nth, crash ? KMB_FAULT_CRASH : err,
-                               persistent, short_write);
-    Py_END_ALLOW_THREADS
-    if (storage_finish(self, rc) < 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(io_calls_doc,
-"_io_calls($self)\n--\n\n"
-"FOR TESTS ONLY. (calls, faults): the file operations counted and the faults injected\n"
-"since the last _set_fault.");
-
-static PyObject *storage_io_calls(StorageObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (storage_check_open(self) < 0) return NULL;
-    uint64_t calls = 0, faults = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = kmb_storage_fault_counts(self->st, &calls, &faults);
-    Py_END_ALLOW_THREADS
-    if (storage_finish(self, rc) < 0) return NULL;
-    return Py_BuildValue("(KK)", (unsigned long long)calls, (unsigned long long)faults);
 }
 
 /* ---- fork() ---------------------------------------------------------------------------
@@ -1085,11 +810,6 @@ static PyMethodDef storage_methods[] = {
     {"close", (PyCFunction)storage_close, METH_NOARGS, close_doc},
     {"__enter__", (PyCFunction)storage_enter, METH_NOARGS, enter_doc},
     {"__exit__", (PyCFunction)storage_exit, METH_VARARGS, exit_doc},
-    KW_METHOD("_set_fault", storage_set_fault, set_fault_doc),
-    {"_io_calls", (PyCFunction)storage_io_calls, METH_NOARGS, io_calls_doc},
-    {"_segment_bytes", (PyCFunction)storage_segment_bytes, METH_VARARGS, segment_bytes_doc},
-    {"_replace_segment_bytes", (PyCFunction)storage_replace_segment_bytes, METH_VARARGS,
-     replace_segment_bytes_doc},
     {"_fork_prepare", (PyCFunction)storage_fork_prepare, METH_NOARGS, fork_prepare_doc},
     {"_fork_parent", (PyCFunction)storage_fork_parent, METH_NOARGS, fork_parent_doc},
     {"_fork_child", (PyCFunction)storage_fork_child, METH_NOARGS, fork_child_doc},
@@ -1166,7 +886,6 @@ static PyType_Slot storage_slots[] = {
     {Py_tp_init, (void *)storage_init},
     {Py_tp_dealloc, (void *)storage_dealloc},
     {Py_tp_traverse, (void *)storage_traverse},
-    {Py_tp_repr, (void *)storage_repr},
     {Py_tp_methods, storage_methods},
     {Py_tp_getset, storage_getset},
     {Py_tp_members, storage_members},
@@ -1193,7 +912,6 @@ static PyType_Slot memory_storage_slots[] = {
     {Py_tp_init, (void *)memory_storage_init},
     {Py_tp_dealloc, (void *)storage_dealloc},
     {Py_tp_traverse, (void *)storage_traverse},
-    {Py_tp_repr, (void *)storage_repr},
     {Py_tp_methods, storage_methods},
     {Py_tp_getset, storage_getset},
     {Py_tp_members, storage_members},
@@ -1212,5 +930,6 @@ int kmb_storage_types_init(PyObject *module, kmb_module_state *st)
 {
     if (kmb_add_type(module, &storage_spec, &st->storage_type) < 0) return -1;
     if (kmb_add_type(module, &memory_storage_spec, &st->memory_storage_type) < 0) return -1;
-    return 0;
+    if (kmb_testing_methods_add(st->storage_type) < 0) return -1;
+    return kmb_testing_methods_add(st->memory_storage_type);
 }

@@ -48,8 +48,6 @@ from ._record import Record
 from ._storage import MemoryStorage, Storage
 from ._stream import Stream
 
-_core._set_record_class(Record)
-
 
 # A literal, not importlib.metadata (which costs ~13 ms at import); it must equal the
 # version in pyproject.toml, which tests/test_version.py checks.

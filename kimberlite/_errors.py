@@ -7,8 +7,6 @@ error details. All classes pickle and unpickle with their attributes.
 
 from __future__ import annotations
 
-from typing import Optional
-
 __all__ = [
     "StorageError",
     "UnexpectedEofError",
@@ -42,17 +40,17 @@ class CorruptedRecordError(StorageError):
 
     __module__ = "kimberlite"
 
-    stream_id: Optional[int]
-    offset: Optional[int]
-    position: Optional[int]
+    stream_id: int | None
+    offset: int | None
+    position: int | None
 
     def __init__(
         self,
         message: str,
         *,
-        stream_id: Optional[int] = None,
-        offset: Optional[int] = None,
-        position: Optional[int] = None,
+        stream_id: int | None = None,
+        offset: int | None = None,
+        position: int | None = None,
     ) -> None:
         super().__init__(message)
         self.stream_id = stream_id
@@ -69,17 +67,17 @@ class ChainVerificationError(StorageError):
 
     __module__ = "kimberlite"
 
-    offset: Optional[int]
-    expected: Optional[bytes]
-    actual: Optional[bytes]
+    offset: int | None
+    expected: bytes | None
+    actual: bytes | None
 
     def __init__(
         self,
         message: str,
         *,
-        offset: Optional[int] = None,
-        expected: Optional[bytes] = None,
-        actual: Optional[bytes] = None,
+        offset: int | None = None,
+        expected: bytes | None = None,
+        actual: bytes | None = None,
     ) -> None:
         super().__init__(message)
         self.offset = offset
@@ -95,15 +93,15 @@ class OffsetMismatchError(StorageError):
 
     __module__ = "kimberlite"
 
-    expected: Optional[int]
-    actual: Optional[int]
+    expected: int | None
+    actual: int | None
 
     def __init__(
         self,
         message: str,
         *,
-        expected: Optional[int] = None,
-        actual: Optional[int] = None,
+        expected: int | None = None,
+        actual: int | None = None,
     ) -> None:
         super().__init__(message)
         self.expected = expected
@@ -132,7 +130,7 @@ class StorageIOError(StorageError, OSError):
 
     __module__ = "kimberlite"
 
-    def __init__(self, *args: object, detail: "str | None" = None) -> None:
+    def __init__(self, *args: object, detail: str | None = None) -> None:
         super().__init__(*args)
         self.detail = detail
 

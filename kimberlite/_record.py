@@ -1,88 +1,62 @@
 """kimberlite.Record: one record of a stream, as an immutable value.
 
 On disk a record is ``[offset:u64][prev_hash:32B][length:u32][payload][crc32:u32]``
-(little-endian, SPEC §2). ``prev_hash`` is None for genesis: thirty-two zero bytes, which is
-what genesis stores on disk, are normalised to None, so that
-``Record.from_bytes(r.to_bytes())[0] == r`` always holds (docs/DESIGN.md).
+(little-endian, SPEC §2). Genesis is decided by the offset, as in the engine
+(docs/FORMAT.md §5): at offset 0, ``prev_hash`` None and thirty-two zero bytes (what genesis
+stores on disk) are the same thing and read back as None, and the hash is SHA-256(payload);
+at any other offset ``prev_hash`` is the 32 bytes stored (None is stored, and read back, as
+thirty-two zero bytes) and the hash is SHA-256(prev_hash || payload). So
+``Record.from_bytes(r.to_bytes())[0] == r`` always holds, and ``compute_hash()`` is the hash
+the engine computes for the same record (docs/DESIGN.md).
+
+The fields live in the extension's ``_core._RecordBase`` (csrc/py_record.c), which checks
+the arguments; ``read_records`` fills them directly for records the engine has verified.
 """
 
 from __future__ import annotations
 
-import html
-from typing import TYPE_CHECKING, Any, Optional, Tuple, Type, TypeVar
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
 from . import _core
 
 if TYPE_CHECKING:
+    from typing import Any, Tuple, Type, TypeVar
+
     from typing_extensions import Buffer as _BytesLike
+
+    _R = TypeVar("_R", bound="Record")
 
 __all__ = ["Record"]
 
-_HASH_SIZE = 32
-_ZERO_HASH = bytes(_HASH_SIZE)
-_MAX_OFFSET = 1 << 63
 _REPR_PAYLOAD = 32  # payload bytes shown by repr()
 
-_R = TypeVar("_R", bound="Record")
 
-
-class Record:
+class Record(_core._RecordBase):
     """A record of a stream: ``Record(offset, prev_hash, payload)``.
 
     offset: an int in [0, 2**63). prev_hash: the chain hash of the previous record
-    (32 bytes), or None for genesis. payload: the event (any bytes-like object; kept as
-    bytes). Records are immutable, hashable and compare by value.
+    (32 bytes), or None for genesis (offset 0). payload: the event (any bytes-like object;
+    kept as bytes). Records are immutable, hashable and compare by value.
+
+    Genesis is decided by the offset: at offset 0 thirty-two zero bytes read back as None;
+    at any other offset None reads back as thirty-two zero bytes (what the record stores).
     """
 
-    __slots__ = ("_offset", "_prev_hash", "_payload")
+    __slots__ = ()
     __module__ = "kimberlite"
 
-    _offset: int
-    _prev_hash: Optional[bytes]
-    _payload: bytes
-
-    def __init__(self, offset: int, prev_hash: Optional[_BytesLike], payload: _BytesLike) -> None:
-        if not isinstance(offset, int):
-            raise TypeError(f"offset must be an int, not {type(offset).__name__}")
-        if not 0 <= offset < _MAX_OFFSET:
-            raise ValueError(f"offset must be in [0, 2**63), got {offset}")
-        if prev_hash is not None:
-            if isinstance(prev_hash, str):
-                raise TypeError("prev_hash must be 32 bytes or None, not str")
-            prev_hash = memoryview(prev_hash).tobytes()
-            if len(prev_hash) != _HASH_SIZE:
-                raise ValueError(f"prev_hash must be 32 bytes or None, got {len(prev_hash)} bytes")
-            if prev_hash == _ZERO_HASH:
-                prev_hash = None
-        if isinstance(payload, str):
-            raise TypeError("payload must be a bytes-like object, not str (encode it first)")
-        payload = payload if type(payload) is bytes else memoryview(payload).tobytes()
-        object.__setattr__(self, "_offset", offset)
-        object.__setattr__(self, "_prev_hash", prev_hash)
-        object.__setattr__(self, "_payload", payload)
-
-    @property
-    def offset(self) -> int:
-        """The record's position in its stream (0, 1, 2, ...)."""
-        return self._offset
-
-    @property
-    def prev_hash(self) -> Optional[bytes]:
-        """The chain hash of the previous record (32 bytes), or None for genesis."""
-        return self._prev_hash
-
-    @property
-    def payload(self) -> bytes:
-        """The event's bytes."""
-        return self._payload
-
     def compute_hash(self) -> bytes:
-        """Return this record's chain hash: ``chain_hash(prev_hash, payload)``."""
-        return _core.chain_hash(self._prev_hash, self._payload)
+        """Return this record's chain hash, as the engine computes it.
+
+        SHA-256(payload) at offset 0 (genesis is decided by the offset), else
+        SHA-256(prev_hash || payload): ``chain_hash(None if offset == 0 else prev_hash,
+        payload)``.
+        """
+        return _core.chain_hash(None if self.offset == 0 else self.prev_hash, self.payload)
 
     def to_bytes(self) -> bytes:
         """Return the record's on-disk bytes (48 + len(payload) bytes, CRC included)."""
-        return _core.encode_record(self._offset, self._prev_hash, self._payload)
+        return _core.encode_record(self.offset, self.prev_hash, self.payload)
 
     @classmethod
     def from_bytes(cls: Type[_R], data: _BytesLike) -> Tuple[_R, int]:
@@ -104,38 +78,29 @@ class Record:
         if not isinstance(other, Record):
             return NotImplemented
         return (
-            self._offset == other._offset
-            and self._prev_hash == other._prev_hash
-            and self._payload == other._payload
+            self.offset == other.offset
+            and self.prev_hash == other.prev_hash
+            and self.payload == other.payload
         )
 
     def __hash__(self) -> int:
-        return hash((self._offset, self._prev_hash, self._payload))
+        return hash((self.offset, self.prev_hash, self.payload))
 
     def __repr__(self) -> str:
-        prev = "None" if self._prev_hash is None else f"'{self._prev_hash.hex()[:16]}...'"
-        payload = self._payload
+        prev_hash = self.prev_hash
+        prev = "None" if prev_hash is None else f"'{prev_hash.hex()[:16]}...'"
+        payload = self.payload
         if len(payload) > _REPR_PAYLOAD:
             shown = f"{payload[:_REPR_PAYLOAD]!r}... ({len(payload)} bytes)"
         else:
             shown = repr(payload)
-        return f"{type(self).__name__}(offset={self._offset}, prev_hash={prev}, payload={shown})"
+        return f"{type(self).__name__}(offset={self.offset}, prev_hash={prev}, payload={shown})"
 
     def _repr_html_(self) -> str:
         """A small HTML table for Jupyter: offset, hashes, size and a payload preview."""
-        esc = html.escape
-        payload = self._payload
-        shown = repr(payload[:_REPR_PAYLOAD]) + ("…" if len(payload) > _REPR_PAYLOAD else "")
-        prev = "None (genesis)" if self._prev_hash is None else self._prev_hash.hex()
-        rows = [
-            ("offset", str(self._offset)),
-            ("prev_hash", f"<code>{prev}</code>"),
-            ("hash", f"<code>{self.compute_hash().hex()}</code>"),
-            ("size", f"{len(payload)} bytes"),
-            ("payload", f"<code>{esc(shown)}</code>"),
-        ]
-        body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
-        return f"<div><b>kimberlite.Record</b><table>{body}</table></div>"
+        from ._display import record_html
+
+        return record_html(self)
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (type(self), (self._offset, self._prev_hash, self._payload))
+        return (type(self), (self.offset, self.prev_hash, self.payload))

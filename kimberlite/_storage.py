@@ -10,17 +10,26 @@ and Jupyter (``__repr__``, ``_repr_html_``). Every method of SPEC §4 is the C o
 
 from __future__ import annotations
 
-import html
-from typing import Any, Iterator, List, Literal, Union, cast, overload
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
 from . import _core
 from ._errors import StorageError
-from ._record import Record
-from ._stream import DEFAULT_CHUNK_BYTES, Stream, StorageLike, _short_hash, iter_chunks
+from ._stream import DEFAULT_CHUNK_BYTES, Stream, iter_chunks
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, Literal, Union, cast, overload
+
+    from ._record import Record
+    from ._stream import _StorageLike
+else:
+    def overload(func):  # typing.overload without importing typing: only checkers read it
+        return func
+
+    def cast(_type, value):  # typing.cast, likewise
+        return value
 
 __all__ = ["Storage", "MemoryStorage"]
-
-_HTML_STREAMS = 20  # streams listed by _repr_html_ before "... and N more"
 
 
 class _StorageMixin:
@@ -36,7 +45,7 @@ class _StorageMixin:
         reads in chunks of about 1 MiB, so memory stays flat however long the stream. The view
         holds no data and sees appends made after it was created.
         """
-        return Stream(cast(StorageLike, self), stream_id)
+        return Stream(cast("_StorageLike", self), stream_id)
 
     @overload
     def iter_from(
@@ -86,7 +95,7 @@ class _StorageMixin:
         is reached. Events appended while iterating are yielded too, until the generator
         finds the end. Arguments are checked when the generator is created.
         """
-        return iter_chunks(cast(StorageLike, self), stream_id, from_offset, records=records,
+        return iter_chunks(cast("_StorageLike", self), stream_id, from_offset, records=records,
                            chunk_bytes=chunk_bytes)
 
     # ---- summaries ----------------------------------------------------------------------
@@ -96,12 +105,12 @@ class _StorageMixin:
 
         Cheap: the stream count is one directory listing; no stream is loaded.
         """
-        s = cast(StorageLike, self)
+        s = cast("_StorageLike", self)
         parts = [f"<kimberlite.{type(self).__qualname__}"]
         if s.path is not None:
             parts += [f"path={s.path!r}", f"read_only={s.read_only}"]
         else:
-            parts.append(f"max_segment_size={cast(Any, self).max_segment_size}")
+            parts.append(f"max_segment_size={cast('Any', self).max_segment_size}")
         parts.append(f"closed={s.closed}")
         if not s.closed:
             try:
@@ -112,38 +121,9 @@ class _StorageMixin:
 
     def _repr_html_(self) -> str:
         """A small HTML table for Jupyter: one row per stream (at most 20), never the data."""
-        name = type(self).__name__
-        esc = html.escape
-        s = cast(StorageLike, self)
-        path = s.path
-        title = f"<b>kimberlite.{esc(name)}</b>"
-        if path is not None:
-            title += f" <code>{esc(str(path))}</code>"
-        if s.read_only:
-            title += " (read-only)"
-        if s.closed:
-            return f"<div>{title}: closed</div>"
-        try:
-            ids = s.streams()
-        except (StorageError, OSError) as e:
-            return f"<div>{title}: <i>{esc(str(e))}</i></div>"
-        rows = []
-        for sid in ids[:_HTML_STREAMS]:
-            try:
-                events = s.next_offset(sid)
-                segments = s.segment_count(sid)
-                head = s.latest_chain_hash(sid)
-                cells = [str(events), str(segments), f"<code>{_short_hash(head)}</code>"]
-            except (StorageError, OSError) as e:
-                cells = ["", "", f"<i>{esc(str(e))}</i>"]
-            rows.append(f"<tr><td>{sid}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        more = ""
-        if len(ids) > _HTML_STREAMS:
-            more = f"<tr><td colspan=4>… and {len(ids) - _HTML_STREAMS} more streams</td></tr>"
-        head_row = ("<tr><th>stream</th><th>events</th><th>segments</th>"
-                    "<th>head hash</th></tr>")
-        return (f"<div>{title}: {len(ids)} stream{'s' if len(ids) != 1 else ''}"
-                f"<table>{head_row}{''.join(rows)}{more}</table></div>")
+        from ._display import storage_html
+
+        return storage_html(cast("_StorageLike", self), type(self).__name__)
 
 
 class Storage(_StorageMixin, _core.Storage):

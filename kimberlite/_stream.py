@@ -13,65 +13,48 @@ Everything here is written against the SPEC §4 methods (``read_from``, ``read_r
 
 from __future__ import annotations
 
-import html
-import importlib
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Iterator,
-    List,
-    Optional,
-    Protocol,
-    Sequence,
-    Tuple,
-    Union,
-    overload,
-)
+import operator
+from collections.abc import Iterator, Sequence
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
 from ._errors import ChainVerificationError, CorruptedRecordError, StorageError
 from ._record import Record
+from ._words import plural, short_hash
 
 if TYPE_CHECKING:
+    from typing import Any, List, Optional, Protocol, Tuple, Union, overload
+
     from typing_extensions import Buffer
+
+    class _StorageLike(Protocol):
+        """The part of the Storage / MemoryStorage API that this module uses."""
+
+        @property
+        def path(self) -> Optional[str]: ...
+        @property
+        def read_only(self) -> bool: ...
+        @property
+        def closed(self) -> bool: ...
+        def read_from(
+            self, stream_id: int, from_offset: int = 0, max_bytes: Optional[int] = None
+        ) -> List[bytes]: ...
+        def read_records(
+            self, stream_id: int, from_offset: int = 0, max_bytes: Optional[int] = None
+        ) -> List[Record]: ...
+        def next_offset(self, stream_id: int) -> int: ...
+        def latest_chain_hash(self, stream_id: int) -> Optional[bytes]: ...
+        def verify(
+            self, stream_id: int, expected_head: Optional[Buffer] = None
+        ) -> Tuple[int, Optional[bytes]]: ...
+        def streams(self) -> List[int]: ...
+        def segment_count(self, stream_id: int) -> int: ...
+else:
+    def overload(func):  # typing.overload without importing typing: only checkers read it
+        return func
 
 __all__ = ["Stream", "DEFAULT_CHUNK_BYTES"]
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # payload bytes per read while iterating
-_PREVIEW_ROWS = 5              # rows shown at each end by Stream._repr_html_
-_PREVIEW_BYTES = 40            # payload bytes shown per row
-
-
-class StorageLike(Protocol):
-    """The part of the Storage / MemoryStorage API that this module uses."""
-
-    @property
-    def path(self) -> Optional[str]: ...
-    @property
-    def read_only(self) -> bool: ...
-    @property
-    def closed(self) -> bool: ...
-    def read_from(
-        self, stream_id: int, from_offset: int = 0, max_bytes: Optional[int] = None
-    ) -> List[bytes]: ...
-    def read_records(
-        self, stream_id: int, from_offset: int = 0, max_bytes: Optional[int] = None
-    ) -> List[Record]: ...
-    def next_offset(self, stream_id: int) -> int: ...
-    def latest_chain_hash(self, stream_id: int) -> Optional[bytes]: ...
-    def verify(
-        self, stream_id: int, expected_head: Optional[Buffer] = None
-    ) -> Tuple[int, Optional[bytes]]: ...
-    def streams(self) -> List[int]: ...
-    def segment_count(self, stream_id: int) -> int: ...
-
-
-def _short_hash(h: Optional[bytes]) -> str:
-    return "—" if h is None else h.hex()[:16] + "…"
-
-
-def _preview(payload: bytes) -> str:
-    shown = repr(payload[:_PREVIEW_BYTES])
-    return shown + ("…" if len(payload) > _PREVIEW_BYTES else "")
 
 
 def _check_chunk(chunk_bytes: int) -> None:
@@ -82,7 +65,7 @@ def _check_chunk(chunk_bytes: int) -> None:
 
 
 def iter_chunks(
-    storage: StorageLike,
+    storage: _StorageLike,
     stream_id: int,
     from_offset: int = 0,
     *,
@@ -134,6 +117,8 @@ def _read_to_damage(read: Any, stream_id: int, pos: int,
 
 def _require(module: str, extra: str, what: str) -> Any:
     """Import an optional dependency, or say which extra installs it."""
+    import importlib
+
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -144,7 +129,7 @@ def _require(module: str, extra: str, what: str) -> Any:
         ) from e
 
 
-class Stream(Sequence[bytes]):
+class Stream(Sequence[bytes]):  # collections.abc.Sequence
     """A read-only sequence view of one stream of a Storage or MemoryStorage.
 
     Made by ``storage.stream(stream_id)``. ``len()`` is the stream's next offset at the time
@@ -157,13 +142,13 @@ class Stream(Sequence[bytes]):
     __slots__ = ("_storage", "_stream_id")
     __module__ = "kimberlite"
 
-    def __init__(self, storage: StorageLike, stream_id: int) -> None:
+    def __init__(self, storage: _StorageLike, stream_id: int) -> None:
         storage.next_offset(stream_id)  # TypeError/ValueError for a bad id, closed storage
         self._storage = storage
         self._stream_id = stream_id
 
     @property
-    def storage(self) -> StorageLike:
+    def storage(self) -> _StorageLike:
         """The Storage or MemoryStorage this view reads from."""
         return self._storage
 
@@ -189,7 +174,7 @@ class Stream(Sequence[bytes]):
         j = i + n if i < 0 else i
         if not 0 <= j < n:
             raise IndexError(f"stream {self._stream_id}: index {i} out of range "
-                             f"({n} event{'s' if n != 1 else ''})")
+                             f"({plural(n, 'event')})")
         return j
 
     def _read_range(self, start: int, stop: int, records: bool) -> List[Any]:
@@ -218,10 +203,12 @@ class Stream(Sequence[bytes]):
         return self._one(index, records=False)  # type: ignore[no-any-return]
 
     def _one(self, index: int, records: bool) -> Any:
-        if not hasattr(index, "__index__") or isinstance(index, bool):
+        try:
+            i = operator.index(index)  # bool included, as for a list (docs/DESIGN.md)
+        except TypeError:
             raise TypeError(f"stream indices must be integers or slices, "
-                            f"not {type(index).__name__}")
-        j = self._index(index.__index__(), len(self))
+                            f"not {type(index).__name__}") from None
+        j = self._index(i, len(self))
         read: Any = self._storage.read_records if records else self._storage.read_from
         got = read(self._stream_id, j, 1)
         if not got:  # the stream shrank under us (recovery): out of range now
@@ -252,10 +239,27 @@ class Stream(Sequence[bytes]):
             yield r
 
     def __iter__(self) -> Iterator[bytes]:
-        it = iter_chunks(self._storage, self._stream_id, 0)
-        for ev in it:
-            assert isinstance(ev, bytes)
-            yield ev
+        # iter_chunks' own generator, without a second layer around it
+        return iter_chunks(self._storage, self._stream_id, 0)  # type: ignore[return-value]
+
+    def index(self, value: Any, start: int = 0, stop: Optional[int] = None) -> int:
+        """The first offset in [start, stop) whose event equals ``value`` (``ValueError``
+        when none does): one chunked pass, as iteration reads, not one read per event."""
+        n = len(self)
+        if start < 0:
+            start = max(n + start, 0)
+        if stop is not None and stop < 0:
+            stop += n
+        end = n if stop is None else min(stop, n)
+        if start < end:
+            for i, ev in enumerate(iter_chunks(self._storage, self._stream_id, start), start):
+                if i >= end:
+                    break
+                if ev == value:
+                    return i
+        raise ValueError(f"{value!r} is not in stream {self._stream_id}")
+
+    # count() and ``in`` are Sequence's, over __iter__: one chunked pass as well.
 
     def verify(self, expected_head: Optional[Buffer] = None) -> Tuple[int, Optional[bytes]]:
         """``storage.verify(stream_id, expected_head)``: check the whole stream from genesis."""
@@ -332,36 +336,10 @@ class Stream(Sequence[bytes]):
             head = self.head
         except Exception as e:  # a summary must not raise: say what went wrong instead
             return f"{where}: {type(e).__name__}: {e}>"
-        return f"{where}: {n} event{'s' if n != 1 else ''}, head {_short_hash(head)}>"
+        return f"{where}: {plural(n, 'event')}, head {short_hash(head)}>"
 
     def _repr_html_(self) -> str:
         """A small HTML summary for Jupyter: counts, head, the first and last few events."""
-        esc = html.escape
-        title = f"<b>kimberlite.Stream {self._stream_id}</b>"
-        if self._storage.closed:
-            return f"<div>{title}: storage closed</div>"
-        try:
-            n = len(self)
-            head = self.head
-            segments = self.segments
-            k = _PREVIEW_ROWS
-            first = list(range(min(n, k)))
-            last = list(range(max(k, n - k), n))
-            rows = [self._html_row(self.record(i)) for i in first]
-            if last and last[0] > k:
-                rows.append("<tr><td colspan=4>⋮</td></tr>")
-            rows += [self._html_row(self.record(i)) for i in last]
-        except Exception as e:  # show the error, as read_from would raise it
-            return f"<div>{title}: <i>{esc(type(e).__name__)}: {esc(str(e))}</i></div>"
-        table = ("<table><tr><th>offset</th><th>size</th><th>payload</th><th>hash</th></tr>"
-                 + "".join(rows) + "</table>") if rows else ""
-        return (f"<div>{title}: {n} event{'s' if n != 1 else ''}, {segments} segment"
-                f"{'s' if segments != 1 else ''}, head <code>{_short_hash(head)}</code>"
-                f"{table}</div>")
+        from ._display import stream_html
 
-    @staticmethod
-    def _html_row(r: Record) -> str:
-        esc = html.escape
-        return (f"<tr><td>{r.offset}</td><td>{len(r.payload)}</td>"
-                f"<td><code>{esc(_preview(r.payload))}</code></td>"
-                f"<td><code>{_short_hash(r.compute_hash())}</code></td></tr>")
+        return stream_html(self)

@@ -45,13 +45,11 @@ Example (pytest, with the fixture of kimberlite's pytest plugin)::
 from __future__ import annotations
 
 import os
-import re
-import struct
-import zlib
 from typing import TYPE_CHECKING, List, NamedTuple, Optional, Union
 
 from . import _core
 from ._core import HEADER_SIZE, RECORD_OVERHEAD
+from ._record import Record
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -61,8 +59,9 @@ __all__ = ["flip_bit", "replace_payload", "tear_tail", "StorageOrPath"]
 StorageOrPath = Union["_core.Storage", "_core.MemoryStorage", str, "os.PathLike[str]"]
 """What the damage functions accept: an open Storage or MemoryStorage, or a data directory."""
 
-_SEGMENT = re.compile(r"segment_(\d{6,})\.log")
-_HEADER = struct.Struct("<Q32sI")  # offset, prev_hash, length (44 bytes)
+# The format's facts come from the engine: segment file names (_core.segment_file_name and
+# parse_segment_file_name), the record header (_core.decode_record_header) and the record
+# encoder (_core.encode_record).
 _TORN_PAYLOAD = bytes(32)          # payload of the record an interrupted append leaves torn
 
 
@@ -108,16 +107,12 @@ class _Segments:
             names = os.listdir(self.dir)
         except FileNotFoundError:
             return []
-        nums = []
-        for name in names:
-            m = _SEGMENT.fullmatch(name)
-            if m and f"segment_{int(m.group(1)):06d}.log" == name:
-                nums.append(int(m.group(1)))
-        return sorted(nums)
+        nums = [_core.parse_segment_file_name(name) for name in names]
+        return sorted(n for n in nums if n is not None)
 
     def _file(self, seg: int) -> str:
         assert self.dir is not None
-        return os.path.join(self.dir, f"segment_{seg:06d}.log")
+        return os.path.join(self.dir, _core.segment_file_name(seg))
 
     def get(self, seg: int) -> bytes:
         if self.engine is not None:
@@ -141,7 +136,7 @@ class _Segments:
             data = self.get(seg)
             pos = 0
             while pos + RECORD_OVERHEAD <= len(data):
-                offset, _, length = _HEADER.unpack_from(data, pos)
+                offset, _, length = _core.decode_record_header(data, pos)
                 size = RECORD_OVERHEAD + length
                 if pos + size > len(data):
                     break
@@ -160,11 +155,6 @@ class _Segments:
                 return loc
         raise ValueError(f"stream {self.stream_id} has no record at offset {offset} "
                          f"({len(locs)} records found)")
-
-
-def _encode(offset: int, prev_hash: bytes, payload: bytes) -> bytes:
-    body = _HEADER.pack(offset, prev_hash, len(payload)) + payload
-    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def flip_bit(storage: StorageOrPath, stream_id: int, offset: int, *,
@@ -206,8 +196,8 @@ def replace_payload(storage: StorageOrPath, stream_id: int, offset: int,
     segs = _Segments(storage, stream_id)
     loc = segs.find(offset)
     data = segs.get(loc.seg)
-    rec_offset, prev_hash, _ = _HEADER.unpack_from(data, loc.pos)
-    record = _encode(rec_offset, prev_hash, new_payload)
+    rec_offset, prev_hash, _ = _core.decode_record_header(data, loc.pos)
+    record = _core.encode_record(rec_offset, prev_hash, new_payload)
     segs.put(loc.seg, data[:loc.pos] + record + data[loc.pos + loc.size:])
 
 
@@ -247,9 +237,9 @@ def tear_tail(storage: StorageOrPath, stream_id: int, nbytes: Optional[int] = No
     # The active segment is empty: tear the record the next append was writing.
     last = locs[-1]
     prev = segs.get(last.seg)[last.pos:last.pos + last.size]
-    offset, prev_hash, length = _HEADER.unpack_from(prev, 0)
-    head = _core.chain_hash(None if offset == 0 else prev_hash, prev[HEADER_SIZE:HEADER_SIZE + length])
-    torn = _encode(offset + 1, head, _TORN_PAYLOAD)
+    offset, prev_hash, length = _core.decode_record_header(prev)
+    head = Record(offset, prev_hash, prev[HEADER_SIZE:HEADER_SIZE + length]).compute_hash()
+    torn = _core.encode_record(offset + 1, head, _TORN_PAYLOAD)
     cut = len(torn) // 2 if nbytes is None else nbytes
     if not 1 <= cut < len(torn):
         raise ValueError(f"nbytes must be in [1, {len(torn) - 1}] when the active segment is "

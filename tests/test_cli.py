@@ -64,7 +64,7 @@ def test_console_script_and_help():
     rc, out, _ = run("--version")
     assert rc == 0 and km.__version__ in out
     with open(os.path.join(ROOT, "pyproject.toml")) as f:
-        assert 'kimberlite = "kimberlite.__main__:main"' in f.read()
+        assert 'kimberlite = "kimberlite.cli:main"' in f.read()
     script = shutil.which("kimberlite")
     if script is not None:  # installed (pip install -e .): the script works the same
         p = subprocess.run([script, "--version"], capture_output=True, text=True, env=ENV)
@@ -280,3 +280,87 @@ def test_recovery_warnings_are_one_line_each(tmp_path):
     lines = err.strip().splitlines()
     assert lines and all(line.startswith("kimberlite: warning: ") for line in lines), err
     assert any("torn tail" in line for line in lines)
+
+
+# ---- pipes, plurals, options ------------------------------------------------------------------
+
+def _closed_pipe_run(args, reader="head -n 2"):
+    """``python -m kimberlite ARGS | READER``; returns (status of kimberlite, its stderr,
+    the reader's output)."""
+    cmd = " ".join([sys.executable, "-m", "kimberlite", *map(str, args)])
+    # PIPESTATUS is bash's: the status of kimberlite itself, not of the reader
+    script = f"{cmd} 2>\"$ERR\" | {reader}; exit ${{PIPESTATUS[0]}}"
+    err_file = os.path.join(os.path.dirname(str(args[1])), "stderr.txt")
+    p = subprocess.run(["bash", "-c", script], capture_output=True, env=dict(ENV, ERR=err_file),
+                       timeout=120)
+    with open(err_file) as f:
+        return p.returncode, f.read(), p.stdout.decode()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "hex", "json"])
+def test_read_into_a_closed_pipe_is_a_normal_end(tmp_path, fmt):
+    # kimberlite read ... | head: the reader leaves after two lines, the writer gets EPIPE
+    data = tmp_path / "d"
+    with km.Storage(data) as s:
+        s.append_batch(1, [b"event %d" % i for i in range(200_000)], fsync=False)
+    rc, err, out = _closed_pipe_run(["read", data, 1, "--format", fmt])
+    assert rc == 0, err
+    assert err == ""  # no traceback, no "Exception ignored" at exit
+    assert len(out.splitlines()) == 2
+
+
+def test_info_into_a_reader_that_reads_nothing(tmp_path):
+    data = tmp_path / "d"
+    with km.Storage(data) as s:
+        for sid in range(1500):  # ~150 KB of output: more than a pipe holds
+            s.append_batch(sid, [b"x"], fsync=False)
+    rc, err, out = _closed_pipe_run(["info", data], reader="true")
+    assert rc == 0, err
+    assert err == ""
+
+
+def test_counts_are_in_the_singular_for_one(tmp_path):
+    data = tmp_path / "d"
+    rc, out, _ = run("append", data, 1, "--raw", input=b"only")
+    assert rc == 0 and "appended 1 event to stream 1" in out
+    rc, out, _ = run("info", data)
+    assert rc == 0
+    assert "1 stream, 1 event, 1 segment," in out
+    rc, out, _ = run("verify", data)
+    assert rc == 0
+    assert "stream 1: ok, 1 event, head" in out and "1 stream verified" in out
+    rc, out, _ = run("append", data, 2, input=b"a\nb\n")
+    assert "appended 2 events to stream 2" in out
+    rc, out, _ = run("verify", data)
+    assert "2 streams verified" in out
+    rc, out, _ = run("demo", tmp_path / "demo")
+    assert rc == 0
+    assert "(s)" not in out
+    for wrong in ("1 events", "1 records", "1 segments", "1 streams"):
+        assert f" {wrong}" not in out
+
+
+def test_append_max_event_size_option(tmp_path):
+    data = tmp_path / "d"
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 3000)
+    rc, _, err = run("append", data, 1, "--raw", big, "--max-event-size", 1000)
+    assert rc == 1
+    line = one_error_line(err)
+    # the message names what the command line offers, and nothing was written
+    assert "--max-event-size" in line and "3000 bytes" in line
+    with km.Storage(data, read_only=True) as s:
+        assert s.next_offset(1) == 0
+    rc, out, _ = run("append", data, 1, "--raw", big, "--max-event-size", 3000)
+    assert rc == 0 and "appended 1 event" in out
+    rc, _, err = run("append", data, 1, "--raw", big, "--max-event-size", 0)
+    assert rc == 2 and "must be positive" in err
+
+
+def test_python_m_kimberlite_and_cli_main_are_one_command(tmp_path, capsys):
+    from kimberlite import cli
+
+    assert cli.main(["append", str(tmp_path / "d"), "7", "--raw", os.devnull]) == 0
+    assert "appended 1 event to stream 7" in capsys.readouterr().out
+    rc, out, _ = run("info", tmp_path / "d")
+    assert rc == 0 and "1 stream, 1 event" in out

@@ -121,3 +121,35 @@ def test_records_and_index_objects_keep_memory_flat(tmp_path):
         _expect(km.UnexpectedEofError, lambda: km.Record.from_bytes(b"short"))
     growth = _measure(once, warmup=30, rounds=400)
     assert growth < LIMIT, f"RSS grew by {growth / 2**20:.1f} MiB"
+
+
+def test_read_paths_and_error_mapping_keep_memory_flat(tmp_path):
+    # both read paths on big chunks (copied without the GIL) and small ones, the damage
+    # errors they raise, every exception class's construction, and the C Record
+    import kimberlite.testing as kt
+
+    big = [bytes([i]) * 100_000 for i in range(6)]
+    s = km.MemoryStorage(max_segment_size=4096)
+    s.append_batch(1, big)
+    s.append_batch(2, [b"e%d" % i for i in range(60)])
+    kt.flip_bit(s, 2, 3)
+    s.append_batch(3, [b"t%d" % i for i in range(60)])
+    kt.replace_payload(s, 3, 10, b"T")
+    missing = tmp_path / "missing"
+
+    def once(i):
+        assert s.read_from(1) == big
+        assert [r.payload for r in s.read_records(1)] == big
+        _expect(km.CorruptedRecordError, lambda: s.read_records(2))
+        _expect(km.CorruptedRecordError, lambda: s.read_from(2))
+        _expect(km.ChainVerificationError, lambda: s.read_records(3))
+        _expect(km.OffsetMismatchError, lambda: s.append_batch(1, [b"x"], expected_offset=2**64))
+        _expect(km.OffsetMismatchError, lambda: s.append_batch(1, [b"x"], expected_offset=-5))
+        _expect(km.StorageIOError, lambda: km.Storage(missing, read_only=True))
+        _expect(ValueError, lambda: km.Record(1, b"short", b"x"))
+        _expect(TypeError, lambda: km.Record(1, None, "text"))
+        assert km._core.decode_record_header(km.Record(i, None, b"h").to_bytes())[0] == i
+        _expect(km.UnexpectedEofError, lambda: km._core.decode_record_header(b"x" * 43))
+        assert km._core.parse_segment_file_name(km._core.segment_file_name(i)) == i
+    growth = _measure(once, warmup=10, rounds=150)   # a leak would hold 180 MB
+    assert growth < LIMIT, f"RSS grew by {growth / 2**20:.1f} MiB"

@@ -1,0 +1,214 @@
+/*
+ * py_testing.c — private methods of Storage and MemoryStorage that exist for tests only.
+ *
+ * _segment_bytes / _replace_segment_bytes serve kimberlite.testing (damage a stream on
+ * purpose, in memory or on disk, and make the engine load it again); _set_fault / _io_calls
+ * drive the engine's fault plan (include/kimberlite/sys/faults.h, docs/TESTING.md). They are
+ * kept out of py_storage.c so that the Storage type reads as the public API, and are added
+ * to both types at module exec by kmb_testing_methods_add().
+ */
+#include "py_kimberlite.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kimberlite/sys/faults.h"
+
+typedef kmb_storage_object StorageObject;
+
+/* ---- private testing hooks (kimberlite.testing) ---------------------------------------- */
+
+static int parse_stream_seg(PyObject *args, const char *format, uint64_t *stream, uint32_t *seg,
+                            Py_buffer *data)
+{
+    PyObject *sid, *seg_obj;
+    if (data ? !PyArg_ParseTuple(args, format, &sid, &seg_obj, data)
+             : !PyArg_ParseTuple(args, format, &sid, &seg_obj))
+        return -1;
+    uint64_t v;
+    if (kmb_stream_id(sid, stream) < 0 || kmb_int_to_u64(seg_obj, "seg", 1, &v) < 0) goto fail;
+    if (v > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "seg must be in [0, 2**32 - 1], got %R", seg_obj);
+        goto fail;
+    }
+    *seg = (uint32_t)v;
+    return 0;
+fail:
+    if (data) PyBuffer_Release(data);
+    return -1;
+}
+
+PyDoc_STRVAR(segment_bytes_doc,
+"_segment_bytes($self, stream_id, seg, /)\n--\n\n"
+"Return the bytes of a segment (private: for kimberlite.testing).");
+
+static PyObject *storage_segment_bytes(StorageObject *self, PyObject *args)
+{
+    uint64_t stream;
+    uint32_t seg;
+    if (parse_stream_seg(args, "OO:_segment_bytes", &stream, &seg, NULL) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_segment_bytes(self->st, stream, seg, &buf, &len);
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (kmb_storage_finish(self, rc) == 0) result = PyBytes_FromStringAndSize((char *)buf, (Py_ssize_t)len);
+    free(buf);
+    return result;
+}
+
+PyDoc_STRVAR(replace_segment_bytes_doc,
+"_replace_segment_bytes($self, stream_id, seg, data, /)\n--\n\n"
+"Overwrite a segment with data and make the engine load the stream again on next use, as\n"
+"after reopening (private: for kimberlite.testing, which damages streams on purpose).");
+
+static PyObject *storage_replace_segment_bytes(StorageObject *self, PyObject *args)
+{
+    uint64_t stream;
+    uint32_t seg;
+    Py_buffer data;
+    if (parse_stream_seg(args, "OOy*:_replace_segment_bytes", &stream, &seg, &data) < 0)
+        return NULL;
+    if (kmb_storage_check_open(self) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_replace_segment_bytes(self->st, stream, seg, data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---- fault injection (tests only: kimberlite/sys/faults.h, docs/TESTING.md) ------------ */
+
+static const struct {
+    const char *name;
+    unsigned bit;
+} fault_op_names[] = {
+    {"open", KMB_FAULT_OPEN},       {"read", KMB_FAULT_READ},   {"write", KMB_FAULT_WRITE},
+    {"sync", KMB_FAULT_SYNC},       {"rename", KMB_FAULT_RENAME},
+    {"truncate", KMB_FAULT_TRUNCATE}, {"mkdir", KMB_FAULT_MKDIR}, {"all", KMB_FAULT_ALL},
+};
+
+/* ops: an int mask, or a str of names separated by commas or "|" ("write,sync", "all"). */
+static int fault_ops_from(PyObject *obj, unsigned *out)
+{
+    if (PyLong_Check(obj)) {
+        unsigned long v = PyLong_AsUnsignedLong(obj);
+        if (v == (unsigned long)-1 && PyErr_Occurred()) return -1;
+        if (v & ~(unsigned long)KMB_FAULT_ALL) {
+            PyErr_Format(PyExc_ValueError, "unknown fault operation bits in %R", obj);
+            return -1;
+        }
+        *out = (unsigned)v;
+        return 0;
+    }
+    if (!PyUnicode_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "ops must be a str or an int, not %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    const char *s = PyUnicode_AsUTF8(obj);
+    if (s == NULL) return -1;
+    unsigned mask = 0;
+    while (*s) {
+        size_t n = strcspn(s, ",|");
+        size_t i, count = sizeof(fault_op_names) / sizeof(fault_op_names[0]);
+        for (i = 0; i < count; i++)
+            if (strlen(fault_op_names[i].name) == n && strncmp(s, fault_op_names[i].name, n) == 0)
+                break;
+        if (i == count) {
+            PyErr_Format(PyExc_ValueError, "unknown fault operation %.*s (use open, read, write, "
+                         "sync, rename, truncate, mkdir or all)", (int)n, s);
+            return -1;
+        }
+        mask |= fault_op_names[i].bit;
+        s += n;
+        if (*s) s++;
+    }
+    *out = mask;
+    return 0;
+}
+
+PyDoc_STRVAR(set_fault_doc,
+"_set_fault($self, ops, nth, errno=5, persistent=False, short=False, crash=False)\n--\n\n"
+"FOR TESTS ONLY (kimberlite/sys/faults.h). Make the nth call (1-based) of the file\n"
+"operations `ops` fail with `errno`: ops is a str such as \"write\", \"write,sync\" or\n"
+"\"all\" (open, read, write, sync, rename, truncate, mkdir) or an int mask; ops=\"\" removes\n"
+"the plan. nth=0 only counts calls (see _io_calls). persistent: every later call fails\n"
+"too. short: a failing write first writes half its bytes. crash: the process kills\n"
+"itself with SIGKILL at that call instead (after the half write when short). Resets the\n"
+"counters. Storage only; MemoryStorage raises ValueError.");
+
+static PyObject *storage_set_fault(StorageObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ops", "nth", "errno", "persistent", "short", "crash", NULL};
+    PyObject *ops_obj;
+    unsigned long long nth;
+    int err = EIO, persistent = 0, short_write = 0, crash = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OK|ippp:_set_fault", kwlist, &ops_obj, &nth,
+                                     &err, &persistent, &short_write, &crash))
+        return NULL;
+    unsigned ops;
+    if (fault_ops_from(ops_obj, &ops) < 0) return NULL;
+    if (err < 0) {
+        PyErr_SetString(PyExc_ValueError, "errno must not be negative (use crash=True)");
+        return NULL;
+    }
+    if (kmb_storage_check_open(self) < 0) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_set_fault(self->st, ops, (uint64_t)nth, crash ? KMB_FAULT_CRASH : err,
+                               persistent, short_write);
+    Py_END_ALLOW_THREADS
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(io_calls_doc,
+"_io_calls($self)\n--\n\n"
+"FOR TESTS ONLY. (calls, faults): the file operations counted and the faults injected\n"
+"since the last _set_fault.");
+
+static PyObject *storage_io_calls(StorageObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (kmb_storage_check_open(self) < 0) return NULL;
+    uint64_t calls = 0, faults = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_fault_counts(self->st, &calls, &faults);
+    Py_END_ALLOW_THREADS
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
+    return Py_BuildValue("(KK)", (unsigned long long)calls, (unsigned long long)faults);
+}
+
+#define KW_METHOD(name, fn, doc) \
+    {name, (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS, doc}
+
+static PyMethodDef testing_methods[] = {
+    KW_METHOD("_set_fault", storage_set_fault, set_fault_doc),
+    {"_io_calls", (PyCFunction)storage_io_calls, METH_NOARGS, io_calls_doc},
+    {"_segment_bytes", (PyCFunction)storage_segment_bytes, METH_VARARGS, segment_bytes_doc},
+    {"_replace_segment_bytes", (PyCFunction)storage_replace_segment_bytes, METH_VARARGS,
+     replace_segment_bytes_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+int kmb_testing_methods_add(PyTypeObject *tp)
+{
+    for (PyMethodDef *def = testing_methods; def->ml_name != NULL; def++) {
+        PyObject *descr = PyDescr_NewMethod(tp, def);
+        if (descr == NULL) return -1;
+        int rc = PyObject_SetAttrString((PyObject *)tp, def->ml_name, descr);
+        Py_DECREF(descr);
+        if (rc < 0) return -1;
+    }
+    return 0;
+}
