@@ -148,7 +148,8 @@ static int check_backend(const kmb_backend *b)
                              "backend of interface version %u; this library implements version "
                              "%d (kimberlite/sys/backend.h): rebuild the backend against it",
                              b->version, KMB_BACKEND_VERSION);
-    const char *missing = !b->list_streams     ? "list_streams"
+    const char *missing = !b->free             ? "free"
+                          : !b->list_streams   ? "list_streams"
                           : !b->list_segments  ? "list_segments"
                           : !b->segment_exists ? "segment_exists"
                           : !b->segment_size   ? "segment_size"
