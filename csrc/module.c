@@ -9,6 +9,8 @@
  */
 #include "py_kimberlite.h"
 
+#include "kimberlite/crypto.h"
+
 #include <string.h>
 
 /* Below this many bytes a checksum or hash is cheaper than releasing the GIL. */
@@ -376,6 +378,11 @@ static int import_exception(PyObject *errors, const char *name, PyObject **slot)
 
 static int kmb_module_exec(PyObject *module)
 {
+    /* OpenSSL's CPU detection: needed by a statically linked libcrypto (crypto.h). */
+    if (kmb_crypto_init() != KMB_OK) {
+        PyErr_SetString(PyExc_ImportError, kmb_error_last()->message);
+        return -1;
+    }
     kmb_module_state *st = kmb_state_of_module(module);
     PyObject *errors = PyImport_ImportModule("kimberlite._errors");
     if (errors == NULL) return -1;
