@@ -183,8 +183,13 @@ def _source_copy(tmp_path):
     for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
         if os.path.exists(os.path.join(ROOT, name)):
             shutil.copy2(os.path.join(ROOT, name), src / name)
-    for tree in ("csrc", "include", "kimberlite"):
-        shutil.copytree(os.path.join(ROOT, tree), src / tree,
+    # (CI runs the suite from an sdist whose kimberlite/ is removed in favour of the
+    # installed wheel: the package under test stands in for it)
+    package = os.path.join(ROOT, "kimberlite")
+    for tree, origin in (("csrc", os.path.join(ROOT, "csrc")),
+                         ("include", os.path.join(ROOT, "include")),
+                         ("kimberlite", package if os.path.isdir(package) else PACKAGE_DIR)):
+        shutil.copytree(origin, src / tree,
                         ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.o"))
     return src
 
