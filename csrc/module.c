@@ -10,6 +10,8 @@
  */
 #include "py_kimberlite.h"
 
+#include "kimberlite/crypto.h"
+
 #include <string.h>
 
 #include "kimberlite/layout.h"
@@ -475,6 +477,11 @@ static int add_u64(PyObject *module, const char *name, uint64_t v)
 
 static int kmb_module_exec(PyObject *module)
 {
+    /* OpenSSL's CPU detection: needed by a statically linked libcrypto (crypto.h). */
+    if (kmb_crypto_init() != KMB_OK) {
+        PyErr_SetString(PyExc_ImportError, kmb_error_last()->message);
+        return -1;
+    }
     kmb_module_state *st = kmb_state_of_module(module);
     PyObject *errors = PyImport_ImportModule("kimberlite._errors");
     if (errors == NULL) return -1;

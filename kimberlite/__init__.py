@@ -25,7 +25,11 @@ package.
 
 from __future__ import annotations
 
-from . import _core
+from . import _distribution
+
+_distribution.check(__path__[0])  # the other `kimberlite` project's files here: ImportError
+
+from . import _core  # noqa: E402
 from ._core import (
     DEFAULT_MAX_SEGMENT_SIZE,
     HEADER_SIZE,

@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                "2 usage error.",
     )
     parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {kimberlite.__version__}")
+                        version=f"%(prog)s ({kimberlite._distribution.DISTRIBUTION}) {kimberlite.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="append, read back and verify a few events",
