@@ -290,6 +290,7 @@ static int parse_key_tail(char name[KMB_NOTE_NAME_MAX + 1], uint32_t *hash, uint
 int kmb_note_verifier_parse(kmb_note_verifier *out, const char *vkey, size_t len)
 {
     kmb_note_verifier v;
+    memset(&v, 0, sizeof v); /* name bytes after the NUL too: structs compare with memcmp */
     int rc = parse_key_tail(v.name, &v.key_id, v.public_key, vkey, len, "verifier key");
     if (rc != KMB_OK) return rc;
     uint32_t id = kmb_note_key_id(v.name, strlen(v.name), v.public_key);
@@ -310,6 +311,7 @@ int kmb_note_signer_parse(kmb_note_signer *out, const char *skey, size_t len)
                              "malformed signer key: it must start with PRIVATE+KEY+ (a verifier "
                              "key cannot sign)");
     kmb_note_signer s;
+    memset(&s, 0, sizeof s);
     int rc = parse_key_tail(s.name, &s.key_id, s.seed, skey + sizeof prefix - 1,
                             len - (sizeof prefix - 1), "signer key");
     if (rc == KMB_OK) rc = kmb_ed25519_public(s.public_key, s.seed);
@@ -334,6 +336,7 @@ int kmb_note_signer_generate(kmb_note_signer *out, const char *name, size_t len)
                              "control characters, valid UTF-8, at most %d bytes",
                              KMB_NOTE_NAME_MAX);
     kmb_note_signer s;
+    memset(&s, 0, sizeof s);
     int rc = kmb_ed25519_generate(s.seed, s.public_key);
     if (rc == KMB_OK) {
         memcpy(s.name, name, len);
