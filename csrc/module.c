@@ -8,6 +8,7 @@
  * behind kimberlite.Record) and the argument converters the types share.
  */
 #include "py_kimberlite.h"
+#include "py_tlog.h"
 
 #include <string.h>
 
@@ -392,6 +393,7 @@ static int kmb_module_exec(PyObject *module)
 
     if (kmb_storage_types_init(module, st) < 0) goto done;
     if (kmb_index_type_init(module, st) < 0) goto done;
+    if (kmb_tlog_init(module) < 0) goto done;
 
     if (PyModule_AddIntConstant(module, "RECORD_OVERHEAD", KMB_RECORD_OVERHEAD) < 0) goto done;
     if (PyModule_AddIntConstant(module, "HEADER_SIZE", KMB_HEADER_SIZE) < 0) goto done;

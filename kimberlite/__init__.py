@@ -36,13 +36,18 @@ from ._core import (
 )
 from ._errors import (
     ChainVerificationError,
+    CheckpointMismatchError,
     CorruptedRecordError,
     IndexCorruptedError,
+    InvalidProofError,
+    InvalidSignatureError,
     LockedError,
+    MalformedNoteError,
     OffsetMismatchError,
     StorageError,
     StorageIOError,
     UnexpectedEofError,
+    VerificationError,
 )
 from ._record import Record
 from ._storage import MemoryStorage, Storage
@@ -74,5 +79,18 @@ __all__ = [
     "IndexCorruptedError",
     "LockedError",
     "StorageIOError",
+    "CheckpointMismatchError",
+    "VerificationError",
+    "InvalidProofError",
+    "InvalidSignatureError",
+    "MalformedNoteError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # kimberlite.tlog is imported on first use, so that `import kimberlite` stays cheap.
+    if name == "tlog":
+        __import__(__name__ + ".tlog")  # binds the submodule as globals()["tlog"]
+        return globals()["tlog"]
+    raise AttributeError(f"module 'kimberlite' has no attribute {name!r}")
