@@ -27,6 +27,12 @@
     "\xe2\x80\x94 EnochRoot "                                                               \
     "rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGrQ5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n"
 
+/* C2SP signed-note.md, "Example" */
+#define FOO_VKEY "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"
+#define FOO_NOTE                                                                            \
+    "This is an example message.\n\n\xe2\x80\x94 example.com/foo "                              \
+    "Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n"
+
 static int same_verifier(const kmb_note_verifier *a, const kmb_note_verifier *b)
 {
     return strcmp(a->name, b->name) == 0 && a->key_id == b->key_id &&
@@ -360,4 +366,36 @@ TEST(ed25519_rfc8032_test_1)
     CHECK_EQ_INT(kmb_ed25519_verify(pub, sig, 64, "x", 1), KMB_ESIGNATURE);
     sig[63] ^= 0x80; /* S no longer below the group order */
     CHECK_EQ_INT(kmb_ed25519_verify(pub, sig, 64, NULL, 0), KMB_ESIGNATURE);
+}
+
+TEST(note_c2sp_example_verifies)
+{
+    kmb_note_verifier v;
+    CHECK_EQ_INT(kmb_note_verifier_parse(&v, FOO_VKEY, strlen(FOO_VKEY)), KMB_OK);
+    CHECK_EQ_U64(v.key_id, 0x530d903a);
+    CHECK_EQ_INT(open_str(FOO_NOTE, &v), KMB_OK);
+    kmb_note *n = NULL;
+    CHECK_EQ_INT(kmb_note_parse(&n, FOO_NOTE, strlen(FOO_NOTE)), KMB_OK);
+    kmb_checkpoint cp;
+    int rc = kmb_checkpoint_parse(&cp, n->text, n->body_len); /* one line: not a checkpoint */
+    kmb_note_free(n);
+    CHECK_EQ_INT(rc, KMB_ENOTE);
+}
+
+TEST(checkpoint_c2sp_example_parses)
+{
+    /* c2sp.org/tlog-checkpoint, the example at the top (its key is not published). */
+    const char *note = "example.com/behind-the-sofa\n20852163\n"
+                       "CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n\n"
+                       "\xe2\x80\x94 example.com/behind-the-sofa Az3grlgtzPICa5OS8npVmf1Myq/5IZniMp+Z"
+                       "JurmRDeOoRDe4URYN7u5/Zhcyv2q1gGzGku9nTo+zyWE+xeMcTOAYQ8=\n";
+    kmb_note *n = NULL;
+    CHECK_EQ_INT(kmb_note_parse(&n, note, strlen(note)), KMB_OK);
+    kmb_checkpoint cp;
+    int rc = kmb_checkpoint_parse(&cp, n->text, n->body_len);
+    int ok = rc == KMB_OK && cp.tree_size == 20852163 && cp.origin_len == 27 &&
+             memcmp(cp.origin, "example.com/behind-the-sofa", 27) == 0 && cp.root[0] == 0x0a &&
+             n->nsigs == 1 && n->sigs[0].key_id == 0x033de0ae && n->sigs[0].sig_len == 64;
+    kmb_note_free(n);
+    CHECK(ok);
 }
