@@ -40,12 +40,19 @@ void kmb_merkle_node_hash(uint8_t out[HS], const uint8_t left[HS], const uint8_t
     buf[0] = 0x01;
     memcpy(buf + 1, left, HS);
     memcpy(buf + 1 + HS, right, HS);
-    SHA256(buf, sizeof buf, out);
+    /* The low-level calls, not the one-shot SHA256(): in OpenSSL 3 that fetches an EVP
+     * digest on every call, which costs more than the hash itself. */
+    SHA256_CTX c;
+    SHA256_Init(&c);
+    SHA256_Update(&c, buf, sizeof buf);
+    SHA256_Final(out, &c);
 }
 
 void kmb_merkle_empty_root(uint8_t out[HS])
 {
-    SHA256((const unsigned char *)"", 0, out);
+    SHA256_CTX c;
+    SHA256_Init(&c);
+    SHA256_Final(out, &c);
 }
 
 /* ---- bit helpers ------------------------------------------------------------------------- */
