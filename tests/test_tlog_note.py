@@ -420,3 +420,43 @@ def test_import_kimberlite_does_not_load_tlog():
             "t = kimberlite.tlog; assert sys.modules['kimberlite.tlog'] is t; "
             "from kimberlite import tlog; assert tlog is t")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@settings(max_examples=500, deadline=None)
+@given(prefix=st.sampled_from([b"", body(), body() + b"\n", body() + b"\n" + "\u2014 ".encode()]),
+       junk=st.binary(max_size=300))
+def test_arbitrary_bytes_never_open(keypair, prefix, junk):
+    # Whatever the bytes, the parser answers with one of the pinned errors (no crash, no
+    # acceptance: nothing here carries a signature by this key).
+    with pytest.raises((MalformedNoteError, InvalidSignatureError)):
+        tlog.open_checkpoint(prefix + junk, keypair[1])
+
+
+def test_concurrent_verification_keeps_each_threads_error(keypair):
+    # Errors are recorded per thread while the GIL is released: each thread sees its own.
+    import threading
+
+    skey, vkey = keypair
+    good = tlog.Signer(skey).sign_checkpoint(ORIGIN, 3, ROOT).note
+    bad = good.replace(b"\n3\n", b"\n4\n")
+    failures = []
+
+    def worker(k):
+        try:
+            for _ in range(50):
+                if k % 2:
+                    assert tlog.open_checkpoint(good, vkey).tree_size == 3
+                else:
+                    with pytest.raises(InvalidSignatureError, match="invalid signature"):
+                        tlog.open_checkpoint(bad, vkey)
+                    with pytest.raises(MalformedNoteError, match="newline"):
+                        tlog.open_checkpoint(good[:-1], vkey)
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
