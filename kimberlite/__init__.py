@@ -20,7 +20,8 @@ Beyond that API: ``s.stream(1)`` is a sequence view of a stream (``len``, ``view
 ``s.iter_from(1)`` iterates in chunks; ``kimberlite.testing`` damages streams on purpose so
 that tests can check that an application notices; the ``kimberlite`` command line and a
 pytest plugin (fixtures ``kimberlite_storage`` and ``kimberlite_memory``) come with the
-package.
+package. ``kimberlite.tlog`` (imported on first use) verifies RFC 9162 Merkle proofs and
+signs and opens C2SP checkpoints (docs/TLOG.md).
 """
 
 from __future__ import annotations
