@@ -399,3 +399,54 @@ TEST(checkpoint_c2sp_example_parses)
     kmb_note_free(n);
     CHECK(ok);
 }
+
+/*
+ * C2SP/CCTV ed25519/ed25519vectors.json: edge-case signatures. Its README says Go and
+ * OpenSSL reject every vector flagged non_canonical_R or low_order_residue; pinned here for
+ * the vectors below (numbers as in the file).
+ */
+TEST(ed25519_cctv_non_canonical_r_and_low_order_residue_are_rejected)
+{
+    static const struct {
+        int number;
+        const char *key, *sig, *msg;
+    } v[] = {
+        {0, "0000000000000000000000000000000000000000000000000000000000000000",
+         "00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+         "ed25519vectors 3"},
+        {2, "0000000000000000000000000000000000000000000000000000000000000000",
+         "36684ea91032ba5b1dbab2d02f4debc74c3327f2b3802e2e4d371aa42b12b56b05ba9a796274d80437afa36f1236563f2f3b0aa84cecddc3d20914615ba4fe02",
+         "ed25519vectors 7"},
+        {4, "10eb7c3acfb2bed3e0d6ab89bf5a3d6afddd1176ce4812e38d9fd485058fdb1f",
+         "00000000000000000000000000000000000000000000000000000000000000005e176f12cfb0d4e6eb6929b19ae4c998ef05c1c2cf628a9b1fa1c21312627108",
+         "ed25519vectors 7"},
+        {6, "10eb7c3acfb2bed3e0d6ab89bf5a3d6afddd1176ce4812e38d9fd485058fdb1f",
+         "36684ea91032ba5b1dbab2d02f4debc74c3327f2b3802e2e4d371aa42b12b56bc02e2b9e63e385c058bf62b14b3a2b29ccefe8e38ddb536bc3f9865320a3d801",
+         "ed25519vectors 10"},
+        {15, "0000000000000000000000000000000000000000000000000000000000000000",
+         "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f0000000000000000000000000000000000000000000000000000000000000000",
+         "ed25519vectors 10"},
+        {17, "10eb7c3acfb2bed3e0d6ab89bf5a3d6afddd1176ce4812e38d9fd485058fdb1f",
+         "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7fad7a355469b5c87e550469f6b2de409ee723acd584bf35f86b80c384e8ceb702",
+         "ed25519vectors 3"},
+        {19, "10eb7c3acfb2bed3e0d6ab89bf5a3d6afddd1176ce4812e38d9fd485058fdb1f",
+         "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f9472a69cd9a701a50d130ed52189e2455b23767db52cacb8716fb896ffeeac09",
+         "ed25519vectors 3"},
+        {26, "10eb7c3acfb2bed3e0d6ab89bf5a3d6afddd1176ce4812e38d9fd485058fdb1f",
+         "000000000000000000000000000000000000000000000000000000000000008075b3d7e9547febbdbf3fde21df901c7ca1fc59e8b689a4ae283919e78cf62b03",
+         "ed25519vectors 11"},
+        {28, "10eb7c3acfb2bed3e0d6ab89bf5a3d6afddd1176ce4812e38d9fd485058fdb1f",
+         "b797b156efcd45a4e2454d2fd0b21438b3ccd80d4c7fd1d1b2c8e55bd4ed4a94639734cf989e314e9e049fc01a3864d191fed8f231b12fee6fa50aaadba44b0e",
+         "ed25519vectors 9"},
+        {39, "10eb7c3acfb2bed3e0d6ab89bf5a3d6afddd1176ce4812e38d9fd485058fdb1f",
+         "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff1f5fae114eb0c534b5aed0a892d0a0e1d429df6a025c5ae08012e0ffce78310c",
+         "ed25519vectors 27"},
+    };
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        uint8_t key[32], sig[64];
+        kt_unhex(key, 32, v[i].key);
+        kt_unhex(sig, 64, v[i].sig);
+        int rc = kmb_ed25519_verify(key, sig, 64, v[i].msg, strlen(v[i].msg));
+        CHECKF(rc == KMB_ESIGNATURE, "CCTV vector %d: %d", v[i].number, rc);
+    }
+}
