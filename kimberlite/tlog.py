@@ -310,3 +310,66 @@ def _tile_path(level: int | None, index: int, width: int = 256) -> str:
 def _tile_count(tree_size: int, level: int) -> tuple[int, int]:
     """(full tiles, width of the partial tile or 0) of ``level`` in a tree of ``tree_size``."""
     return _core.tlog_tile_count(tree_size, level)
+
+
+_PROOF_KINDS = ("inclusion", "consistency")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _canonical_uint(s: str) -> int | None:
+    if not s or not s.isascii() or not s.isdigit() or (s[0] == "0" and len(s) > 1):
+        return None
+    value = int(s)
+    return value if value < 2**64 else None
+
+
+def _format_proof(kind: str, a: int, b: int, proof: list[bytes]) -> str:
+    """The text form of a proof (docs/TLOG.md, "Proofs as text"): a header line
+    ``inclusion <index> <tree_size>`` or ``consistency <old_size> <new_size>``, then one
+    lowercase hex hash per line."""
+    if kind not in _PROOF_KINDS:
+        raise ValueError(f"kind must be 'inclusion' or 'consistency', not {kind!r}")
+    for v in (a, b):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TypeError(f"proof sizes must be ints, not {type(v).__name__}")
+        if not 0 <= v < 2**64:
+            raise ValueError(f"proof size {v} is not in [0, 2**64)")
+    lines = [f"{kind} {a} {b}\n"]
+    for h in proof:
+        if not isinstance(h, bytes) or len(h) != 32:
+            raise ValueError("every proof hash must be 32 bytes")
+        lines.append(h.hex() + "\n")
+    return "".join(lines)
+
+
+def _parse_proof(text: str | bytes) -> tuple[str, int, int, list[bytes]]:
+    """Parse the text form of a proof strictly: ``(kind, a, b, hashes)``.
+
+    Raises ``InvalidProofError`` for anything but the exact form ``_format_proof`` writes
+    (the number of hashes is checked when the proof is verified).
+    """
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidProofError("malformed proof text: not ASCII") from None
+    if not isinstance(text, str):
+        raise TypeError(f"proof text must be str or bytes, not {type(text).__name__}")
+    if not text.endswith("\n") or not text.isascii():
+        raise InvalidProofError("malformed proof text: not ASCII lines each ending in a newline")
+    lines = text[:-1].split("\n")
+    head = lines[0].split(" ")
+    if len(head) != 3 or head[0] not in _PROOF_KINDS:
+        raise InvalidProofError(
+            "malformed proof text: the first line must be 'inclusion <index> <tree_size>' "
+            "or 'consistency <old_size> <new_size>'")
+    a, b = _canonical_uint(head[1]), _canonical_uint(head[2])
+    if a is None or b is None:
+        raise InvalidProofError("malformed proof text: sizes must be canonical decimal numbers")
+    hashes: list[bytes] = []
+    for line in lines[1:]:
+        if len(line) != 64 or not _HEX.issuperset(line):
+            raise InvalidProofError(
+                "malformed proof text: every line after the first must be 64 lowercase hex digits")
+        hashes.append(bytes.fromhex(line))
+    return head[0], a, b, hashes

@@ -539,3 +539,47 @@ def test_tile_helpers_follow_tlog_tiles():
         tlog._tile_path(0, 0, 257)
     with pytest.raises(ValueError):
         tlog._tile_path(64, 0)
+
+
+# ---- the text form of proofs (docs/TLOG.md) --------------------------------------------
+
+def test_proof_text_round_trip_and_spec_example():
+    text = tlog._format_proof("inclusion", 2, 3, [bytes.fromhex(SPEC["root2"])])
+    assert text == "inclusion 2 3\n" + SPEC["root2"] + "\n"
+    assert tlog._parse_proof(text) == ("inclusion", 2, 3, [bytes.fromhex(SPEC["root2"])])
+    assert tlog._parse_proof(text.encode()) == tlog._parse_proof(text)
+    proof = tlog._consistency_proof(ENTRIES, 5, 300)
+    kind, m, n, parsed = tlog._parse_proof(tlog._format_proof("consistency", 5, 300, proof))
+    assert (kind, m, n, parsed) == ("consistency", 5, 300, proof)
+    tlog.verify_consistency(m, n, parsed, ROOTS[5], ROOTS[300])
+    assert tlog._parse_proof("consistency 4 4\n") == ("consistency", 4, 4, [])
+
+
+@pytest.mark.parametrize("text", [
+    "", "\n", "inclusion 2 3", "inclusion 2 3\n\n", "inclusion  2 3\n", "inclusion 02 3\n",
+    "inclusion 2 +3\n", "inclusion 2 3 4\n", "Inclusion 2 3\n", "proof 2 3\n",
+    "inclusion 2 18446744073709551616\n", "inclusion 2 3\r\n",
+    "inclusion 2 3\n" + SPEC["root2"].upper() + "\n",
+    "inclusion 2 3\n" + SPEC["root2"][:-1] + "\n",
+    "inclusion 2 3\n" + SPEC["root2"] + " \n",
+    "inclusion 2 3\n" + SPEC["root2"],
+    "inclusion 2 3\n" + SPEC["root2"] + "\n\n",
+    "inclusion \u0662 3\n",
+    b"inclusion 2 3\n\xff\n",
+])
+def test_malformed_proof_text_is_rejected(text):
+    with pytest.raises(InvalidProofError, match="malformed proof text"):
+        tlog._parse_proof(text)
+
+
+def test_format_proof_checks_its_arguments():
+    with pytest.raises(ValueError):
+        tlog._format_proof("audit", 1, 2, [])
+    with pytest.raises(ValueError):
+        tlog._format_proof("inclusion", -1, 2, [])
+    with pytest.raises(TypeError):
+        tlog._format_proof("inclusion", True, 2, [])
+    with pytest.raises(ValueError):
+        tlog._format_proof("inclusion", 1, 2, [b"short"])
+    with pytest.raises(TypeError):
+        tlog._parse_proof(None)
