@@ -479,21 +479,48 @@ static int parse_verifier(PyObject *obj, kmb_note_verifier *v)
     return 0;
 }
 
-static PyObject *tlog_signer_info(PyObject *module, PyObject *skey)
+#define SIGNER_CAPSULE "kimberlite._core.tlog_signer"
+
+/* A loaded signer key lives in C memory only, and is wiped when its capsule is freed. */
+static void signer_capsule_free(PyObject *capsule)
+{
+    kmb_note_signer *s = PyCapsule_GetPointer(capsule, SIGNER_CAPSULE);
+    if (s != NULL) {
+        kmb_note_signer_wipe(s);
+        free(s);
+    }
+}
+
+static PyObject *tlog_signer_load(PyObject *module, PyObject *skey)
 {
     (void)module;
-    kmb_note_signer s;
-    if (parse_signer(skey, &s) < 0) return NULL;
+    kmb_note_signer *s = malloc(sizeof *s);
+    if (s == NULL) return PyErr_NoMemory();
+    if (parse_signer(skey, s) < 0) {
+        kmb_note_signer_wipe(s);
+        free(s);
+        return NULL;
+    }
     kmb_note_verifier v;
-    kmb_note_signer_verifier(&v, &s);
-    kmb_note_signer_wipe(&s);
+    kmb_note_signer_verifier(&v, s);
+    PyObject *capsule = PyCapsule_New(s, SIGNER_CAPSULE, signer_capsule_free);
+    if (capsule == NULL) {
+        kmb_note_signer_wipe(s);
+        free(s);
+        return NULL;
+    }
     char vkey[KMB_NOTE_KEY_MAX];
     int vn = kmb_note_verifier_format(vkey, sizeof vkey, &v);
-    if (vn < 0) return tlog_raise(vn);
+    if (vn < 0) {
+        Py_DECREF(capsule);
+        return tlog_raise(vn);
+    }
     PyObject *id = key_id_bytes(v.key_id);
-    if (id == NULL) return NULL;
-    PyObject *r = Py_BuildValue("(sNs#)", v.name, id, vkey, (Py_ssize_t)vn);
-    return r;
+    if (id == NULL) {
+        Py_DECREF(capsule);
+        return NULL;
+    }
+    return Py_BuildValue("(NsNs#)", capsule, v.name, id, vkey, (Py_ssize_t)vn);
 }
 
 static PyObject *tlog_verifier_info(PyObject *module, PyObject *vkey)
@@ -526,24 +553,25 @@ static PyObject *tlog_sign_checkpoint(PyObject *module, PyObject *const *args, P
                      args[1], KMB_CHECKPOINT_ORIGIN_MAX);
         return NULL;
     }
-    kmb_note_signer s;
-    if (parse_signer(args[0], &s) < 0) return NULL;
+    const kmb_note_signer *s = PyCapsule_IsValid(args[0], SIGNER_CAPSULE)
+                                   ? PyCapsule_GetPointer(args[0], SIGNER_CAPSULE)
+                                   : NULL;
+    if (s == NULL) {
+        PyErr_SetString(PyExc_TypeError, "sign_checkpoint() needs a signer from tlog_signer_load()");
+        return NULL;
+    }
     size_t cap = (size_t)olen + 80;
     char *body = malloc(cap);
-    if (body == NULL) {
-        kmb_note_signer_wipe(&s);
-        return PyErr_NoMemory();
-    }
+    if (body == NULL) return PyErr_NoMemory();
     int bl = kmb_checkpoint_format(body, cap, origin, (size_t)olen, size, root);
     char *note = NULL;
     size_t nlen = 0;
     int rc = bl < 0 ? bl : KMB_OK;
     if (rc == KMB_OK) {
         Py_BEGIN_ALLOW_THREADS
-        rc = kmb_note_sign(&note, &nlen, body, (size_t)bl, &s);
+        rc = kmb_note_sign(&note, &nlen, body, (size_t)bl, s);
         Py_END_ALLOW_THREADS
     }
-    kmb_note_signer_wipe(&s);
     free(body);
     if (rc != KMB_OK) return tlog_raise(rc);
     PyObject *r = PyBytes_FromStringAndSize(note, (Py_ssize_t)nlen);
@@ -643,12 +671,13 @@ static PyMethodDef tlog_methods[] = {
      "tlog_tile_count(tree_size, level, /)\n--\n\n(full tiles, partial width) of a level."},
     {"tlog_generate_key", (PyCFunction)tlog_generate_key, METH_O,
      "tlog_generate_key(name, /)\n--\n\nA new Ed25519 key: (signer key, verifier key)."},
-    {"tlog_signer_info", (PyCFunction)tlog_signer_info, METH_O,
-     "tlog_signer_info(signer_key, /)\n--\n\n(name, key ID, verifier key) of a signer key."},
+    {"tlog_signer_load", (PyCFunction)tlog_signer_load, METH_O,
+     "tlog_signer_load(signer_key, /)\n--\n\n(signer, name, key ID, verifier key): the key "
+     "loaded into C memory (a capsule, wiped when freed) and its public parts."},
     {"tlog_verifier_info", (PyCFunction)tlog_verifier_info, METH_O,
      "tlog_verifier_info(verifier_key, /)\n--\n\n(name, key ID) of a verifier key."},
     {"tlog_sign_checkpoint", FASTCALL(tlog_sign_checkpoint),
-     "tlog_sign_checkpoint(signer_key, origin, tree_size, root_hash, /)\n--\n\n"
+     "tlog_sign_checkpoint(signer, origin, tree_size, root_hash, /)\n--\n\n"
      "The signed checkpoint note (bytes)."},
     {"tlog_open_checkpoint", FASTCALL(tlog_open_checkpoint),
      "tlog_open_checkpoint(note, verifier_key, origin_or_None, /)\n--\n\n"

@@ -114,19 +114,21 @@ class Signer:
 
     Attributes: ``name`` (str), ``key_id`` (4 bytes), ``verifier_key`` (the matching public
     key string). A malformed key, or one whose hash does not match, raises ``ValueError``;
-    a non-str ``TypeError``. The repr never shows the secret.
+    a non-str ``TypeError``. The seed is kept in C memory only (wiped when the Signer is
+    freed): a Signer keeps no reference to the key string, never shows it, and does not
+    pickle.
     """
 
     __slots__ = ("_key", "name", "key_id", "verifier_key")
 
-    _key: str
+    _key: object  # the key loaded into C memory, wiped when this Signer is freed
     name: str
     key_id: bytes
     verifier_key: str
 
     def __init__(self, signer_key: str) -> None:
-        name, key_id, vkey = _core.tlog_signer_info(signer_key)
-        object.__setattr__(self, "_key", signer_key)
+        key, name, key_id, vkey = _core.tlog_signer_load(signer_key)
+        object.__setattr__(self, "_key", key)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "key_id", key_id)
         object.__setattr__(self, "verifier_key", vkey)
@@ -136,6 +138,10 @@ class Signer:
 
     def __repr__(self) -> str:
         return f"Signer(name={self.name!r}, key_id={self.key_id.hex()!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a Signer holds a secret key and cannot be pickled; pickle nothing, "
+                        "and load the key from its file where it is needed")
 
     def sign_checkpoint(self, origin: str, tree_size: int, root_hash: bytes) -> Checkpoint:
         """Sign the checkpoint ``(origin, tree_size, root_hash)`` and return it.

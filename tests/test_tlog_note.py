@@ -460,3 +460,15 @@ def test_concurrent_verification_keeps_each_threads_error(keypair):
     for t in threads:
         t.join()
     assert not failures, failures
+
+
+def test_signer_keeps_no_key_string_and_does_not_pickle(keypair):
+    import gc
+
+    s = tlog.Signer(keypair[0])
+    referents = gc.get_referents(s)
+    assert keypair[0] not in referents and all(keypair[0] not in repr(r) for r in referents)
+    with pytest.raises(TypeError, match="secret"):
+        pickle.dumps(s)
+    with pytest.raises(TypeError):
+        tlog._core.tlog_sign_checkpoint(keypair[0], ORIGIN, 3, ROOT)  # a key string is not a loaded key
