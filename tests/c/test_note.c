@@ -450,3 +450,68 @@ TEST(ed25519_cctv_non_canonical_r_and_low_order_residue_are_rejected)
         CHECKF(rc == KMB_ESIGNATURE, "CCTV vector %d: %d", v[i].number, rc);
     }
 }
+
+TEST(note_random_mutations_never_crash_or_verify)
+{
+    /* Deterministic random edits (1..4 bytes overwritten, inserted or removed, or a cut) of a
+     * signed checkpoint: under ASan/UBSan the parser must neither misbehave nor accept. */
+    kmb_note_signer s;
+    CHECK_EQ_INT(kmb_note_signer_parse(&s, PETER_SKEY, strlen(PETER_SKEY)), KMB_OK);
+    kmb_note_verifier v;
+    kmb_note_signer_verifier(&v, &s);
+    uint8_t root[32];
+    kt_fill_random(root, 32, 99);
+    char body[128];
+    int bl = kmb_checkpoint_format(body, sizeof body, "example.com/log/1", 17, 70000, root);
+    char *note = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(kmb_note_sign(&note, &len, body, (size_t)bl, &s), KMB_OK);
+    kmb_note_signer_wipe(&s);
+    char buf[512];
+    int bad = 0;
+    for (uint64_t round = 0; round < 3000 && !bad; round++) {
+        uint8_t r[16];
+        kt_fill_random(r, sizeof r, round + 1);
+        memcpy(buf, note, len);
+        size_t n = len;
+        unsigned edits = 1 + r[0] % 4;
+        for (unsigned e = 0; e < edits; e++) {
+            size_t at = ((size_t)r[1 + e * 3] << 8 | r[2 + e * 3]) % n;
+            uint8_t byte = r[3 + e * 3];
+            switch (r[13] % 4) {
+            case 0: buf[at] = (char)(buf[at] == (char)byte ? byte ^ 1 : byte); break;
+            case 1: /* insert */
+                if (n < sizeof buf - 1) {
+                    memmove(buf + at + 1, buf + at, n - at);
+                    buf[at] = (char)byte;
+                    n++;
+                }
+                break;
+            case 2: /* remove */
+                if (n > 1) {
+                    memmove(buf + at, buf + at + 1, n - at - 1);
+                    n--;
+                }
+                break;
+            default: n = at; break;
+            }
+            r[13] = (uint8_t)(r[13] + r[14] + 1);
+            if (n == 0) break;
+        }
+        if (n == len && memcmp(buf, note, len) == 0) continue; /* edits cancelled out */
+        kmb_note *parsed = NULL;
+        int rc = kmb_note_parse(&parsed, buf, n);
+        if (rc == KMB_OK) {
+            kmb_checkpoint cp;
+            rc = kmb_checkpoint_parse(&cp, parsed->text, parsed->body_len);
+            if (rc == KMB_OK) rc = kmb_note_verify(parsed, &v);
+            kmb_note_free(parsed);
+        }
+        if (rc != KMB_ENOTE && rc != KMB_ESIGNATURE) {
+            fprintf(stderr, "round %llu: rc %d\n", (unsigned long long)round, rc);
+            bad = 1;
+        }
+    }
+    free(note);
+    CHECK(!bad);
+}
