@@ -472,3 +472,31 @@ def test_signer_keeps_no_key_string_and_does_not_pickle(keypair):
         pickle.dumps(s)
     with pytest.raises(TypeError):
         tlog._core.tlog_sign_checkpoint(keypair[0], ORIGIN, 3, ROOT)  # a key string is not a loaded key
+
+
+# Go's checksum database: its public verifier key (built into the go command) and two signed
+# tree heads that sum.golang.org published (quoted in public test suites). Real-world notes
+# from another implementation of the same formats.
+SUMDB_VKEY = "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8"
+SUMDB_NOTES = [
+    ("go.sum database tree\n31700353\nqINS1GRFhWHwdkUeqLEoP4yEMkTBBzxBkGwGQlVlVcs=\n\n"
+     "\u2014 sum.golang.org Az3grnmrIUEDFqHzAElIQCPNoRFRAAdFo47fooyWKMHb89k11GJh5zHIfNCOBmwn/"
+     "C3YI8oW9/C8DJ87F61QqspBYwM=\n", 31700353),
+    ("go.sum database tree\n65209736\n5+uGFjx6xBZG8ip1+wi77v+grwbhhukIrxEUS8PXvRo=\n\n"
+     "\u2014 sum.golang.org Az3grnbssgK7ubgFX36gVETtNv0U23qxyAhAMai2QUfeGa3nB/akvkMdlUErfcZz7l/"
+     "R3cVtYspg3dxXABkGZZKdsQ8=\n", 65209736),
+]
+
+
+@pytest.mark.parametrize("note,size", SUMDB_NOTES)
+def test_real_go_checksum_database_tree_heads_open(note, size):
+    cp = tlog.open_checkpoint(note, SUMDB_VKEY, origin="go.sum database tree")
+    assert cp.tree_size == size and cp.origin == "go.sum database tree"
+    assert base64.b64encode(cp.root_hash).decode() == note.split("\n")[2]
+    # cross-checked with cryptography, independently of kimberlite
+    _, kid, pub = key_parts(SUMDB_VKEY)
+    raw = base64.b64decode(note.split(" ")[-1])
+    assert raw[:4] == kid
+    Ed25519PublicKey.from_public_bytes(pub).verify(raw[4:], note.split("\n\n")[0].encode() + b"\n")
+    with pytest.raises(InvalidSignatureError):
+        tlog.open_checkpoint(note.replace(str(size), str(size + 1)), SUMDB_VKEY)
