@@ -150,6 +150,35 @@ int kmb_merkle_subtree_root(uint8_t out[HS], kmb_merkle_node_fn get_node, void *
     return KMB_OK;
 }
 
+int kmb_merkle_tree_root(uint8_t out[HS], kmb_merkle_node_fn get_node, void *ctx,
+                         uint64_t size)
+{
+    if (size == 0) {
+        kmb_merkle_empty_root(out);
+        return KMB_OK;
+    }
+    return kmb_merkle_subtree_root(out, get_node, ctx, 0, size);
+}
+
+int kmb_merkle_range_load(kmb_merkle_range *r, kmb_merkle_node_fn get_node, void *ctx,
+                          uint64_t size)
+{
+    kmb_merkle_range tmp;
+    kmb_merkle_range_init(&tmp);
+    uint64_t begin = 0;
+    for (unsigned level = 64; level-- > 0;) {
+        if (!((size >> level) & 1)) continue;
+        /* The perfect subtree of 2**level leaves that starts at `begin`. */
+        int rc = get_node(ctx, level, begin >> level, tmp.hashes[tmp.count]);
+        if (rc != KMB_OK) return rc;
+        tmp.count++;
+        begin += (uint64_t)1 << level;
+    }
+    tmp.size = size;
+    *r = tmp;
+    return KMB_OK;
+}
+
 /* transparency-dev/merkle's decomposition: the inner part (below the point where the paths
  * to index and to size-1 meet) and the border part (right-edge siblings above it). */
 static void decompose(uint64_t index, uint64_t size, unsigned *inner, unsigned *border)

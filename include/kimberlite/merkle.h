@@ -112,6 +112,21 @@ typedef int (*kmb_merkle_node_fn)(void *ctx, unsigned level, uint64_t index,
                                   uint8_t out[KMB_MERKLE_HASH_SIZE]);
 
 /*
+ * out = the root of the tree of the first `size` leaves (the empty root for size 0), from at
+ * most 2 log2(size) accessor calls. Errors: the accessor's.
+ */
+int kmb_merkle_tree_root(uint8_t out[KMB_MERKLE_HASH_SIZE], kmb_merkle_node_fn get_node,
+                         void *ctx, uint64_t size);
+
+/*
+ * Rebuild the compact range of the first `size` leaves from a node accessor, one call per
+ * set bit of `size`: how a writer resumes integration from stored tree data after a
+ * restart. Errors: the accessor's; *r is unchanged on error.
+ */
+int kmb_merkle_range_load(kmb_merkle_range *r, kmb_merkle_node_fn get_node, void *ctx,
+                          uint64_t size);
+
+/*
  * out = MTH(D[begin:end]) for any 0 <= begin < end, from perfect subtrees only (at most
  * 2 log2(end - begin) accessor calls when begin is aligned as in an RFC 9162 tree).
  * Errors: KMB_EINVAL if begin >= end; the accessor's.

@@ -195,6 +195,37 @@ TEST(merkle_compact_range_append_is_unchanged_when_visit_fails)
     CHECK_EQ_INT(kmb_merkle_range_append(&r, g_leaves[0], NULL, NULL), KMB_EINVAL);
 }
 
+TEST(merkle_range_load_and_tree_root_from_an_accessor)
+{
+    make_leaves();
+    kmb_merkle_leaves t = {(const uint8_t(*)[32])g_leaves, N_LEAVES};
+    kmb_merkle_range grown, loaded;
+    kmb_merkle_range_init(&grown);
+    uint8_t a[32], b[32];
+    for (uint64_t n = 0; n <= N_LEAVES; n++) {
+        if (n > 0) CHECK_EQ_INT(kmb_merkle_range_append(&grown, g_leaves[n - 1], NULL, NULL), KMB_OK);
+        CHECK_EQ_INT(kmb_merkle_range_load(&loaded, kmb_merkle_leaves_node, &t, n), KMB_OK);
+        CHECK_EQ_U64(loaded.size, n);
+        CHECK_EQ_INT(loaded.count, grown.count);
+        CHECKF(memcmp(loaded.hashes, grown.hashes, 32 * (size_t)grown.count) == 0, "size %d", (int)n);
+        CHECK_EQ_INT(kmb_merkle_tree_root(a, kmb_merkle_leaves_node, &t, n), KMB_OK);
+        kmb_merkle_range_root(&loaded, b);
+        CHECK(memcmp(a, b, 32) == 0);
+    }
+    /* Resume integration from a loaded range: the same roots as growing from scratch. */
+    CHECK_EQ_INT(kmb_merkle_range_load(&loaded, kmb_merkle_leaves_node, &t, 77), KMB_OK);
+    for (uint64_t n = 78; n <= N_LEAVES; n++)
+        CHECK_EQ_INT(kmb_merkle_range_append(&loaded, g_leaves[n - 1], NULL, NULL), KMB_OK);
+    kmb_merkle_range_root(&loaded, a);
+    kmb_merkle_range_root(&grown, b);
+    CHECK(memcmp(a, b, 32) == 0);
+    /* An accessor error leaves the range as it was. */
+    kmb_merkle_range before = loaded;
+    kmb_merkle_leaves small = {(const uint8_t(*)[32])g_leaves, 10};
+    CHECK_EQ_INT(kmb_merkle_range_load(&loaded, kmb_merkle_leaves_node, &small, 11), KMB_EINVAL);
+    CHECK(memcmp(&loaded, &before, sizeof before) == 0);
+}
+
 TEST(merkle_inclusion_proofs_match_the_rfc_and_verify)
 {
     make_leaves();
