@@ -500,3 +500,21 @@ def test_real_go_checksum_database_tree_heads_open(note, size):
     Ed25519PublicKey.from_public_bytes(pub).verify(raw[4:], note.split("\n\n")[0].encode() + b"\n")
     with pytest.raises(InvalidSignatureError):
         tlog.open_checkpoint(note.replace(str(size), str(size + 1)), SUMDB_VKEY)
+
+
+_ORIGIN_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), min_size=1, max_size=40
+).filter(lambda s: all(ord(c) >= 0x20 for c in s))
+
+
+@settings(max_examples=200, deadline=None)
+@given(origin=_ORIGIN_TEXT, size=st.integers(0, 2**64 - 1), root=st.binary(min_size=32, max_size=32))
+def test_any_origin_size_and_root_round_trip(keypair, origin, size, root):
+    skey, vkey = keypair
+    cp = tlog.Signer(skey).sign_checkpoint(origin, size, root)
+    assert cp.note.startswith(f"{origin}\n{size}\n".encode())
+    got = tlog.open_checkpoint(cp.note, vkey, origin=origin)
+    assert (got.origin, got.tree_size, got.root_hash) == (origin, size, root)
+    name, kid, pub = key_parts(vkey)
+    raw = base64.b64decode(cp.note.split(b"\n\n")[1].split(b" ")[-1].rstrip(b"\n"))
+    nacl.signing.VerifyKey(pub).verify(cp.note.split(b"\n\n")[0] + b"\n", raw[4:])
