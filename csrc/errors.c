@@ -65,6 +65,9 @@ const char *kmb_strerror(int code)
     case KMB_EREADONLY: return "storage is read-only";
     case KMB_ECLOSED: return "storage is closed";
     case KMB_ENOTFOUND: return "not found";
+    case KMB_EPROOF: return "invalid Merkle proof";
+    case KMB_ESIGNATURE: return "invalid or missing signature";
+    case KMB_ENOTE: return "malformed note";
     default: return "unknown error";
     }
 }

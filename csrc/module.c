@@ -9,6 +9,7 @@
  * converters the types share.
  */
 #include "py_kimberlite.h"
+#include "py_tlog.h"
 
 #include "kimberlite/crypto.h"
 
@@ -501,6 +502,7 @@ static int kmb_module_exec(PyObject *module)
     if (import_record_class(st) < 0) goto done;
     if (kmb_storage_types_init(module, st) < 0) goto done;
     if (kmb_index_type_init(module, st) < 0) goto done;
+    if (kmb_tlog_init(module) < 0) goto done;
 
     if (PyModule_AddIntConstant(module, "RECORD_OVERHEAD", KMB_RECORD_OVERHEAD) < 0) goto done;
     if (PyModule_AddIntConstant(module, "HEADER_SIZE", KMB_HEADER_SIZE) < 0) goto done;

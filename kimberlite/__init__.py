@@ -20,7 +20,8 @@ Beyond that API: ``s.stream(1)`` is a sequence view of a stream (``len``, ``view
 ``s.iter_from(1)`` iterates in chunks; ``kimberlite.testing`` damages streams on purpose so
 that tests can check that an application notices; the ``kimberlite`` command line and a
 pytest plugin (fixtures ``kimberlite_storage`` and ``kimberlite_memory``) come with the
-package.
+package. ``kimberlite.tlog`` (imported on first use) verifies RFC 9162 Merkle proofs and
+signs and opens C2SP checkpoints (docs/TLOG.md).
 """
 
 from __future__ import annotations
@@ -40,13 +41,18 @@ from ._core import (
 )
 from ._errors import (
     ChainVerificationError,
+    CheckpointMismatchError,
     CorruptedRecordError,
     IndexCorruptedError,
+    InvalidProofError,
+    InvalidSignatureError,
     LockedError,
+    MalformedNoteError,
     OffsetMismatchError,
     StorageError,
     StorageIOError,
     UnexpectedEofError,
+    VerificationError,
 )
 from ._record import Record
 from ._storage import MemoryStorage, Storage
@@ -76,5 +82,18 @@ __all__ = [
     "IndexCorruptedError",
     "LockedError",
     "StorageIOError",
+    "CheckpointMismatchError",
+    "VerificationError",
+    "InvalidProofError",
+    "InvalidSignatureError",
+    "MalformedNoteError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # kimberlite.tlog is imported on first use, so that `import kimberlite` stays cheap.
+    if name == "tlog":
+        __import__(__name__ + ".tlog")  # binds the submodule as globals()["tlog"]
+        return globals()["tlog"]
+    raise AttributeError(f"module 'kimberlite' has no attribute {name!r}")

@@ -16,6 +16,11 @@ __all__ = [
     "IndexCorruptedError",
     "LockedError",
     "StorageIOError",
+    "CheckpointMismatchError",
+    "VerificationError",
+    "InvalidProofError",
+    "InvalidSignatureError",
+    "MalformedNoteError",
 ]
 
 
@@ -136,3 +141,37 @@ class StorageIOError(StorageError, OSError):
 
     def __str__(self) -> str:
         return self.detail if self.detail else OSError.__str__(self)
+
+
+class CheckpointMismatchError(ChainVerificationError):
+    """A new head does not extend the stream's last stored checkpoint; nothing was signed.
+
+    Raised when the records were rewritten under a checkpoint (another root at its size), the
+    stream is shorter than it, or the origin differs. Attributes as ChainVerificationError.
+    """
+
+    __module__ = "kimberlite"
+
+
+class VerificationError(StorageError):
+    """A proof, note or signature that does not verify (kimberlite.tlog)."""
+
+    __module__ = "kimberlite"
+
+
+class InvalidProofError(VerificationError):
+    """An inclusion or consistency proof does not hold for the given sizes and roots."""
+
+    __module__ = "kimberlite"
+
+
+class InvalidSignatureError(VerificationError):
+    """A note carries no valid signature by the expected key, or names another origin."""
+
+    __module__ = "kimberlite"
+
+
+class MalformedNoteError(VerificationError):
+    """A signed note or checkpoint is not in the strict C2SP form."""
+
+    __module__ = "kimberlite"

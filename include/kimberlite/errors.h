@@ -34,7 +34,11 @@ typedef enum kmb_status {
     KMB_ELOCKED = -10,   /* another writer holds the data directory          LockedError */
     KMB_EREADONLY = -11, /* write asked of a read-only storage               StorageError */
     KMB_ECLOSED = -12,   /* storage already closed                           ValueError */
-    KMB_ENOTFOUND = -13  /* no such object (internal: e.g. no index file)    StorageError */
+    KMB_ENOTFOUND = -13, /* no such object (internal: e.g. no index file)    StorageError */
+    /* Verifiable log (merkle.h, note.h, sign.h): VerificationError and its subclasses. */
+    KMB_EPROOF = -14,     /* a Merkle proof that does not verify              InvalidProofError */
+    KMB_ESIGNATURE = -15, /* no valid signature by the expected key           InvalidSignatureError */
+    KMB_ENOTE = -16       /* a malformed note, checkpoint or key string       MalformedNoteError */
 } kmb_status;
 
 /* Details of the last failure on this thread. Fields whose has_* flag is 0 are unset. */
