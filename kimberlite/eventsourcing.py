@@ -70,7 +70,8 @@ import threading
 import time
 import zlib
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
+                    Tuple, TypeVar, cast)
 from uuid import UUID
 
 from eventsourcing.persistence import (
@@ -114,6 +115,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("kimberlite.eventsourcing")
+_T = TypeVar("_T")
 
 # ---- record encoding ---------------------------------------------------------------------
 
@@ -345,18 +347,17 @@ class _Store:
                     db = self._connect(":memory:")
         else:
             os.makedirs(os.path.dirname(self.index_path), exist_ok=True)
+            db = self._connect(self.index_path)
             try:
-                db = self._connect(self.index_path)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
-                ok = db.execute("PRAGMA user_version").fetchone()[0] in (0, _SCHEMA_VERSION)
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version not in (0, _SCHEMA_VERSION):
+                    raise sqlite3.DatabaseError(f"schema version {version}, expected "
+                                                f"{_SCHEMA_VERSION}")
             except sqlite3.DatabaseError as e:
                 _log.warning("index %s unreadable (%s); rebuilding it", self.index_path, e)
-                ok = False
-                db = None  # type: ignore[assignment]
-            if not ok:
-                if db is not None:
-                    db.close()
+                db.close()
                 self._remove_index_files()
                 db = self._connect(self.index_path)
                 db.execute("PRAGMA journal_mode=WAL")
@@ -401,7 +402,7 @@ class _Store:
             self._reset_index(e)
             raise _Retry from e
 
-    def run(self, fn: Any, *args: Any) -> Any:
+    def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Call ``fn`` under the lock; if the index proves bad, rebuild it and call again."""
         with self.lock:
             self._check_open()
@@ -753,13 +754,13 @@ def _acquire_store(path: str, *, read_only: bool, fsync: bool, storage_kwargs: D
         return store
     key = (os.path.realpath(path), read_only)
     with _stores_lock:
-        store = _stores.get(key)
-        if store is None or store.closed:
-            store = _Store(path, read_only=read_only, fsync=fsync,
+        found = _stores.get(key)
+        if found is None or found.closed:
+            found = _Store(path, read_only=read_only, fsync=fsync,
                            storage_kwargs=storage_kwargs, poll_interval=poll_interval)
-            _stores[key] = store
-        store.refs += 1
-        return store
+            _stores[key] = found
+        found.refs += 1
+        return found
 
 
 def _release_store(store: _Store) -> None:
@@ -797,7 +798,7 @@ class KimberliteRecorder(Recorder):
         with self._store.lock:
             self._store._check_open()
             with _engine_errors():
-                return self.storage.latest_chain_hash(self.stream_id)
+                return cast(Optional[bytes], self.storage.latest_chain_hash(self.stream_id))
 
     def verify(self, expected_head: Optional[bytes] = None) -> Tuple[int, Optional[bytes]]:
         """Check the stream's whole hash chain from genesis (and against ``expected_head``).
@@ -809,7 +810,8 @@ class KimberliteRecorder(Recorder):
         with self._store.lock:
             self._store._check_open()
         with _engine_errors():
-            return self.storage.verify(self.stream_id, expected_head=expected_head)
+            return cast(Tuple[int, Optional[bytes]],
+                        self.storage.verify(self.stream_id, expected_head=expected_head))
 
 
 class KimberliteAggregateRecorder(KimberliteRecorder, AggregateRecorder):
