@@ -780,9 +780,10 @@ def _release_store(store: _Store) -> None:
 class KimberliteRecorder(Recorder):
     """Base of the recorders: one stream of one store; tamper evidence surfaced."""
 
-    def __init__(self, store: _Store, stream_id: int) -> None:
+    def __init__(self, store: _Store, stream_id: int, owner: object = None) -> None:
         self._store = store
         self.stream_id = stream_id
+        self._owner = owner  # the factory: it closes the store when collected, not before
 
     @property
     def storage(self) -> Any:
@@ -967,13 +968,13 @@ class KimberliteFactory(InfrastructureFactory[KimberliteTrackingRecorder]):
         return 2**32 + zlib.crc32(purpose.encode("utf-8"))
 
     def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
-        return self.aggregate_recorder_class(self.store, self.stream_for(purpose))
+        return self.aggregate_recorder_class(self.store, self.stream_for(purpose), self)
 
     def application_recorder(self) -> ApplicationRecorder:
         topic = self.env.get(self.APPLICATION_RECORDER_TOPIC)
         cls = resolve_topic(topic) if topic else self.application_recorder_class
         assert issubclass(cls, KimberliteApplicationRecorder), cls
-        return cls(self.store, self.stream_id)
+        return cls(self.store, self.stream_id, self)
 
     def tracking_recorder(self, tracking_recorder_class: Optional[
             type[KimberliteTrackingRecorder]] = None) -> KimberliteTrackingRecorder:
@@ -982,13 +983,13 @@ class KimberliteFactory(InfrastructureFactory[KimberliteTrackingRecorder]):
             topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
             cls = resolve_topic(topic) if topic else self.tracking_recorder_class
         assert cls is not None and issubclass(cls, KimberliteTrackingRecorder), cls
-        return cls(self.store, self.stream_id)
+        return cls(self.store, self.stream_id, self)
 
     def process_recorder(self) -> ProcessRecorder:
         topic = self.env.get(self.PROCESS_RECORDER_TOPIC)
         cls = resolve_topic(topic) if topic else self.process_recorder_class
         assert issubclass(cls, KimberliteProcessRecorder), cls
-        return cls(self.store, self.stream_id)
+        return cls(self.store, self.stream_id, self)
 
     def flush(self) -> None:
         """Commit the index now (it is otherwise committed every 1,000 records or second)."""
