@@ -70,7 +70,7 @@ import threading
 import time
 import zlib
 from contextlib import contextmanager
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
                     Tuple, TypeVar, cast)
 from uuid import UUID
 
@@ -138,28 +138,98 @@ def encode_record(first_id: int, stored_events: Sequence[StoredEvent],
     Raises ``DataError`` for values the format cannot hold (a version outside int64, an
     originator id that is neither ``UUID`` nor ``str``).
     """
+    return _encode(first_id, stored_events, tracking)[0]
+
+
+def _encode(first_id: int, stored_events: Sequence[StoredEvent],
+            tracking: Optional[Tracking]) -> Tuple[bytes, List[int]]:
+    """The record and the byte position of each event in it."""
     try:
         parts = [_HEAD.pack(_MAGIC, FORMAT_VERSION, _FLAG_TRACKING if tracking else 0, 0,
                             first_id, len(stored_events))]
+        pos = _HEAD.size
         if tracking is not None:
             name = tracking.application_name.encode("utf-8")
             parts += [_U32.pack(len(name)), name, _I64.pack(tracking.notification_id)]
+            pos += 12 + len(name)
+        positions = []
         for s in stored_events:
+            positions.append(pos)
             oid = s.originator_id
             if isinstance(oid, UUID):
-                parts.append(_EV_UUID.pack(0, oid.bytes, s.originator_version))
+                head = _EV_UUID.pack(0, oid.bytes, s.originator_version)
+                parts.append(head)
             elif isinstance(oid, str):
                 b = oid.encode("utf-8")
-                parts += [_EV_STR.pack(1, len(b)), b, _I64.pack(s.originator_version)]
+                head = b"".join((_EV_STR.pack(1, len(b)), b, _I64.pack(s.originator_version)))
+                parts.append(head)
             else:
                 raise DataError(f"originator_id must be a UUID or a str, not "
                                 f"{type(oid).__name__}: {oid!r}")
             topic = s.topic.encode("utf-8")
-            state = bytes(s.state)
+            state = s.state if type(s.state) is bytes else bytes(s.state)
             parts += [_U32.pack(len(topic)), topic, _U32.pack(len(state)), state]
+            pos += len(head) + 8 + len(topic) + len(state)
     except (struct.error, AttributeError, TypeError, UnicodeError) as e:
         raise DataError(f"cannot encode stored events for kimberlite: {e}") from e
-    return b"".join(parts)
+    return b"".join(parts), positions
+
+
+def _header(payload: bytes) -> Tuple[int, Optional[Tracking], int, int]:
+    """``(first_id, tracking, count, position of the first event)``."""
+    magic, version, flags, _, first_id, count = _HEAD.unpack_from(payload, 0)
+    if magic != _MAGIC or version != FORMAT_VERSION:
+        raise DataError(f"not an eventsourcing record of format version "
+                        f"{FORMAT_VERSION} (starts with {bytes(payload[:5])!r})")
+    pos = _HEAD.size
+    tracking = None
+    if flags & _FLAG_TRACKING:
+        (n,) = _U32.unpack_from(payload, pos)
+        pos += 4
+        name = payload[pos:pos + n].decode("utf-8")
+        if len(name.encode("utf-8")) != n:
+            raise DataError("record ends inside its tracking record")
+        pos += n
+        (nid,) = _I64.unpack_from(payload, pos)
+        pos += 8
+        tracking = Tracking(application_name=name, notification_id=nid)
+    return first_id, tracking, count, pos
+
+
+def _event_at(payload: bytes, pos: int) -> Tuple[StoredEvent, int]:
+    """The event that starts at byte ``pos`` and the position after it."""
+    oid: Any
+    if payload[pos] == 0:
+        _, raw, ver = _EV_UUID.unpack_from(payload, pos)
+        oid = UUID(bytes=raw)
+        pos += _EV_UUID.size
+    elif payload[pos] == 1:
+        _, n = _EV_STR.unpack_from(payload, pos)
+        pos += _EV_STR.size
+        oid = payload[pos:pos + n].decode("utf-8")
+        pos += n
+        (ver,) = _I64.unpack_from(payload, pos)
+        pos += 8
+    else:
+        raise DataError(f"unknown originator id kind {payload[pos]}")
+    (n,) = _U32.unpack_from(payload, pos)
+    pos += 4
+    topic = payload[pos:pos + n].decode("utf-8")
+    pos += n
+    (n,) = _U32.unpack_from(payload, pos)
+    pos += 4
+    state = payload[pos:pos + n]
+    if len(state) != n:
+        raise DataError("record ends inside an event's state")
+    pos += n
+    return StoredEvent(originator_id=oid, originator_version=ver, topic=topic,
+                       state=state), pos
+
+
+def _decoding_errors(e: Exception) -> DataError:
+    if isinstance(e, DataError):
+        return e
+    return DataError(f"malformed eventsourcing record: {e}")
 
 
 def decode_record(payload: bytes) -> Decoded:
@@ -168,53 +238,32 @@ def decode_record(payload: bytes) -> Decoded:
     Raises ``DataError`` when the payload is not a well-formed version-1 record.
     """
     try:
-        magic, version, flags, _, first_id, count = _HEAD.unpack_from(payload, 0)
-        if magic != _MAGIC or version != FORMAT_VERSION:
-            raise DataError(f"not an eventsourcing record of format version "
-                            f"{FORMAT_VERSION} (starts with {bytes(payload[:5])!r})")
-        pos = _HEAD.size
-        tracking = None
-        if flags & _FLAG_TRACKING:
-            (n,) = _U32.unpack_from(payload, pos)
-            pos += 4
-            name = bytes(payload[pos:pos + n]).decode("utf-8")
-            pos += n
-            (nid,) = _I64.unpack_from(payload, pos)
-            pos += 8
-            tracking = Tracking(application_name=name, notification_id=nid)
+        first_id, tracking, count, pos = _header(payload)
         events = []
         for _ in range(count):
-            oid: Any
-            if payload[pos] == 0:
-                _, raw, ver = _EV_UUID.unpack_from(payload, pos)
-                oid = UUID(bytes=raw)
-                pos += _EV_UUID.size
-            else:
-                _, n = _EV_STR.unpack_from(payload, pos)
-                pos += _EV_STR.size
-                oid = bytes(payload[pos:pos + n]).decode("utf-8")
-                pos += n
-                (ver,) = _I64.unpack_from(payload, pos)
-                pos += 8
-            (n,) = _U32.unpack_from(payload, pos)
-            pos += 4
-            topic = bytes(payload[pos:pos + n]).decode("utf-8")
-            pos += n
-            (n,) = _U32.unpack_from(payload, pos)
-            pos += 4
-            state = bytes(payload[pos:pos + n])
-            if len(state) != n:
-                raise DataError("record ends inside an event's state")
-            pos += n
-            events.append(StoredEvent(originator_id=oid, originator_version=ver,
-                                      topic=topic, state=state))
+            event, pos = _event_at(payload, pos)
+            events.append(event)
         if pos != len(payload):
             raise DataError(f"{len(payload) - pos} unexpected bytes after the last event")
     except (struct.error, IndexError, UnicodeError, ValueError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"malformed eventsourcing record: {e}") from e
+        raise _decoding_errors(e) from e
     return first_id, tracking, events
+
+
+def _scan_record(payload: bytes) -> Tuple[int, Optional[Tracking], List[Tuple[Any, int, int]]]:
+    """``(first_id, tracking, [(key, version, position)])`` for indexing a record."""
+    try:
+        first_id, tracking, count, pos = _header(payload)
+        rows = []
+        for _ in range(count):
+            at = pos
+            event, pos = _event_at(payload, pos)
+            rows.append((_key(event.originator_id), event.originator_version, at))
+        if pos != len(payload):
+            raise DataError(f"{len(payload) - pos} unexpected bytes after the last event")
+    except (struct.error, IndexError, UnicodeError, ValueError) as e:
+        raise _decoding_errors(e) from e
+    return first_id, tracking, rows
 
 
 def _key(originator_id: Any) -> Any:
@@ -267,17 +316,19 @@ class _IndexMismatch(Exception):
 
 # ---- the store: one Storage, one index, one lock -----------------------------------------
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (stream INTEGER PRIMARY KEY, next_offset INTEGER,"
     " head BLOB, next_id INTEGER, rows INTEGER)",
     "CREATE TABLE IF NOT EXISTS events (stream INTEGER, key, version INTEGER,"
-    " offset INTEGER, id INTEGER, PRIMARY KEY (stream, key, version)) WITHOUT ROWID",
+    " offset INTEGER, id INTEGER, pos INTEGER, PRIMARY KEY (stream, key, version))"
+    " WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS recs (stream INTEGER, first_id INTEGER, offset INTEGER,"
     " PRIMARY KEY (stream, first_id)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS tracking (stream INTEGER, app TEXT, id INTEGER,"
     " PRIMARY KEY (stream, app)) WITHOUT ROWID",
 ]
+_FLUSH_RECORDS = 1000  # rows buffered in Python are written every this many records ...
 _COMMIT_RECORDS = 1000  # the writer commits its index every this many records ...
 _COMMIT_SECONDS = 1.0  # ... or this often, and on close
 _READ_CHUNK = 64 * 1024
@@ -312,6 +363,13 @@ class _Store:
         self._pending = 0
         self._last_commit = time.monotonic()
         self._in_txn = False
+        # Rows of new records, buffered until a read needs them or _FLUSH_RECORDS records
+        # (one executemany instead of several statements per insert).
+        self._buf_events: List[Tuple[int, Any, int, int, int, int]] = []
+        self._buf_recs: List[Tuple[int, int, int]] = []
+        self._buf_keys: Set[Tuple[int, Any, int]] = set()
+        self._buf_tracking: Dict[Tuple[int, str], int] = {}
+        self._buf_records = 0
         with _engine_errors():
             if self.memory:
                 self.storage: Any = MemoryStorage(**storage_kwargs)
@@ -389,41 +447,59 @@ class _Store:
             pass
         self._in_txn = False
         self._pending = 0
+        self._clear_buffers()
         self.streams.clear()
         if self.index_path is not None and not self.read_only:
             self._remove_index_files()
         self.db = self._open_index()
 
-    @contextmanager
-    def _index_guard(self) -> Iterator[None]:
-        try:
-            yield
-        except (sqlite3.DatabaseError, _IndexMismatch) as e:
-            self._reset_index(e)
-            raise _Retry from e
-
     def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Call ``fn`` under the lock; if the index proves bad, rebuild it and call again."""
         with self.lock:
-            self._check_open()
-            for attempt in range(2):
-                try:
-                    with self._index_guard():
-                        return fn(*args)
-                except _Retry as r:
-                    if attempt:
-                        raise DatabaseError(f"kimberlite index keeps failing: {r.__cause__}"
-                                            ) from r.__cause__
-        raise AssertionError("unreachable")
+            if self.closed:
+                self._check_open()
+            try:
+                return fn(*args)
+            except (sqlite3.DatabaseError, _IndexMismatch) as e:
+                self._reset_index(e)
+            try:
+                return fn(*args)
+            except (sqlite3.DatabaseError, _IndexMismatch) as e:
+                self._reset_index(e)
+                raise DatabaseError(f"kimberlite index keeps failing: {e}") from e
 
     def _begin(self) -> None:
         if not self._in_txn:
             self.db.execute("BEGIN")
             self._in_txn = True
 
+    def _clear_buffers(self) -> None:
+        self._buf_events = []
+        self._buf_recs = []
+        self._buf_keys = set()
+        self._buf_tracking = {}
+        self._buf_records = 0
+
+    def flush(self) -> None:
+        """Write the buffered rows into the index (inside the open transaction)."""
+        if not self._buf_records:
+            return
+        self._begin()
+        try:
+            self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", self._buf_events)
+            self.db.executemany("INSERT INTO recs VALUES (?,?,?)", self._buf_recs)
+            self.db.executemany("INSERT OR REPLACE INTO tracking VALUES (?,?,?)",
+                                [(sid, app, nid)
+                                 for (sid, app), nid in self._buf_tracking.items()])
+        except sqlite3.IntegrityError as e:  # rows the index should not hold: rebuild it
+            raise _IndexMismatch(f"index rows conflict with new records: {e}") from e
+        finally:
+            self._clear_buffers()
+
     def commit(self) -> None:
         """Write the index's meta rows and commit (the writer; a no-op for readers)."""
-        if not self._in_txn:
+        self.flush()
+        if not self._in_txn or self.read_only:
             return
         for st in self.streams.values():
             head = self.storage.latest_chain_hash(st.stream_id) if st.indexed else None
@@ -493,38 +569,49 @@ class _Store:
             records = self.storage.iter_from(st.stream_id, st.indexed, records=True,
                                              chunk_bytes=1 << 20)
             for rec in records:
-                first_id, tracking, events = decode_record(rec.payload)
+                first_id, tracking, rows = _scan_record(rec.payload)
                 if first_id != st.next_id:
                     raise DataError(
                         f"record {rec.offset} of stream {st.stream_id} starts at "
                         f"notification id {first_id}, expected {st.next_id}: this stream "
                         "was not written by kimberlite.eventsourcing alone")
-                self._begin()
-                self._add_rows(st, rec.offset, [(_key(e.originator_id), e.originator_version)
-                                                for e in events], tracking)
-                st.indexed = rec.offset + 1
-                self._pending += 1
+                self._buffer(st, rec.offset, rows, tracking)
+                if self._buf_records >= _FLUSH_RECORDS:
+                    self.flush()
         if not self.read_only:
             self.maybe_commit()
 
-    def _add_rows(self, st: _StreamState, offset: int, keys: List[Tuple[Any, int]],
-                  tracking: Optional[Tracking]) -> None:
+    def _buffer(self, st: _StreamState, offset: int, rows: List[Tuple[Any, int, int]],
+                tracking: Optional[Tracking]) -> None:
+        """Account for one more record of the stream; its index rows go to the buffers."""
         sid, first = st.stream_id, st.next_id
-        if keys:
-            self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?)",
-                                [(sid, k, v, offset, first + i)
-                                 for i, (k, v) in enumerate(keys)])
-            self.db.execute("INSERT INTO recs VALUES (?,?,?)", (sid, first, offset))
+        if rows:
+            self._buf_events.extend([(sid, k, v, offset, first + i, pos)
+                                     for i, (k, v, pos) in enumerate(rows)])
+            self._buf_keys.update([(sid, k, v) for k, v, _ in rows])
+            self._buf_recs.append((sid, first, offset))
         if tracking is not None:
-            self.db.execute("INSERT OR REPLACE INTO tracking VALUES (?,?,?)",
-                            (sid, tracking.application_name, tracking.notification_id))
-        st.next_id += len(keys)
-        st.rows += len(keys)
+            self._buf_tracking[(sid, tracking.application_name)] = tracking.notification_id
+        st.next_id += len(rows)
+        st.rows += len(rows)
+        st.indexed = offset + 1
+        self._buf_records += 1
+        self._pending += 1
 
     def maybe_commit(self) -> None:
-        if self._in_txn and (self._pending >= _COMMIT_RECORDS
-                             or time.monotonic() - self._last_commit >= _COMMIT_SECONDS):
+        if self._buf_records >= _FLUSH_RECORDS:
+            self.flush()
+        if self._pending >= _COMMIT_RECORDS or (
+                self._pending and time.monotonic() - self._last_commit >= _COMMIT_SECONDS):
             self.commit()
+
+    def _tracking_id(self, sid: int, app: str) -> Optional[int]:
+        nid = self._buf_tracking.get((sid, app))
+        if nid is not None:
+            return nid
+        row = self.db.execute("SELECT id FROM tracking WHERE stream=? AND app=?",
+                              (sid, app)).fetchone()
+        return None if row is None else int(row[0])
 
     # -- writes -------------------------------------------------------------------------
 
@@ -536,65 +623,68 @@ class _Store:
         if not stored_events and tracking is None:
             return []
         st = self.stream(sid)
-        keys = [(_key(s.originator_id), s.originator_version) for s in stored_events]
-        if len(set(keys)) < len(keys):
-            raise IntegrityError(f"stored events are not unique: the same (originator_id, "
-                                 f"originator_version) twice in one call: {stored_events}")
+        # Optimistic concurrency, checked before anything is written.
+        keys = [_key(s.originator_id) for s in stored_events]
+        by_key: Dict[Any, List[int]] = {}
+        for key, s in zip(keys, stored_events):
+            by_key.setdefault(key, []).append(s.originator_version)
+        for key, versions in by_key.items():
+            clash = len(set(versions)) < len(versions)
+            if not clash and self._buf_keys:
+                clash = any((sid, key, v) in self._buf_keys for v in versions)
+            if not clash:
+                lo, hi = min(versions), max(versions)
+                found = self.db.execute(
+                    "SELECT version FROM events WHERE stream=? AND key=? AND version"
+                    " BETWEEN ? AND ?", (sid, key, lo, hi)).fetchall()
+                clash = bool(found) and not {r[0] for r in found}.isdisjoint(versions)
+            if clash:
+                raise IntegrityError(
+                    f"stored event already recorded, or twice in one call: originator_id "
+                    f"{key if isinstance(key, str) else UUID(bytes=key)}, versions "
+                    f"{versions} (stream {sid}); nothing of this call was written")
         if tracking is not None:
-            row = self.db.execute("SELECT id FROM tracking WHERE stream=? AND app=?",
-                                  (sid, tracking.application_name)).fetchone()
-            if row is not None and row[0] >= tracking.notification_id:
+            recorded = self._tracking_id(sid, tracking.application_name)
+            if recorded is not None and recorded >= tracking.notification_id:
                 raise IntegrityError(
                     f"tracking notification id {tracking.notification_id} for "
                     f"{tracking.application_name!r} is not greater than the recorded "
-                    f"{row[0]}")
-        payload = encode_record(st.next_id, stored_events, tracking)
-        self._begin()
-        self.db.execute("SAVEPOINT ins")
-        next_id, rows = st.next_id, st.rows
+                    f"{recorded}; nothing of this call was written")
+        first = st.next_id
+        payload, positions = _encode(first, stored_events, tracking)
         try:
-            try:
-                self._add_rows(st, st.indexed, keys, tracking)
-            except sqlite3.IntegrityError:
-                raise IntegrityError(
-                    f"stored event already recorded (originator_id, originator_version) in "
-                    f"stream {sid}: {stored_events}") from None
-            with _engine_errors():
-                self.storage.append_batch(sid, [payload], expected_offset=st.indexed,
-                                          fsync=self.fsync)
-        except BaseException:
-            self.db.execute("ROLLBACK TO ins")
-            self.db.execute("RELEASE ins")
-            st.next_id, st.rows = next_id, rows
-            raise
+            self.storage.append_batch(sid, [payload], expected_offset=st.indexed,
+                                      fsync=self.fsync)
+        except (_kerr.StorageError, ValueError) as e:
+            raise _mapped(e) from e
         # The record is stored: from here on nothing may report failure to the caller.
-        first = next_id
-        st.indexed += 1
-        self._pending += 1
+        self._buffer(st, st.indexed, [(k, s.originator_version, pos) for k, s, pos
+                                      in zip(keys, stored_events, positions)], tracking)
         try:
-            self.db.execute("RELEASE ins")
             self.maybe_commit()
-        except sqlite3.Error as e:  # the index only: drop it; the next access rebuilds it
+        except (sqlite3.Error, _IndexMismatch) as e:  # the index only: rebuilt on next use
             self._reset_index(e)
-        self.notify(sid)
-        return list(range(first, first + len(keys)))
+        if self.listeners:
+            self.notify(sid)
+        return list(range(first, first + len(stored_events)))
 
     # -- reads --------------------------------------------------------------------------
 
-    def _read_one(self, sid: int, offset: int) -> Decoded:
+    def _read_payload(self, sid: int, offset: int) -> bytes:
         with _engine_errors():
             recs = self.storage.read_records(sid, offset, 1)
         if not recs:
             raise _IndexMismatch(f"the index points at record {offset} of stream {sid}, "
                                  "which does not exist")
-        return decode_record(recs[0].payload)
+        return cast(bytes, recs[0].payload)
 
     def select_events(self, sid: int, originator_id: Any, gt: Optional[int],
                       lte: Optional[int], desc: bool, limit: Optional[int]
                       ) -> List[StoredEvent]:
         self.stream(sid)
+        self.flush()
         key = _key(originator_id)
-        sql = "SELECT version, offset, id FROM events WHERE stream=? AND key=?"
+        sql = "SELECT version, offset, pos FROM events WHERE stream=? AND key=?"
         params: List[Any] = [sid, key]
         if gt is not None:
             sql += " AND version>?"
@@ -607,17 +697,17 @@ class _Store:
             sql += " LIMIT ?"
             params.append(limit)
         rows = self.db.execute(sql, params).fetchall()
-        cache: Dict[int, Decoded] = {}
+        payloads: Dict[int, bytes] = {}
         out = []
-        for version, offset, nid in rows:
-            decoded = cache.get(offset)
-            if decoded is None:
-                decoded = cache[offset] = self._read_one(sid, offset)
-            first_id, _, events = decoded
-            i = nid - first_id
-            if not 0 <= i < len(events):
-                raise _IndexMismatch(f"notification id {nid} is not in record {offset}")
-            ev = events[i]
+        for version, offset, pos in rows:
+            payload = payloads.get(offset)
+            if payload is None:
+                payload = payloads[offset] = self._read_payload(sid, offset)
+            try:
+                ev = _event_at(payload, pos)[0]
+            except (DataError, struct.error, IndexError, UnicodeError, ValueError) as e:
+                raise _IndexMismatch(f"no event at byte {pos} of record {offset}: {e}"
+                                     ) from e
             if ev.originator_version != version or _key(ev.originator_id) != key:
                 raise _IndexMismatch(f"record {offset} does not hold the indexed event")
             out.append(ev)
@@ -627,6 +717,7 @@ class _Store:
                              stop: Optional[int], topics: Sequence[str],
                              inclusive_of_start: bool) -> List[Notification]:
         st = self.stream(sid)
+        self.flush()
         if start is None:
             start, inclusive_of_start = 1, True
         first = max(start if inclusive_of_start else start + 1, 1)
@@ -672,9 +763,7 @@ class _Store:
 
     def max_tracking_id(self, sid: int, app: str) -> Optional[int]:
         self.stream(sid)
-        row = self.db.execute("SELECT id FROM tracking WHERE stream=? AND app=?",
-                              (sid, app)).fetchone()
-        return None if row is None else int(row[0])
+        return self._tracking_id(sid, app)
 
     # -- subscriptions ------------------------------------------------------------------
 
@@ -733,10 +822,6 @@ class _Store:
             finally:
                 with _engine_errors():
                     self.storage.close()
-
-
-class _Retry(Exception):
-    pass
 
 
 # One store per data directory in a process: a directory has one writer (the engine's lock),
