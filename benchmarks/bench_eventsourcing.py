@@ -93,8 +93,8 @@ def bench_reads(kind, aggregates):
     try:
         f, rec = make(kind, tmp, fsync=False)
         ids = [uuid.uuid4() for _ in range(aggregates)]
-        for i in range(0, aggregates, 100):  # 100 aggregates (1,000 events) per call
-            rec.insert_events([e for a in ids[i:i + 100] for e in events_of(a, 10)])
+        for a in ids:  # one aggregate of 10 events per call, as Application.save() does
+            rec.insert_events(events_of(a, 10))
         random.Random(1).shuffle(ids)
         t = time.perf_counter()
         for a in ids:
