@@ -337,9 +337,10 @@ _CACHE_BYTES = 8 << 20  # payloads of records read by select_events, least recen
 
 
 class _StreamState:
-    __slots__ = ("stream_id", "indexed", "next_id", "rows")
+    __slots__ = ("stream_id", "indexed", "next_id", "rows", "error")
 
     def __init__(self, stream_id: int, indexed: int, next_id: int, rows: int) -> None:
+        self.error: Optional[str] = None  # the stream holds a record this module cannot use
         self.stream_id = stream_id
         self.indexed = indexed  # offset of the first record not yet in the index
         self.next_id = next_id  # notification id of the next event
@@ -528,6 +529,8 @@ class _Store:
         st = self.streams.get(sid)
         if st is None:
             st = self._load(sid)
+        elif st.error is not None:
+            raise DataError(st.error)
         elif self.read_only:
             self._catch_up(st)
         return st
@@ -570,12 +573,17 @@ class _Store:
             records = self.storage.iter_from(st.stream_id, st.indexed, records=True,
                                              chunk_bytes=1 << 20)
             for rec in records:
-                first_id, tracking, rows = _scan_record(rec.payload)
-                if first_id != st.next_id:
-                    raise DataError(
-                        f"record {rec.offset} of stream {st.stream_id} starts at "
-                        f"notification id {first_id}, expected {st.next_id}: this stream "
-                        "was not written by kimberlite.eventsourcing alone")
+                try:
+                    first_id, tracking, rows = _scan_record(rec.payload)
+                    if first_id != st.next_id:
+                        raise DataError(f"it starts at notification id {first_id}, "
+                                        f"expected {st.next_id}")
+                except DataError as e:
+                    # Nothing after this record can be indexed or appended: say so each time.
+                    st.error = (f"record {rec.offset} of stream {st.stream_id} in "
+                                f"{self.path!r} is not usable by kimberlite.eventsourcing "
+                                f"({e}); the events before it stay readable by kimberlite")
+                    raise DataError(st.error) from e
                 self._buffer(st, rec.offset, rows, tracking)
                 if self._buf_records >= _FLUSH_RECORDS:
                     self.flush()
