@@ -10,20 +10,17 @@ Select it the library's usual way::
 ``process_recorder()`` build the recorders. Further variables (each may carry the usual
 application-name prefix, e.g. ``BANKACCOUNTS_KIMBERLITE_PATH``):
 
-========================== ========= ===================================================
-``KIMBERLITE_FSYNC``       ``y``     sync every insert before it returns (``n``: the data
-                                     survives a killed process, not a power cut)
-``KIMBERLITE_READ_ONLY``   ``n``     open without the writer lock, never write; sees the
-                                     writer's new events (subscriptions poll)
-``KIMBERLITE_STREAM_ID``   ``1``     the stream of the application sequence and tracking
-                                     records; snapshots go to ``STREAM_ID + 1``
-``KIMBERLITE_SNAPSHOTS_STREAM_ID``   override for snapshots (and ``KIMBERLITE_<PURPOSE>_
-                                     STREAM_ID`` for any other ``aggregate_recorder``
-                                     purpose; unnamed purposes get ``2**32 + crc32(name)``)
-``KIMBERLITE_MAX_SEGMENT_SIZE`` / ``KIMBERLITE_MAX_EVENT_SIZE``   the Storage options
-``KIMBERLITE_POLL_INTERVAL`` ``0.1`` seconds between checks for new records by
-                                     subscriptions of a read-only store
-========================== ========= ===================================================
+- ``KIMBERLITE_FSYNC`` (default ``y``): sync every insert before it returns; ``n``: the
+  data survives a killed process, not a power cut.
+- ``KIMBERLITE_READ_ONLY`` (default ``n``): open without the writer lock and never write;
+  the writer's new events are seen (subscriptions poll).
+- ``KIMBERLITE_STREAM_ID`` (default ``1``): the stream of the application sequence and of
+  tracking records; snapshots go to ``STREAM_ID + 1`` (``KIMBERLITE_SNAPSHOTS_STREAM_ID``,
+  and ``KIMBERLITE_<PURPOSE>_STREAM_ID`` for any other ``aggregate_recorder`` purpose;
+  unnamed purposes get ``2**32 + crc32(purpose)``).
+- ``KIMBERLITE_MAX_SEGMENT_SIZE``, ``KIMBERLITE_MAX_EVENT_SIZE``: the ``Storage`` options.
+- ``KIMBERLITE_POLL_INTERVAL`` (default ``0.1``): seconds between checks for new records by
+  subscriptions of a read-only store.
 
 Design (docs/EVENTSOURCING.md has the whole story):
 
@@ -42,11 +39,10 @@ Design (docs/EVENTSOURCING.md has the whole story):
 * **The index** (originator id -> versions -> record offset and notification id; first
   notification id -> record offset; tracking ids) is a SQLite file in
   ``KIMBERLITE_PATH/eventsourcing/`` (a directory the engine ignores). It is a cache like
-  ``.idx``: it stores, per stream, the offset it has indexed up to, the chain hash of the
-  record before it and its row count; on open these are checked against the records (the
-  hash of the record at that offset, and a count of rows), a tail of newer records is
-  indexed incrementally, and a missing, stale, truncated or corrupt index is rebuilt from the
-  records. Every row used by a read is confirmed against the record it points to.
+  ``.idx``: it stores, per stream, the offset it has indexed up to and the chain hash of the
+  record before it; on open these are checked against the records, a tail of newer records
+  is indexed incrementally, and a missing, stale, truncated or corrupt index is rebuilt from
+  the records. Every row used by a read is confirmed against the record it points to.
 * **Tamper evidence**: every recorder has ``.storage``, ``.stream_id``, ``head_hash()`` and
   ``verify(expected_head=...)``; the factory has ``.storage`` too.
 
