@@ -307,6 +307,10 @@ def _engine_errors() -> Iterator[None]:
         raise _mapped(e) from e
 
 
+def _row_order(row: Tuple[int, Any, int, int, int, int]) -> Tuple[int, bool, Any, int]:
+    return row[0], isinstance(row[1], str), row[1], row[2]
+
+
 class _IndexMismatch(Exception):
     """A row of the index does not agree with the record it points to: rebuild and retry."""
 
@@ -489,6 +493,8 @@ class _Store:
             return
         self._begin()
         try:
+            # In key order, a batch of B-tree inserts touches each page once, not at random.
+            self._buf_events.sort(key=_row_order)
             self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", self._buf_events)
             self.db.executemany("INSERT INTO recs VALUES (?,?,?)", self._buf_recs)
             self.db.executemany("INSERT OR REPLACE INTO tracking VALUES (?,?,?)",
@@ -628,6 +634,8 @@ class _Store:
         if not stored_events and tracking is None:
             return []
         st = self.stream(sid)
+        first = st.next_id
+        payload, positions = _encode(first, stored_events, tracking)  # DataError first
         # Optimistic concurrency, checked before anything is written.
         keys = [_key(s.originator_id) for s in stored_events]
         by_key: Dict[Any, List[int]] = {}
@@ -655,8 +663,6 @@ class _Store:
                     f"tracking notification id {tracking.notification_id} for "
                     f"{tracking.application_name!r} is not greater than the recorded "
                     f"{recorded}; nothing of this call was written")
-        first = st.next_id
-        payload, positions = _encode(first, stored_events, tracking)
         try:
             self.storage.append_batch(sid, [payload], expected_offset=st.indexed,
                                       fsync=self.fsync)

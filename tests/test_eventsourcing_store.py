@@ -230,6 +230,12 @@ def test_a_failed_call_writes_nothing(tmp_path, where):
             rec.insert_events(bad, **kw)
         assert rec.head_hash() == head
         assert rec.storage.next_offset(rec.stream_id) == 1
+    for bad in ([ev(b, 2**63)], [ev(b, 2), ev(12345, 1)]):  # values the format cannot hold
+        with pytest.raises(DataError):
+            rec.insert_events(bad)
+    with pytest.raises(DataError):
+        rec.insert_events([ev(b, 2)], tracking=Tracking("up", 2**64))
+    assert rec.head_hash() == head
     assert rec.insert_events([ev(b, 2)], tracking=Tracking("up", 2)) == [3]
     assert [e.originator_version for e in rec.select_events(b)] == [1, 2]
     f.close()
