@@ -91,8 +91,8 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
-from . import _errors as _kerr
-from ._storage import MemoryStorage, Storage
+import kimberlite as _kerr  # the public API only (SPEC §4)
+from kimberlite import MemoryStorage, Storage
 
 if TYPE_CHECKING:
     from threading import Event
