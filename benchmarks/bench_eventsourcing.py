@@ -1,0 +1,214 @@
+"""kimberlite.eventsourcing against the eventsourcing library's own SQLite module, one run.
+
+    python benchmarks/bench_eventsourcing.py                 # 1M-event reopen, 3 repeats
+    python benchmarks/bench_eventsourcing.py --events 200000 --repeat 5
+
+Rows (median of --repeat runs, each in a fresh directory):
+- insert 1 / insert 10: events per second through ``insert_events`` with 1 or 10 events of
+  one new aggregate per call, durable per call (kimberlite ``KIMBERLITE_FSYNC=y``; SQLite in
+  WAL mode with its default ``synchronous``), and without a sync per call for kimberlite
+  (``fsync=n``: survives a killed process, not a power cut);
+- "no index": kimberlite's encoding and ``append_batch`` alone (what ``insert_events`` does
+  minus the index), the baseline for the index's cost on appends;
+- select_events: events per second reading whole aggregates of 10 events, in random order;
+- select_notifications: events per second reading the application sequence in pages of 500;
+- reopen + select: milliseconds to construct the factory and the application recorder on a
+  store of --events events (aggregates of 10) and select one aggregate's events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from eventsourcing.persistence import InfrastructureFactory, StoredEvent  # noqa: E402
+
+from kimberlite.eventsourcing import encode_record  # noqa: E402
+
+STATE = b'{"amount":"10.00","timestamp":"2026-11-29T18:00:00+00:00","note":"x"}'
+TOPIC = "bank_accounts.domain:BankAccount.TransactionAppended"
+
+
+def events_of(agg, n, start=1):
+    return [StoredEvent(originator_id=agg, originator_version=v, topic=TOPIC, state=STATE)
+            for v in range(start, start + n)]
+
+
+def make(kind, tmp, fsync=True):
+    if kind == "sqlite":
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "CREATE_TABLE": "y",
+               "SQLITE_DBNAME": os.path.join(tmp, "db.sqlite")}
+    else:
+        env = {"PERSISTENCE_MODULE": "kimberlite.eventsourcing",
+               "KIMBERLITE_PATH": os.path.join(tmp, "data"),
+               "KIMBERLITE_FSYNC": "y" if fsync else "n"}
+    f = InfrastructureFactory.construct(env)
+    return f, f.application_recorder()
+
+
+def bench_insert(kind, per_call, calls, fsync=True):
+    tmp = tempfile.mkdtemp(prefix="bench-es-")
+    try:
+        f, rec = make(kind, tmp, fsync)
+        batches = [events_of(uuid.uuid4(), per_call) for _ in range(calls)]
+        t = time.perf_counter()
+        for b in batches:
+            rec.insert_events(b)
+        dt = time.perf_counter() - t
+        f.close()
+        return calls * per_call / dt
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_no_index(per_call, calls, fsync):
+    import kimberlite
+    tmp = tempfile.mkdtemp(prefix="bench-es-")
+    try:
+        s = kimberlite.Storage(os.path.join(tmp, "data"))
+        batches = [events_of(uuid.uuid4(), per_call) for _ in range(calls)]
+        t = time.perf_counter()
+        next_id = 1
+        for b in batches:
+            s.append_batch(1, [encode_record(next_id, b)], fsync=fsync)
+            next_id += len(b)
+        dt = time.perf_counter() - t
+        s.close()
+        return calls * per_call / dt
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_reads(kind, aggregates):
+    tmp = tempfile.mkdtemp(prefix="bench-es-")
+    try:
+        f, rec = make(kind, tmp, fsync=False)
+        ids = [uuid.uuid4() for _ in range(aggregates)]
+        for a in ids:  # one aggregate of 10 events per call, as Application.save() does
+            rec.insert_events(events_of(a, 10))
+        random.Random(1).shuffle(ids)
+        t = time.perf_counter()
+        for a in ids:
+            assert len(rec.select_events(a)) == 10
+        sel = aggregates * 10 / (time.perf_counter() - t)
+        t = time.perf_counter()
+        n, start = 0, 0
+        while True:
+            page = rec.select_notifications(start, 500, inclusive_of_start=False)
+            if not page:
+                break
+            n += len(page)
+            start = page[-1].id
+        assert n == aggregates * 10
+        notes = n / (time.perf_counter() - t)
+        f.close()
+        return sel, notes
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_big(kind, tmp, events):
+    f, rec = make(kind, tmp, fsync=False)
+    probe = None
+    per_call = 10 if kind == "kimberlite" else 1000  # SQLite: fewer commits (each syncs)
+    for i in range(0, events, per_call):
+        batch = []
+        for _ in range(per_call // 10):
+            a = uuid.uuid4()
+            batch += events_of(a, 10)
+        if i == events // 2:
+            probe = batch[0].originator_id
+        rec.insert_events(batch)
+    f.close()
+    return probe
+
+
+def bench_reopen(kind, tmp, probe, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        f, rec = make(kind, tmp, fsync=False)
+        got = rec.select_events(probe)
+        times.append((time.perf_counter() - t) * 1000)
+        assert len(got) == 10
+        f.close()
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=400)
+    ap.add_argument("--parts", default="insert,read,reopen",
+                    help="comma-separated subset of insert, read, reopen")
+    args = ap.parse_args()
+    med = statistics.median
+    r = args.repeat
+    rows = []
+
+    def row(name, k, s):
+        rows.append((name, k, s))
+        print(f"{name:<44} {k:>14} {s:>14}", flush=True)
+
+    print(f"{'measure (median of ' + str(r) + ')':<44} {'kimberlite':>14} {'sqlite':>14}")
+    parts = set(args.parts.split(","))
+    for per in (1, 10) if "insert" in parts else ():
+        calls = args.calls if per == 1 else args.calls // 2
+        # Each repeat measures the pair back to back, so that both see the same machine
+        # (the ratio is the median of the per-repeat ratios).
+        durable = [(bench_insert("kimberlite", per, calls), bench_no_index(per, calls, True),
+                    bench_insert("sqlite", per, calls)) for _ in range(r)]
+        fast = [(bench_insert("kimberlite", per, calls * 5, fsync=False),
+                 bench_no_index(per, calls * 5, False)) for _ in range(r)]
+        row(f"insert {per}/call, durable (events/s)", f"{med(d[0] for d in durable):,.0f}",
+            f"{med(d[2] for d in durable):,.0f}")
+        row("  no index, durable (events/s; ratio)",
+            f"{med(d[1] for d in durable):,.0f} ({med(d[0] / d[1] for d in durable):.0%})",
+            "")
+        row(f"insert {per}/call, fsync=n (events/s)", f"{med(d[0] for d in fast):,.0f}", "")
+        row("  no index, fsync=n (events/s; ratio)",
+            f"{med(d[1] for d in fast):,.0f} ({med(d[0] / d[1] for d in fast):.0%})", "")
+    if "read" not in parts:
+        kr = sr = [(0.0, 0.0)]
+    else:
+        kr = [bench_reads("kimberlite", 2000) for _ in range(r)]
+        sr = [bench_reads("sqlite", 2000) for _ in range(r)]
+    if "read" in parts:
+        row("select_events, aggregates of 10 (events/s)", f"{med(x[0] for x in kr):,.0f}",
+            f"{med(x[0] for x in sr):,.0f}")
+        row("select_notifications, pages of 500 (ev/s)", f"{med(x[1] for x in kr):,.0f}",
+            f"{med(x[1] for x in sr):,.0f}")
+    for kind in ("kimberlite", "sqlite") if "reopen" in parts else ():
+        tmp = tempfile.mkdtemp(prefix="bench-es-big-")
+        try:
+            t = time.perf_counter()
+            probe = build_big(kind, tmp, args.events)
+            build = time.perf_counter() - t
+            ms = bench_reopen(kind, tmp, probe, max(r, 5))
+            size = sum(os.path.getsize(os.path.join(d, x))
+                       for d, _, fs in os.walk(tmp) for x in fs) / 1e6
+            print(f"  {kind}: built {args.events:,} events in {build:.1f} s, {size:.0f} MB",
+                  flush=True)
+            rows.append((kind, ms))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if "reopen" not in parts:
+        return
+    k_ms = [ms for kind, *rest in rows if kind == "kimberlite" for ms in rest]
+    s_ms = [ms for kind, *rest in rows if kind == "sqlite" for ms in rest]
+    print(f"{'reopen + select one aggregate, ' + format(args.events, ',') + ' events (ms)':<44}"
+          f" {k_ms[0]:>14.1f} {s_ms[0]:>14.1f}")
+
+
+if __name__ == "__main__":
+    main()
