@@ -129,6 +129,17 @@ static int cmp_u32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Release the descriptor cached for (stream, seg), if any (its file is going away). */
+static void drop_fd(disk_backend *d, uint64_t stream, uint32_t seg)
+{
+    for (int i = 0; i < KMB_DISK_MAX_FDS; i++) {
+        if (d->slots[i].fd >= 0 && d->slots[i].stream == stream && d->slots[i].seg == seg) {
+            close(d->slots[i].fd);
+            d->slots[i].fd = -1;
+        }
+    }
+}
+
 /*
  * A descriptor for a segment, from the cache or newly opened (evicting the least recently
  * used). create: O_CREAT. The descriptor stays owned by the cache.
@@ -410,6 +421,26 @@ static int disk_sync_dir(kmb_backend *b, uint64_t stream)
     if (kmb_io_sync_dir(&d->io, dir) != 0) return io_error(errno, dir, "cannot sync stream directory");
     if (kmb_io_sync_dir(&d->io, d->root) != 0)
         return io_error(errno, d->root, "cannot sync data directory");
+    return KMB_OK;
+}
+
+/* Remove an emptied last segment and its index (repair; sys/backend.h). */
+static int disk_remove_segment(kmb_backend *b, uint64_t stream, uint32_t seg)
+{
+    disk_backend *d = D(b);
+    uint64_t size = 0;
+    int rc = b->segment_size(b, stream, seg, &size);
+    if (rc) return rc;
+    char path[PATH_MAX], idx[PATH_MAX], dir[PATH_MAX];
+    rc = segment_path(d, stream, seg, "", path, sizeof(path));
+    if (rc == KMB_OK) rc = segment_path(d, stream, seg, ".idx", idx, sizeof(idx));
+    if (rc == KMB_OK) rc = stream_dir(d, stream, dir, sizeof(dir));
+    if (rc) return rc;
+    if (size != 0) return kmb_error_set(KMB_EINVAL, 0, "%s is not empty; not removed", path);
+    drop_fd(d, stream, seg);
+    if (unlink(idx) != 0 && errno != ENOENT) return io_error(errno, idx, "cannot remove index");
+    if (unlink(path) != 0) return io_error(errno, path, "cannot remove emptied segment");
+    if (kmb_io_sync_dir(&d->io, dir) != 0) return io_error(errno, dir, "cannot sync stream directory");
     return KMB_OK;
 }
 
@@ -699,6 +730,7 @@ static void fill_table(kmb_backend *b, int read_only)
     b->sync_dir = disk_sync_dir;
     b->fault_plan = disk_fault_plan;
     b->after_fork_child = disk_after_fork_child;
+    b->remove_segment = disk_remove_segment;
     b->save_watermark = disk_save_watermark;
     b->load_watermark = disk_load_watermark;
 }

@@ -245,6 +245,9 @@ static inline void window_reset(kmb_storage *st) { st->win.len = 0; }
 int read_record_at(kmb_storage *st, uint64_t stream, const seg_state *g, uint64_t pos,
                    uint64_t end, kmb_record *out, size_t *size_out);
 int get_stream(kmb_storage *st, uint64_t id, stream_state **out);
+/* Append the positions of the valid records in [pos, end) of g to g->ix (see recover.c). */
+int scan(kmb_storage *st, stream_state *s, seg_state *g, uint64_t pos, uint64_t end,
+         int *base_known, uint64_t *stop);
 int retry_after_failure(kmb_storage *st, stream_state *s, uint64_t fallback_offset);
 
 /* ---------------------------------------------------------------- watermark.c */
@@ -257,6 +260,10 @@ void watermark_lower(kmb_storage *st, stream_state *s, const seg_state *g, uint6
 /* ---------------------------------------------------------------- read.c */
 
 void trim_chunks(kmb_storage *st);
+/* Check every record of segment g (CRC, offset, link) from the chain hash `running` of the
+ * record before it; on KMB_OK `running` is the hash of g's last record. */
+int verify_segment(kmb_storage *st, stream_state *s, seg_state *g,
+                   uint8_t running[KMB_HASH_SIZE]);
 void free_chunks(kmb_storage *st);
 
 /* ---------------------------------------------------------------- append.c */

@@ -250,6 +250,21 @@ static int mem_quarantine(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_
     return KMB_OK;
 }
 
+/* Remove the stream's emptied last segment (repair). */
+static int mem_remove_segment(kmb_backend *b, uint64_t stream, uint32_t seg)
+{
+    mem_stream *st = find_stream(M(b), stream);
+    if (!st || seg >= st->nsegs) return missing(b, stream, seg);
+    mem_segment *s = &st->segs[seg];
+    if (seg + 1 != st->nsegs || s->bytes.len != 0)
+        return kmb_error_set(KMB_EINVAL, 0, "memory backend: segment %" PRIu32 " of stream %"
+                             PRIu64 " is not an empty last segment; not removed", seg, stream);
+    free(s->bytes.data);
+    free(s->index.data);
+    st->nsegs--;
+    return KMB_OK;
+}
+
 static int mem_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t max_len,
                           uint8_t **out, size_t *len)
 {
@@ -330,6 +345,7 @@ int kmb_backend_memory_new(kmb_backend **out)
     b->save_index = mem_save_index;
     b->describe = mem_describe;
     b->free = mem_free;
+    b->remove_segment = mem_remove_segment;
     *out = b;
     return KMB_OK;
 }

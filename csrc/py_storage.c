@@ -696,6 +696,39 @@ static PyObject *storage_flush_indexes(StorageObject *self, PyObject *Py_UNUSED(
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(repair_doc,
+"_repair($self, stream_id)\n--\n\n"
+"The engine's repair (kimberlite.Storage.repair wraps it in a RepairReport): returns\n"
+"(next_offset, [(quarantine name, bytes moved), ...], bytes_moved).");
+
+static PyObject *storage_repair(StorageObject *self, PyObject *args, PyObject *kwds)
+{
+    uint64_t stream;
+    if (parse_stream_only(args, kwds, "O:repair", &stream) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
+    kmb_repair_report rep;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_repair(self->st, stream, &rep);
+    Py_END_ALLOW_THREADS
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
+    PyObject *items = PyList_New((Py_ssize_t)rep.count), *result = NULL;
+    for (size_t i = 0; items != NULL && i < rep.count; i++) {
+        PyObject *item = Py_BuildValue("(sK)", rep.items[i].name,
+                                       (unsigned long long)rep.items[i].bytes);
+        if (item == NULL) {
+            Py_CLEAR(items);
+            break;
+        }
+        PyList_SET_ITEM(items, (Py_ssize_t)i, item);
+    }
+    if (items != NULL)
+        result = Py_BuildValue("(KNK)", (unsigned long long)rep.next_offset, items,
+                               (unsigned long long)rep.bytes_moved);
+    kmb_repair_report_free(&rep);
+    return result;
+}
+
 PyDoc_STRVAR(close_doc,
 "close($self)\n--\n\n"
 "Flush the indexes and release the storage (files, writer lock). Idempotent. Every\n"
@@ -807,6 +840,7 @@ static PyMethodDef storage_methods[] = {
     KW_METHOD("segment_count", storage_segment_count, segment_count_doc),
     KW_METHOD("completed_segments", storage_completed_segments, completed_segments_doc),
     {"flush_indexes", (PyCFunction)storage_flush_indexes, METH_NOARGS, flush_indexes_doc},
+    KW_METHOD("_repair", storage_repair, repair_doc),
     {"close", (PyCFunction)storage_close, METH_NOARGS, close_doc},
     {"__enter__", (PyCFunction)storage_enter, METH_NOARGS, enter_doc},
     {"__exit__", (PyCFunction)storage_exit, METH_VARARGS, exit_doc},

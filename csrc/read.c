@@ -481,6 +481,18 @@ static int head_mismatch(uint64_t stream, const uint8_t *expected, const uint8_t
 }
 
 /* One pass of verify over a loaded, undamaged stream; *head_out is the computed head. */
+int verify_segment(kmb_storage *st, stream_state *s, seg_state *g,
+                   uint8_t running[KMB_HASH_SIZE])
+{
+    reader r;
+    reader_init(&r, st, s, g->base, g->ix.count, g->size, NULL, NULL);
+    memcpy(r.running, running, KMB_HASH_SIZE);
+    r.have_running = 1;
+    int rc = reader_run(&r);
+    if (rc == KMB_OK) memcpy(running, r.running, KMB_HASH_SIZE);
+    return rc;
+}
+
 static int verify_once(kmb_storage *st, stream_state *s, uint8_t head_out[KMB_HASH_SIZE])
 {
     uint8_t running[KMB_HASH_SIZE] = {0};
@@ -491,13 +503,8 @@ static int verify_once(kmb_storage *st, stream_state *s, uint8_t head_out[KMB_HA
         if (g->base != offset)
             return corrupt(st, s->id, g->number, offset, 0,
                            "segment does not continue the previous one");
-        reader r;
-        reader_init(&r, st, s, offset, g->ix.count, g->size, NULL, NULL);
-        memcpy(r.running, running, KMB_HASH_SIZE);
-        r.have_running = 1;
-        int rc = reader_run(&r);
+        int rc = verify_segment(st, s, g, running);
         if (rc) return rc;
-        memcpy(running, r.running, KMB_HASH_SIZE);
         offset += g->ix.count;
     }
     if (offset != s->next)

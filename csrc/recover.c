@@ -124,8 +124,8 @@ int read_record_at(kmb_storage *st, uint64_t stream, const seg_state *g, uint64_
  * Scan segment g from byte `pos` to `end`, appending the positions of valid records to
  * g->ix. *stop is where scanning stopped (== end when everything was valid).
  */
-static int scan(kmb_storage *st, stream_state *s, seg_state *g, uint64_t pos, uint64_t end,
-                int *base_known, uint64_t *stop)
+int scan(kmb_storage *st, stream_state *s, seg_state *g, uint64_t pos, uint64_t end,
+         int *base_known, uint64_t *stop)
 {
     window_reset(st);
     while (end - pos >= KMB_RECORD_OVERHEAD) {

@@ -55,7 +55,7 @@ from ._errors import (
     VerificationError,
 )
 from ._record import Record
-from ._storage import MemoryStorage, Storage
+from ._storage import MemoryStorage, RepairReport, Storage
 from ._stream import Stream
 
 
@@ -66,6 +66,7 @@ __version__: str = "0.1.0"
 __all__ = [
     "Storage",
     "MemoryStorage",
+    "RepairReport",
     "Stream",
     "Record",
     "OffsetIndex",

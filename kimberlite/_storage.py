@@ -29,7 +29,40 @@ else:
     def cast(_type, value):  # typing.cast, likewise
         return value
 
-__all__ = ["Storage", "MemoryStorage"]
+__all__ = ["Storage", "MemoryStorage", "RepairReport"]
+
+
+class RepairReport:
+    """What :meth:`Storage.repair` did to a stream.
+
+    ``stream_id``; ``next_offset``, the stream's next offset after the repair;
+    ``quarantined``, one ``(path, size)`` per quarantine file made (on disk the file's path,
+    ``segment_NNNNNN.log.torn-K`` beside its segment; in memory its name), in the order they
+    were made; ``bytes_moved``, their total size. A repair that found nothing to do has an
+    empty ``quarantined`` and changed nothing.
+    """
+
+    __slots__ = ("stream_id", "next_offset", "quarantined", "bytes_moved")
+    __module__ = "kimberlite"
+
+    def __init__(self, stream_id: int, next_offset: int,
+                 quarantined: list[tuple[str, int]], bytes_moved: int) -> None:
+        self.stream_id = stream_id
+        self.next_offset = next_offset
+        self.quarantined = quarantined
+        self.bytes_moved = bytes_moved
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RepairReport):
+            return NotImplemented
+        return (self.stream_id, self.next_offset, self.quarantined, self.bytes_moved) == (
+            other.stream_id, other.next_offset, other.quarantined, other.bytes_moved)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable list inside: not hashable
+
+    def __repr__(self) -> str:
+        return (f"RepairReport(stream_id={self.stream_id}, next_offset={self.next_offset}, "
+                f"quarantined={self.quarantined!r}, bytes_moved={self.bytes_moved})")
 
 
 class _StorageMixin:
@@ -97,6 +130,21 @@ class _StorageMixin:
         """
         return iter_chunks(cast("_StorageLike", self), stream_id, from_offset, records=records,
                            chunk_bytes=chunk_bytes)
+
+    def repair(self, stream_id: int) -> RepairReport:
+        """Cut a damaged stream back to its last valid record, explicitly.
+
+        Reads and appends refuse to pass damage that is not a torn tail (SPEC §3), and
+        nothing is cut automatically. When the records after the damage cannot be restored
+        from a copy, ``repair`` makes the stream usable again: it rescans every segment and
+        checks every chain link from genesis, then moves everything after the last valid
+        record -- the rest of its segment and every later segment, whole -- into quarantine
+        files beside the segments. Nothing is deleted. A stream with nothing to repair is not
+        changed. Afterwards ``verify`` passes and appends continue the chain. Needs the
+        writer (a read-only storage raises :class:`StorageError`); costs a full verify.
+        """
+        next_offset, quarantined, moved = cast("Any", self)._repair(stream_id)
+        return RepairReport(stream_id, next_offset, quarantined, moved)
 
     # ---- summaries ----------------------------------------------------------------------
 

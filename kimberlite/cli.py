@@ -13,10 +13,12 @@ and dispatches. Subcommands:
                                     --format raw|hex|json)
     verify DIR [STREAM ...]         check every CRC and chain link from genesis
                                     (--expected-head HEX: against a trusted head)
+    repair DIR STREAM               cut a damaged stream back to its last valid record
+                                    (the rest is moved into quarantine files)
 
-``info``, ``append``, ``read`` and ``verify`` take ``--json``. ``info``, ``read`` and
+``info``, ``append``, ``read``, ``verify`` and ``repair`` take ``--json``. ``info``, ``read`` and
 ``verify`` open the directory read-only (no lock: they run beside a live writer); ``append``
-is a writer. Exit status: 0 success, 1 a failed verification, corruption or another storage
+and ``repair`` are writers. Exit status: 0 success, 1 a failed verification, corruption or another storage
 or I/O error, 2 a usage error. Expected errors print one line on stderr, never a traceback;
 recovery actions are logged on stderr as ``kimberlite: warning: ...``. A reader that goes
 away (``kimberlite read ... | head``) is a normal end: the command stops quietly with 0.
@@ -427,6 +429,34 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Cut a damaged stream back to its last valid record: everything after it (the rest of
+    its segment, and every later segment) is moved into quarantine files beside the
+    segments; nothing is deleted. Only when asked: reads and appends never cut damage.
+    Needs the writer's lock (no other process may have the directory open for writing)."""
+    if not os.path.isdir(args.dir):
+        raise CliError(f"{args.dir}: no such data directory")
+    with kimberlite.Storage(args.dir) as s:
+        if args.stream not in s.streams():
+            raise CliError(f"no stream {args.stream} in {args.dir}")
+        report = s.repair(args.stream)
+    if args.json:
+        _print_json({"stream_id": report.stream_id, "next_offset": report.next_offset,
+                     "quarantined": [[name, size] for name, size in report.quarantined],
+                     "bytes_moved": report.bytes_moved})
+        return 0
+    for name, size in report.quarantined:
+        print(f"moved {_plural(size, 'byte')} to {name}")
+    if report.quarantined:
+        print(f"stream {report.stream_id}: repaired: {_plural(report.bytes_moved, 'byte')} "
+              f"moved into {_plural(len(report.quarantined), 'quarantine file')}; "
+              f"{_plural(report.next_offset, 'event')} kept")
+    else:
+        print(f"stream {report.stream_id}: nothing to repair, "
+              f"{_plural(report.next_offset, 'event')}")
+    return 0
+
+
 # ---- parser and main ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -499,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "stream takes more than a moment)")
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(func=cmd_verify)
+
+    repair = sub.add_parser("repair", help="cut a damaged stream back to its last valid record",
+                            description=cmd_repair.__doc__)
+    repair.add_argument("dir", metavar="DIR", help="data directory")
+    repair.add_argument("stream", metavar="STREAM", type=_stream_id, help="stream id")
+    repair.add_argument("--json", action="store_true", help="print JSON")
+    repair.set_defaults(func=cmd_repair)
     return parser
 
 

@@ -207,3 +207,27 @@ def test_cli_repair_json(tmp_path):
     r2 = _cli("repair", d, "1", "--json")
     assert r2.returncode == 0
     assert json.loads(r2.stdout)["quarantined"] == []
+
+
+def test_repair_in_memory_matches_disk(backend):
+    """MemoryStorage repairs exactly as Storage: damage in a sealed segment followed by more
+    segments; the report names the quarantine objects, the stream continues the chain."""
+    import kimberlite.testing as kt
+
+    s = backend.open(max_segment_size=300)
+    events = [b"event-%02d" % i + b"." * 40 for i in range(20)]
+    for i in range(0, 20, 2):
+        s.append_batch(1, events[i:i + 2])
+    assert len(s.completed_segments(1)) >= 3
+    kt.flip_bit(s, 1, 7)
+    with pytest.raises(km.StorageError):
+        s.verify(1)
+    r = s.repair(1)
+    assert r.next_offset == 7 and r.bytes_moved > 0 and r.quarantined
+    assert all(".torn-" in os.path.basename(name) for name, _ in r.quarantined)
+    assert r.bytes_moved == sum(size for _, size in r.quarantined)
+    head = _codec.head_hash(events[:7])
+    assert s.verify(1) == (7, head)
+    assert s.append_batch(1, [b"after"]) == 8
+    assert s.read_from(1) == events[:7] + [b"after"]
+    assert s.repair(1) == km.RepairReport(1, 8, [], 0)

@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "chain.h"
+#include "errors.h"
 #include "record.h"
 #include "slice.h"
 
@@ -184,6 +185,36 @@ int kmb_storage_completed_segments(kmb_storage *st, uint64_t stream, uint32_t **
  * KMB_ENOMEM.
  */
 int kmb_storage_flush_indexes(kmb_storage *st);
+
+/* One quarantine object made by kmb_storage_repair. */
+typedef struct kmb_repair_item {
+    char name[KMB_PATH_MAX]; /* the quarantine file's path (disk) or name (memory) */
+    uint64_t bytes;          /* bytes moved into it */
+} kmb_repair_item;
+
+/* What kmb_storage_repair did. Release with kmb_repair_report_free. */
+typedef struct kmb_repair_report {
+    uint64_t next_offset;   /* the stream's next offset after the repair */
+    kmb_repair_item *items; /* count entries (malloc'd, owned by the report), in order made */
+    size_t count;
+    uint64_t bytes_moved;   /* the sum of items[i].bytes */
+} kmb_repair_report;
+
+/*
+ * The explicit salvage path for a damaged stream (docs/GUARANTEES.md, "Repair"): rescan
+ * every segment and check every chain link from genesis, then move everything after the
+ * last valid record — the rest of its segment and every later segment, whole — into
+ * quarantine objects (segment_NNNNNN.log.torn-K beside the segment on disk). Nothing is
+ * deleted; a stream with nothing to repair is not changed (count 0). Afterwards verify
+ * passes and appends continue the chain. *out is overwritten (zeroed on failure); release
+ * it with kmb_repair_report_free. An absent stream gives an empty report. Errors:
+ * KMB_EREADONLY (repair needs the writer), KMB_EIO (then some objects may have been moved:
+ * run it again), KMB_ECLOSED, KMB_ENOMEM, KMB_EINVAL (a backend that cannot remove segments).
+ */
+int kmb_storage_repair(kmb_storage *st, uint64_t stream, kmb_repair_report *out);
+
+/* Release a repair report's memory (it is zeroed). NULL is allowed. */
+void kmb_repair_report_free(kmb_repair_report *r);
 
 /*
  * Recovery actions taken while loading streams (quarantines, index rebuilds, damage found)
