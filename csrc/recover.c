@@ -345,6 +345,21 @@ static int settle_tail(kmb_storage *st, stream_state *s, seg_state *g, int activ
 }
 
 /*
+ * An index written after a batch that was never made durable can span a hole a power cut
+ * left in that batch (its first and last entries still confirm), and so hide it from the
+ * torn-tail rule. Past the durable watermark, the index is not trusted: the bytes there are
+ * scanned, as if the index ended at the watermark.
+ */
+static void trust_index_to_watermark(const stream_state *s, seg_state *g)
+{
+    if (!s->wm_known || g->number < s->wm_end.seg) return;
+    size_t keep = 0;
+    if (g->number == s->wm_end.seg)
+        while (keep < g->ix.count && g->ix.positions[keep] < s->wm_end.pos) keep++;
+    kmb_index_truncate(&g->ix, keep);
+}
+
+/*
  * Segment g's stored index, decoded and checked by index.c into g->ix. The backend reads no
  * more than the index of a segment of disk_size bytes could take (one entry per
  * KMB_RECORD_OVERHEAD bytes), so a huge or hostile .idx costs nothing: it is refused
@@ -395,6 +410,7 @@ static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int a
     uint64_t from = 0;
     rc = load_stored_index(st, s, g, disk_size);
     if (rc == KMB_ENOMEM) return rc;
+    if (rc == KMB_OK) trust_index_to_watermark(s, g);
     size_t indexed = g->ix.count;
     if (rc == KMB_OK && !index_confirmed(st, s, g, disk_size, &base_known, &from)) {
         describe(st, s->id, number, path, sizeof(path));
