@@ -410,6 +410,7 @@ static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int a
     uint64_t from = 0;
     rc = load_stored_index(st, s, g, disk_size);
     if (rc == KMB_ENOMEM) return rc;
+    size_t stored = g->ix.count; /* what the index file says: rewritten if it differs */
     if (rc == KMB_OK) trust_index_to_watermark(s, g);
     size_t indexed = g->ix.count;
     if (rc == KMB_OK && !index_confirmed(st, s, g, disk_size, &base_known, &from)) {
@@ -437,7 +438,7 @@ static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int a
     rc = settle_tail(st, s, g, active, &stop, &base_known);
     if (rc) return rc;
     g->size = stop;
-    if (g->ix.count != indexed) g->index_dirty = 1;
+    if (g->ix.count != indexed || g->ix.count != stored) g->index_dirty = 1;
     return KMB_OK;
 }
 
