@@ -186,6 +186,53 @@ int kmb_storage_completed_segments(kmb_storage *st, uint64_t stream, uint32_t **
 int kmb_storage_flush_indexes(kmb_storage *st);
 
 /*
+ * ---- the verifiable log (SPEC §6; csrc/tree.c) ----
+ *
+ * Each stream is an RFC 9162 Merkle log whose entries are its records' chain hashes
+ * (merkle.h). The tree is kept in memory per stream and integrated lazily: appends do not
+ * touch it; these calls first catch it up from the records not integrated yet, read and
+ * checked like kmb_storage_read (CRC, offset, chain link), then answer in O(log n) hashes.
+ * Nothing of it is persisted: a new process rebuilds it on first use (one read of the
+ * stream). Memory: about 34 bytes per record of the streams asked about.
+ *
+ * `size` KMB_TREE_SIZE_ALL means the stream's next offset at the time of the call; the size
+ * used is written to *size_out (may be NULL). A stream that does not exist has 0 records.
+ * Errors: KMB_EINVAL for sizes and indexes out of range (below), nothing computed; the
+ * errors of kmb_storage_read (KMB_ECORRUPT, KMB_ECHAIN, KMB_EIO, KMB_ENOMEM) while catching
+ * up; KMB_ECLOSED.
+ */
+#define KMB_TREE_SIZE_ALL UINT64_MAX
+
+/* out = the root of the tree of the first `size` records, 0 <= size <= next offset (size 0:
+ * SHA-256 of the empty string). */
+int kmb_storage_tree_root(kmb_storage *st, uint64_t stream, uint64_t size, uint8_t out[32],
+                          uint64_t *size_out);
+
+/*
+ * The RFC 9162 inclusion proof of record `index` in the tree of `size` records (0 < size <=
+ * next offset, index < size): out[0 .. *count), nearest the leaf first. `out` must hold
+ * KMB_MERKLE_MAX_INCLUSION (64) hashes.
+ */
+int kmb_storage_inclusion_proof(kmb_storage *st, uint64_t stream, uint64_t index, uint64_t size,
+                                uint8_t (*out)[32], unsigned *count, uint64_t *size_out);
+
+/*
+ * The RFC 9162 consistency proof from the tree of old_size records to that of new_size
+ * (0 < old_size <= new_size <= next offset; equal sizes give *count 0): out[0 .. *count).
+ * `out` must hold KMB_MERKLE_MAX_CONSISTENCY (128) hashes. *size_out is new_size.
+ */
+int kmb_storage_consistency_proof(kmb_storage *st, uint64_t stream, uint64_t old_size,
+                                  uint64_t new_size, uint8_t (*out)[32], unsigned *count,
+                                  uint64_t *size_out);
+
+/*
+ * Make every record of the stream durable: sync the segments written with fsync=0 (or
+ * found on disk unsynced) and the stream's directory entries. An absent stream is KMB_OK.
+ * Errors: KMB_EREADONLY, KMB_EIO, KMB_ECLOSED.
+ */
+int kmb_storage_sync(kmb_storage *st, uint64_t stream);
+
+/*
  * Recovery actions taken while loading streams (quarantines, index rebuilds, damage found)
  * are reported to this callback, if set, with a one-line message. The callback runs with
  * the storage's mutex held and must not call back into the storage.
