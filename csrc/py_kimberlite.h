@@ -178,6 +178,9 @@ PyObject *kmb_py_tree_root(kmb_storage_object *self, PyObject *args, PyObject *k
 PyObject *kmb_py_inclusion_proof(kmb_storage_object *self, PyObject *args, PyObject *kwds);
 PyObject *kmb_py_consistency_proof(kmb_storage_object *self, PyObject *args, PyObject *kwds);
 PyObject *kmb_py_sync(kmb_storage_object *self, PyObject *args, PyObject *kwds);
+PyObject *kmb_py_durable_root(kmb_storage_object *self, PyObject *args, PyObject *kwds);
+PyObject *kmb_py_load_checkpoint(kmb_storage_object *self, PyObject *args, PyObject *kwds);
+PyObject *kmb_py_store_checkpoint(kmb_storage_object *self, PyObject *args, PyObject *kwds);
 
 /* ---- py_events.c: the engine's recovery events ------------------------------------- */
 

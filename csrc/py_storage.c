@@ -813,7 +813,17 @@ PyDoc_STRVAR(consistency_proof_doc,
 "0 < old_size <= new_size <= next_offset, else ValueError; equal sizes give [].");
 PyDoc_STRVAR(sync_doc,
 "_sync($self, stream_id)\n--\n\n"
-"Make every record of the stream durable (internal: checkpoint() calls it).");
+"Make every record of the stream durable (internal).");
+PyDoc_STRVAR(durable_root_doc,
+"_durable_root($self, stream_id)\n--\n\n"
+"Sync the stream, then return (tree_size, root) of all its records (internal: checkpoint).");
+PyDoc_STRVAR(load_checkpoint_doc,
+"_load_checkpoint($self, stream_id)\n--\n\n"
+"The stream's stored checkpoint bytes, or None (internal: latest_checkpoint).");
+PyDoc_STRVAR(store_checkpoint_doc,
+"_store_checkpoint($self, stream_id, expected, data)\n--\n\n"
+"Store checkpoint bytes atomically and durably if the stored ones are `expected` (None:\n"
+"none); return False, storing nothing, otherwise (internal: checkpoint).");
 
 #define KW_METHOD(name, fn, doc) \
     {name, (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS, doc}
@@ -832,6 +842,9 @@ static PyMethodDef storage_methods[] = {
     KW_METHOD("inclusion_proof", kmb_py_inclusion_proof, inclusion_proof_doc),
     KW_METHOD("consistency_proof", kmb_py_consistency_proof, consistency_proof_doc),
     KW_METHOD("_sync", kmb_py_sync, sync_doc),
+    KW_METHOD("_durable_root", kmb_py_durable_root, durable_root_doc),
+    KW_METHOD("_load_checkpoint", kmb_py_load_checkpoint, load_checkpoint_doc),
+    KW_METHOD("_store_checkpoint", kmb_py_store_checkpoint, store_checkpoint_doc),
     {"flush_indexes", (PyCFunction)storage_flush_indexes, METH_NOARGS, flush_indexes_doc},
     {"close", (PyCFunction)storage_close, METH_NOARGS, close_doc},
     {"__enter__", (PyCFunction)storage_enter, METH_NOARGS, enter_doc},

@@ -124,3 +124,79 @@ PyObject *kmb_py_sync(kmb_storage_object *self, PyObject *args, PyObject *kwds)
     if (kmb_storage_finish(self, rc) < 0) return NULL;
     Py_RETURN_NONE;
 }
+
+PyObject *kmb_py_durable_root(kmb_storage_object *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"stream_id", NULL};
+    PyObject *sid;
+    uint64_t stream, size = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:_durable_root", kwlist, &sid)) return NULL;
+    if (kmb_stream_id(sid, &stream) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
+    uint8_t root[KMB_MERKLE_HASH_SIZE];
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_durable_root(self->st, stream, root, &size);
+    Py_END_ALLOW_THREADS
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
+    return Py_BuildValue("(Ky#)", (unsigned long long)size, (const char *)root,
+                         (Py_ssize_t)KMB_MERKLE_HASH_SIZE);
+}
+
+PyObject *kmb_py_load_checkpoint(kmb_storage_object *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"stream_id", NULL};
+    PyObject *sid;
+    uint64_t stream;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:_load_checkpoint", kwlist, &sid))
+        return NULL;
+    if (kmb_stream_id(sid, &stream) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
+    uint8_t *data = NULL;
+    size_t len = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_load_checkpoint(self->st, stream, &data, &len);
+    Py_END_ALLOW_THREADS
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
+    if (data == NULL) Py_RETURN_NONE;
+    PyObject *b = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
+    free(data);
+    return b;
+}
+
+/* True when stored; False when the stored bytes were not `expected` (nothing written). */
+PyObject *kmb_py_store_checkpoint(kmb_storage_object *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"stream_id", "expected", "data", NULL};
+    PyObject *sid, *expected;
+    Py_buffer data;
+    uint64_t stream;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOy*:_store_checkpoint", kwlist, &sid,
+                                     &expected, &data))
+        return NULL;
+    PyObject *result = NULL;
+    Py_buffer exp = {0};
+    int has_exp = expected != Py_None;
+    if (kmb_stream_id(sid, &stream) < 0) goto done;
+    if (has_exp && PyObject_GetBuffer(expected, &exp, PyBUF_SIMPLE) < 0) {
+        has_exp = 0;
+        goto done;
+    }
+    if (kmb_storage_check_open(self) < 0) goto done;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_store_checkpoint(self->st, stream, has_exp ? exp.buf : NULL,
+                                      has_exp ? (size_t)exp.len : 0, data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS
+    if (rc == KMB_EOFFSET) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    if (kmb_storage_finish(self, rc) < 0) goto done;
+    result = Py_NewRef(Py_True);
+done:
+    if (has_exp) PyBuffer_Release(&exp);
+    PyBuffer_Release(&data);
+    return result;
+}

@@ -265,37 +265,140 @@ int kmb_storage_consistency_proof(kmb_storage *st, uint64_t stream, uint64_t old
     return rc;
 }
 
+/* Make every record of s durable (what an fsync=1 append makes durable first, and more). */
+static int sync_locked(kmb_storage *st, stream_state *s)
+{
+    for (size_t k = 0; k < s->nsegs; k++) {
+        seg_state *g = &s->segs[k];
+        if (!g->unsynced || g->pending) continue;
+        int rc = st->backend->sync(st->backend, s->id, g->number);
+        if (rc) return with_stream(st, rc, s->id, g->number);
+        g->unsynced = 0;
+    }
+    if (s->dir_unsynced && st->backend->sync_dir) {
+        int rc = st->backend->sync_dir(st->backend, s->id);
+        if (rc) return with_stream(st, rc, s->id, s->segs[s->nsegs - 1].number);
+    }
+    s->dir_unsynced = 0;
+    return KMB_OK;
+}
+
+static int readonly_error(const char *what)
+{
+    return kmb_error_set(KMB_EREADONLY, 0, "this Storage is read-only: it cannot %s; open it "
+                         "without read_only=True", what);
+}
+
 int kmb_storage_sync(kmb_storage *st, uint64_t stream)
 {
     int rc = enter(st);
     if (rc) return rc;
     stream_state *s = NULL;
+    if (st->opts.read_only)
+        rc = readonly_error("sync");
+    else if ((rc = get_stream(st, stream, &s)) == KMB_OK && s)
+        rc = sync_locked(st, s);
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_durable_root(kmb_storage *st, uint64_t stream, uint8_t out[KMB_MERKLE_HASH_SIZE],
+                             uint64_t *size_out)
+{
+    *size_out = 0;
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s = NULL;
     if (st->opts.read_only) {
-        rc = kmb_error_set(KMB_EREADONLY, 0, "this Storage is read-only: it cannot sync or "
-                           "sign; open it without read_only=True");
+        rc = readonly_error("sign checkpoints");
         goto out;
     }
     rc = get_stream(st, stream, &s);
-    if (rc || !s) goto out;
-    for (size_t k = 0; k < s->nsegs; k++) {
-        seg_state *g = &s->segs[k];
-        if (!g->unsynced || g->pending) continue;
-        rc = st->backend->sync(st->backend, s->id, g->number);
-        if (rc) {
-            rc = with_stream(st, rc, s->id, g->number);
-            goto out;
-        }
-        g->unsynced = 0;
+    if (rc) goto out;
+    if (!s || s->next == 0) {
+        kmb_merkle_empty_root(out);
+        goto out;
     }
-    if (s->dir_unsynced && st->backend->sync_dir) {
-        rc = st->backend->sync_dir(st->backend, s->id);
-        if (rc) {
-            rc = with_stream(st, rc, s->id, s->segs[s->nsegs - 1].number);
-            goto out;
-        }
+    if (s->damaged) {
+        rc = damaged_error(st, s);
+        goto out;
     }
-    s->dir_unsynced = 0;
+    rc = sync_locked(st, s);
+    if (rc == KMB_OK) rc = tree_sync(st, s);
+    if (rc == KMB_OK) {
+        kmb_merkle_range_root(&s->tree->range, out);
+        *size_out = s->next;
+    }
 out:
+    leave(st);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- the stored checkpoint */
+
+int kmb_storage_load_checkpoint(kmb_storage *st, uint64_t stream, uint8_t **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s = NULL;
+    if (!st->backend->load_checkpoint) goto out; /* nothing stored, ever */
+    rc = get_stream(st, stream, &s);
+    if (rc || !s) goto out;
+    rc = st->backend->load_checkpoint(st->backend, stream, KMB_CHECKPOINT_MAX, out, len);
+    if (rc == KMB_ENOTFOUND) rc = KMB_OK;
+    else if (rc) rc = with_stream(st, rc, stream, 0);
+out:
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_store_checkpoint(kmb_storage *st, uint64_t stream, const uint8_t *expected,
+                                 size_t expected_len, const uint8_t *data, size_t len)
+{
+    if (len > KMB_CHECKPOINT_MAX)
+        return kmb_error_set(KMB_EINVAL, 0, "checkpoint of %zu bytes is larger than %d", len,
+                             KMB_CHECKPOINT_MAX);
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s = NULL;
+    uint8_t *cur = NULL;
+    size_t cur_len = 0;
+    if (st->opts.read_only) {
+        rc = readonly_error("store checkpoints");
+        goto out;
+    }
+    if (!st->backend->save_checkpoint || !st->backend->load_checkpoint) {
+        rc = kmb_error_set(KMB_EINVAL, 0, "this storage backend cannot store checkpoints");
+        goto out;
+    }
+    rc = get_stream(st, stream, &s);
+    if (rc) goto out;
+    if (!s || s->next == 0) {
+        rc = kmb_error_set(KMB_EINVAL, 0, "stream %" PRIu64 " has no records", stream);
+        goto out;
+    }
+    int has = 1;
+    rc = st->backend->load_checkpoint(st->backend, stream, KMB_CHECKPOINT_MAX, &cur, &cur_len);
+    if (rc == KMB_ENOTFOUND) {
+        has = 0;
+        rc = KMB_OK;
+    }
+    if (rc) {
+        rc = with_stream(st, rc, stream, 0);
+        goto out;
+    }
+    if (has != (expected != NULL) ||
+        (has && (cur_len != expected_len || memcmp(cur, expected, cur_len) != 0))) {
+        rc = kmb_error_set(KMB_EOFFSET, 0, "stream %" PRIu64 ": another checkpoint was stored "
+                           "meanwhile; sign again", stream);
+        goto out;
+    }
+    rc = st->backend->save_checkpoint(st->backend, stream, data, len);
+    if (rc) rc = with_stream(st, rc, stream, 0);
+out:
+    free(cur);
     leave(st);
     return rc;
 }

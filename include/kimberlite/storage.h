@@ -233,6 +233,38 @@ int kmb_storage_consistency_proof(kmb_storage *st, uint64_t stream, uint64_t old
 int kmb_storage_sync(kmb_storage *st, uint64_t stream);
 
 /*
+ * For signing: make every record of the stream durable (as kmb_storage_sync), then give
+ * the root and size (the next offset) of the whole tree, all under one lock, so that no
+ * record appended meanwhile (and not durable) is included. An absent or empty stream gives
+ * size 0 and the empty root. Errors: KMB_EREADONLY, those of kmb_storage_sync and of
+ * catching the tree up; KMB_ECORRUPT for a damaged stream.
+ */
+int kmb_storage_durable_root(kmb_storage *st, uint64_t stream, uint8_t out[32],
+                             uint64_t *size_out);
+
+/* The largest stored checkpoint (bytes): a note and a key, a few hundred bytes in practice. */
+#define KMB_CHECKPOINT_MAX 65536
+
+/*
+ * The stream's stored checkpoint bytes (opaque to the engine: kimberlite._storage writes and
+ * checks them; docs/TLOG.md gives the format). *out (malloc'd, the caller frees it; NULL when
+ * *len is 0) is NULL when none is stored, the stream is absent, or the backend stores none.
+ * Errors: KMB_EIO, KMB_ECORRUPT (not a regular file, or too large), KMB_ECLOSED, KMB_ENOMEM.
+ */
+int kmb_storage_load_checkpoint(kmb_storage *st, uint64_t stream, uint8_t **out, size_t *len);
+
+/*
+ * Replace the stream's stored checkpoint bytes with data[0:len], atomically and durably,
+ * if and only if the bytes stored now are expected[0:expected_len] (expected NULL: none is
+ * stored) — a compare-and-swap, so that two signers never lose one another's checkpoint.
+ * Errors: KMB_EOFFSET (the stored bytes differ: nothing written), KMB_EINVAL (no records in
+ * the stream, len > KMB_CHECKPOINT_MAX, a backend without checkpoint storage),
+ * KMB_EREADONLY, KMB_EIO, KMB_ECLOSED, KMB_ENOMEM.
+ */
+int kmb_storage_store_checkpoint(kmb_storage *st, uint64_t stream, const uint8_t *expected,
+                                 size_t expected_len, const uint8_t *data, size_t len);
+
+/*
  * Recovery actions taken while loading streams (quarantines, index rebuilds, damage found)
  * are reported to this callback, if set, with a one-line message. The callback runs with
  * the storage's mutex held and must not call back into the storage.
