@@ -13,6 +13,8 @@ and dispatches. Subcommands:
                                     --format raw|hex|json)
     verify DIR [STREAM ...]         check every CRC and chain link from genesis
                                     (--expected-head HEX: against a trusted head)
+    keygen, checkpoint, prove, consistency, verify-checkpoint
+                                    the verifiable log (kimberlite/_cli_tlog.py)
 
 ``info``, ``append``, ``read`` and ``verify`` take ``--json``. ``info``, ``read`` and
 ``verify`` open the directory read-only (no lock: they run beside a live writer); ``append``
@@ -499,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "stream takes more than a moment)")
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(func=cmd_verify)
+
+    from kimberlite import _cli_tlog  # keygen, checkpoint, prove, consistency, verify-checkpoint
+    _cli_tlog.add_parsers(sub, _stream_id, _non_negative, _positive)
     return parser
 
 
