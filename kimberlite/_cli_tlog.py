@@ -7,6 +7,8 @@
                [--origin O]             checkpoint, print the note
     prove DIR STREAM OFFSET [--size N]  print the inclusion proof of one record
     consistency DIR STREAM OLD [NEW]    print the consistency proof between two sizes
+    export-tiles DIR STREAM OUT         write a static C2SP tlog-tiles directory for the
+                                        stream's latest checkpoint (--note FILE: another)
     verify-checkpoint NOTE --vkey KEY   check a note's signature (KEY: a verifier key, or a
                [--since OLD --proof P]  file holding one); with --since, also that NOTE
                                         extends the checkpoint OLD by the consistency proof P
@@ -21,7 +23,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable, Optional
+import functools
+from typing import Any, Callable, Dict, List, Optional, TypeVar, cast
 
 import kimberlite
 from kimberlite import tlog
@@ -45,12 +48,12 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _checkpoint_json(cp: tlog.Checkpoint) -> dict:
+def _checkpoint_json(cp: tlog.Checkpoint) -> Dict[str, Any]:
     return {"origin": cp.origin, "tree_size": cp.tree_size, "root_hash": cp.root_hash.hex(),
             "note": cp.note.decode("utf-8")}
 
 
-def _proof_out(args: argparse.Namespace, kind: str, a: int, b: int, proof: list) -> None:
+def _proof_out(args: argparse.Namespace, kind: str, a: int, b: int, proof: List[bytes]) -> None:
     if args.json:
         names = ("index", "tree_size") if kind == "inclusion" else ("old_size", "new_size")
         _print_json({"type": kind, names[0]: a, names[1]: b, "proof": [h.hex() for h in proof]})
@@ -58,15 +61,18 @@ def _proof_out(args: argparse.Namespace, kind: str, a: int, b: int, proof: list)
         sys.stdout.write(tlog._format_proof(kind, a, b, proof))
 
 
-def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+_F = TypeVar("_F", bound=Callable[[argparse.Namespace], int])
+
+
+def _guard(fn: _F) -> _F:
     """Bad values (a malformed key, a size out of range) as one-line errors."""
+    @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
         except (ValueError, TypeError) as e:
             raise _cli_error(str(e)) from None
-    run.__doc__ = fn.__doc__
-    return run
+    return cast(_F, run)
 
 
 @_guard
@@ -135,6 +141,30 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     return 0
 
 
+@_guard
+def cmd_export_tiles(args: argparse.Namespace) -> int:
+    """Write a static C2SP tlog-tiles directory OUT for the stream's latest stored checkpoint
+    (or the checkpoint note in --note, opened with --vkey)."""
+    with _open_reader(args.dir) as s:
+        if args.note is not None:
+            if args.vkey is None:
+                raise _cli_error("--note needs --vkey (the note's signature is checked)")
+            cp = tlog.open_checkpoint(_read_file(args.note, "note"),
+                                      tlog.Verifier(_verifier_key(args.vkey)))
+        else:
+            latest = s.latest_checkpoint(args.stream)
+            if latest is None:
+                raise _cli_error(f"stream {args.stream} has no checkpoint: run kimberlite "
+                                 "checkpoint first, or pass --note")
+            cp = latest
+        s.export_tiles(args.stream, args.out, cp)
+    if args.json:
+        _print_json({"directory": args.out, **_checkpoint_json(cp)})
+    else:
+        print(f"{args.out}: tiles of {cp.origin} at {cp.tree_size} records")
+    return 0
+
+
 def _verifier_key(text: str) -> str:
     if os.path.isfile(text):
         return _read_file(text, "verifier key").decode("utf-8", "replace").strip()
@@ -147,7 +177,7 @@ def cmd_verify_checkpoint(args: argparse.Namespace) -> int:
     that it extends an older checkpoint. Needs no data directory."""
     verifier = tlog.Verifier(_verifier_key(args.vkey))
     cp = tlog.open_checkpoint(_read_file(args.note, "note"), verifier, origin=args.origin)
-    result: dict = {"ok": True, **_checkpoint_json(cp)}
+    result: Dict[str, Any] = {"ok": True, **_checkpoint_json(cp)}
     if (args.since is None) != (args.proof is None):
         raise _cli_error("--since and --proof go together")
     if args.since is not None:
@@ -204,6 +234,16 @@ def add_parsers(sub: Any, stream_id: Callable[[str], int], non_negative: Callabl
     p.add_argument("new", metavar="NEW", type=positive, nargs="?", help="new tree size")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_consistency)
+
+    p = sub.add_parser("export-tiles", help="write a static tlog-tiles directory",
+                       description=cmd_export_tiles.__doc__)
+    p.add_argument("dir", metavar="DIR", help="data directory")
+    p.add_argument("stream", metavar="STREAM", type=stream_id, help="stream id")
+    p.add_argument("out", metavar="OUT", help="output directory")
+    p.add_argument("--note", metavar="FILE", help="checkpoint note (default: the latest)")
+    p.add_argument("--vkey", metavar="KEY", help="verifier key or key file, with --note")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_export_tiles)
 
     p = sub.add_parser("verify-checkpoint", help="check a checkpoint note (and its growth)",
                        description=cmd_verify_checkpoint.__doc__)

@@ -10,6 +10,8 @@ and Jupyter (``__repr__``, ``_repr_html_``). Every method of SPEC §4 is the C o
 
 from __future__ import annotations
 
+import os
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
 from . import _core, tlog
@@ -229,6 +231,85 @@ class _StorageMixin:
                 f"stream {stream_id}: the record at offset {last} is not in the checkpoint's "
                 f"tree ({e})", offset=last, expected=checkpoint.root_hash) from None
         return [r.payload for r in out]
+
+    def export_tiles(self, stream_id: int, directory: Union[str, os.PathLike[str]],
+                     checkpoint: tlog.Checkpoint) -> None:
+        """Write a static C2SP ``tlog-tiles`` directory for the checkpoint's tree.
+
+        ``directory`` (created if needed) gets ``checkpoint`` (the note), the hash tiles
+        ``tile/<L>/<N>`` (partial ones ``tile/<L>/<N>.p/<W>``) and the entry bundles
+        ``tile/entries/<N>[.p/<W>]``, whose entries are the records' 32-byte chain hashes,
+        each after its big-endian u16 length. Any tlog-tiles client can then check inclusion
+        and consistency against the checkpoint. The records are read and checked, and their
+        tree must have the checkpoint's root (else ``ChainVerificationError``, nothing
+        written); existing files of the same names are replaced, ``checkpoint`` last. Memory:
+        about 64 bytes per record of the checkpoint's tree, while it runs.
+        """
+        import hashlib
+
+        if not isinstance(checkpoint, tlog.Checkpoint):
+            raise TypeError("checkpoint must be a kimberlite.tlog.Checkpoint, not "
+                            f"{type(checkpoint).__name__}")
+        core = cast("Any", self)
+        n = checkpoint.tree_size
+        have = core.next_offset(stream_id)
+        if n == 0 or n > have or core.tree_root(stream_id, n) != checkpoint.root_hash:
+            raise ChainVerificationError(
+                f"stream {stream_id}: the stream has no tree of {n} records with the "
+                "checkpoint's root: it is a checkpoint of another stream, or the records were "
+                "rewritten since it was signed", expected=checkpoint.root_hash)
+        entries: List[bytes] = []
+        last = None
+        for rec in self.iter_from(stream_id, 0, records=True):
+            if rec.offset > 0:
+                entries.append(cast("bytes", rec.prev_hash))
+            if rec.offset == n - 1:
+                last = rec.compute_hash()
+                break
+        if last is None or len(entries) != n - 1:
+            raise ChainVerificationError(f"stream {stream_id}: fewer than {n} records were read")
+        entries.append(last)
+        if tlog._tree_root(entries) != checkpoint.root_hash:
+            raise ChainVerificationError(
+                f"stream {stream_id}: the records read do not have the checkpoint's root",
+                expected=checkpoint.root_hash)
+
+        sha256 = hashlib.sha256
+
+        def subtree(hashes: List[bytes]) -> bytes:  # a perfect subtree of 256 hashes
+            while len(hashes) > 1:
+                hashes = [sha256(b"\x01" + hashes[i] + hashes[i + 1]).digest()
+                          for i in range(0, len(hashes), 2)]
+            return hashes[0]
+
+        def write(rel: str, data: bytes) -> None:
+            path = os.path.join(os.fspath(directory), *rel.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+
+        def tiles(level: Optional[int], items: List[bytes]) -> None:
+            full, partial = tlog._tile_count(n, level if level is not None else 0)
+            for t in range(full + (1 if partial else 0)):
+                width = 256 if t < full else partial
+                chunk = items[t * 256:t * 256 + width]
+                if level is None:
+                    data = b"".join(len(e).to_bytes(2, "big") + e for e in chunk)
+                else:
+                    data = b"".join(chunk)
+                write(tlog._tile_path(level, t, width), data)
+
+        tiles(None, entries)
+        row = [sha256(b"\x00" + e).digest() for e in entries]
+        del entries
+        level = 0
+        while row:
+            tiles(level, row)
+            row = [subtree(row[i:i + 256]) for i in range(0, len(row) - 255, 256)]
+            level += 1
+        write("checkpoint", checkpoint.note)
 
     # ---- summaries ----------------------------------------------------------------------
 

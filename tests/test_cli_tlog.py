@@ -128,3 +128,26 @@ def test_checkpoint_mismatch_from_the_cli(tmp_path):
     replace_payload(tmp_path / "d", 7, 4, b"forged")
     rc, out, err = run("checkpoint", tmp_path / "d", 7, "--key", tmp_path / "key")
     assert rc == 1 and "rewritten" in one_error_line(err)
+
+
+def test_export_tiles_command(tmp_path):
+    from test_tlog_tiles import TileClient
+    setup_log(tmp_path)
+    skey, vkey = tlog.generate_key("t.example")
+    rc, out, err = run("export-tiles", tmp_path / "d", 7, tmp_path / "out")
+    assert rc == 1 and "no checkpoint" in one_error_line(err)
+    with km.Storage(tmp_path / "d") as s:
+        cp = s.checkpoint(7, tlog.Signer(skey))
+        s.append_batch(7, [b"later"])
+    rc, out, err = run("export-tiles", tmp_path / "d", 7, tmp_path / "out")
+    assert rc == 0, err
+    c = TileClient(tmp_path / "out", vkey)
+    assert c.cp == cp and len(c.leaves()) == 5
+    (tmp_path / "note").write_bytes(cp.note)
+    rc, out, err = run("export-tiles", tmp_path / "d", 7, tmp_path / "o2", "--note",
+                       tmp_path / "note", "--vkey", vkey, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["tree_size"] == 5
+    rc, out, err = run("export-tiles", tmp_path / "d", 7, tmp_path / "o3", "--note",
+                       tmp_path / "note")
+    assert rc == 1 and "--vkey" in one_error_line(err)
