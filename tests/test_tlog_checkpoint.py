@@ -198,3 +198,15 @@ def test_read_verified_tampered_records(backend, signer):
         s.read_verified(7, 0, checkpoint=cp7)
     with pytest.raises(kimberlite.ChainVerificationError):
         s.read_verified(7, 11, checkpoint=cp7)
+
+
+def test_readme_publishing_example_runs(tmp_path, monkeypatch):
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = readme.split("## Publishing and proving", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    scope["s"].close()
+    assert (tmp_path / "public" / "log7" / "checkpoint").read_bytes() == scope["cp2"].note
+    assert (tmp_path / "cp1.note").read_bytes() == scope["cp1"].note
