@@ -117,7 +117,10 @@ typedef struct catch_up {
     uint64_t expect;             /* offset of the next record delivered */
     uint8_t tail[KMB_HASH_SIZE]; /* hash of the last record delivered */
     int have_tail;
+    int stale; /* the first record read does not link to the tree's last entry */
 } catch_up;
+
+#define TREE_STALE 1 /* take_records' stop code: rebuild the tree from genesis */
 
 /* kmb_read_fn: each record's prev_hash is the (checked) hash of the record before it. */
 static int take_records(void *ctx, const kmb_record *recs, size_t n)
@@ -128,6 +131,11 @@ static int take_records(void *ctx, const kmb_record *recs, size_t n)
             return kmb_error_set(KMB_ERROR, 0, "Merkle tree: record %" PRIu64
                                  " delivered where %" PRIu64 " was expected",
                                  recs[j].offset, c->expect);
+        if (recs[j].offset == c->t->range.size && recs[j].offset > 0 &&
+            memcmp(recs[j].prev_hash, c->t->last, KMB_HASH_SIZE) != 0) {
+            c->stale = 1; /* the records before it are not those the tree was built from */
+            return TREE_STALE;
+        }
         if (recs[j].offset > c->t->range.size) {
             int rc = add_entry(c->t, recs[j].prev_hash);
             if (rc) return rc;
@@ -157,6 +165,13 @@ static int tree_sync(kmb_storage *st, stream_state *s)
     /* Read from the first record not integrated: its hash is its successor's prev_hash. */
     catch_up c = {.t = t, .expect = have};
     int rc = read_each_locked(st, s, c.expect, KMB_NO_LIMIT, take_records, &c);
+    if (c.stale) {
+        /* Records under the tree changed (another process rewrote them): start over. */
+        tree_reset(t);
+        memset(&c, 0, sizeof(c));
+        c.t = t;
+        rc = read_each_locked(st, s, 0, KMB_NO_LIMIT, take_records, &c);
+    }
     trim_chunks(st);
     if (rc == KMB_OK && c.expect != s->next)
         rc = kmb_error_set(KMB_ERROR, 0, "stream %" PRIu64 ": the tree read %" PRIu64

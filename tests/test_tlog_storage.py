@@ -168,3 +168,25 @@ def test_tampered_records_raise(disk):
         s.tree_root(2)
     with pytest.raises(kimberlite.ChainVerificationError):
         s.inclusion_proof(2, 0, 5)
+
+
+def test_reader_tree_notices_records_rewritten_under_it(tmp_path):
+    """A long-lived reader's tree is rebuilt when new records do not link to its last entry
+    (the records under it were rewritten by another writer), never mixed with them."""
+    from kimberlite.testing import replace_payload
+    d = tmp_path / "d"
+    with kimberlite.Storage(d) as w:
+        w.append_batch(1, [b"r0", b"r1", b"r2", b"r3", b"r4"])
+    r = kimberlite.Storage(d, read_only=True)
+    try:
+        before = r.tree_root(1)
+        replace_payload(d, 1, 4, b"XX")  # same length: the segment's size is unchanged
+        with kimberlite.Storage(d) as w2:
+            w2.append_batch(1, [b"r5", b"r6", b"r7"])
+            fresh = w2.tree_root(1)
+            old_prefix = w2.tree_root(1, 5)
+        assert old_prefix != before
+        assert r.tree_root(1) == fresh == ref_mth(
+            [ref_leaf(h) for h in chain_hashes([b"r0", b"r1", b"r2", b"r3", b"XX", b"r5", b"r6", b"r7"])])
+    finally:
+        r.close()
