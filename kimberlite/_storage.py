@@ -14,7 +14,7 @@ import os
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
-from . import _core, tlog
+from . import _core
 from ._errors import (
     ChainVerificationError,
     CheckpointMismatchError,
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any, List, Literal, Optional, Union, cast, overload
 
+    from . import tlog
     from ._record import Record
     from ._stream import _StorageLike
 else:
@@ -124,6 +125,8 @@ class _StorageMixin:
         ``StorageError``. The note is stored atomically and durably (disk: the file
         ``checkpoint`` in the stream's directory) with the signer's verifier key.
         """
+        from . import tlog
+
         if not isinstance(signer, tlog.Signer):
             raise TypeError(f"signer must be a kimberlite.tlog.Signer, not {type(signer).__name__}")
         if origin is None:
@@ -175,6 +178,8 @@ class _StorageMixin:
         checked here: the caller got ``checkpoint`` from ``tlog.open_checkpoint`` or from
         signing. Arguments as ``read_from``; ``checkpoint`` must be a ``tlog.Checkpoint``.
         """
+        from . import tlog
+
         if not isinstance(checkpoint, tlog.Checkpoint):
             raise TypeError("checkpoint must be a kimberlite.tlog.Checkpoint, not "
                             f"{type(checkpoint).__name__}")
@@ -245,6 +250,8 @@ class _StorageMixin:
         written); existing files of the same names are replaced, ``checkpoint`` last. Memory:
         about 64 bytes per record of the checkpoint's tree, while it runs.
         """
+        from . import tlog
+
         import hashlib
 
         if not isinstance(checkpoint, tlog.Checkpoint):
@@ -362,6 +369,8 @@ def _encode_stored_checkpoint(verifier_key: str, note: bytes) -> bytes:
 
 def _decode_stored_checkpoint(stream_id: int, blob: bytes) -> tlog.Checkpoint:
     """The stored checkpoint, re-opened (form and signature) with the key stored beside it."""
+    from . import tlog
+
     head, sep, rest = blob.partition(b"\n")
     vkey, sep2, note = rest.partition(b"\n")
     if head + sep != _STORED_MAGIC or not sep2:
@@ -378,6 +387,8 @@ def _decode_stored_checkpoint(stream_id: int, blob: bytes) -> tlog.Checkpoint:
 def _check_extends(core: Any, stream_id: int, old: tlog.Checkpoint, origin: str, size: int,
                    root: bytes) -> None:
     """CheckpointMismatchError unless (origin, size, root) extends the stored checkpoint."""
+    from . import tlog
+
     if origin != old.origin:
         raise CheckpointMismatchError(
             f"stream {stream_id}: the stream's last checkpoint has origin {old.origin!r}, not "
