@@ -190,3 +190,30 @@ def test_reader_tree_notices_records_rewritten_under_it(tmp_path):
             [ref_leaf(h) for h in chain_hashes([b"r0", b"r1", b"r2", b"r3", b"XX", b"r5", b"r6", b"r7"])])
     finally:
         r.close()
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=6), min_size=1,
+                        max_size=12),
+       seg=st.integers(min_value=60, max_value=600), data=st.data())
+def test_tree_matches_reference_for_any_batches(batches, seg, data):
+    """Random batches and segment sizes, tree calls interleaved with appends at random."""
+    s = kimberlite.MemoryStorage(max_segment_size=seg)
+    evs = []
+    for batch in batches:
+        s.append_batch(1, batch, fsync=False)
+        evs += batch
+        if data.draw(st.booleans()):
+            n = data.draw(st.integers(min_value=1, max_value=len(evs)))
+            leaves = [ref_leaf(h) for h in chain_hashes(evs[:n])]
+            assert s.tree_root(1, n) == ref_mth(leaves)
+            m = data.draw(st.integers(min_value=0, max_value=n - 1))
+            assert s.inclusion_proof(1, m, n) == ref_path(m, leaves)
+            old = data.draw(st.integers(min_value=1, max_value=n))
+            assert s.consistency_proof(1, old, n) == ([] if old == n else
+                                                      ref_subproof(old, leaves, True))
+    assert s.tree_root(1) == ref_mth([ref_leaf(h) for h in chain_hashes(evs)])
