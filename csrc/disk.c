@@ -6,6 +6,7 @@
  *   data_dir/{stream}/segment_%06u.log.idx  offset index (a cache)
  *   data_dir/{stream}/segment_%06u.log.torn-K   quarantined torn tails
  *   data_dir/{stream}/durable               the durable watermark (a hint; watermark.c)
+ *   data_dir/{stream}/checkpoint            the latest signed checkpoint (tree.c)
  *
  * Open descriptors are bounded: segment files are kept in a small LRU cache of
  * KMB_DISK_MAX_FDS descriptors, plus the lock file. All file operations go through io.c.
@@ -487,6 +488,73 @@ static int disk_load_watermark(kmb_backend *b, uint64_t stream, void *buf, size_
     return KMB_OK;
 }
 
+/* A temporary file, synced, renamed to {stream}/checkpoint, the directory synced. */
+static int disk_save_checkpoint(kmb_backend *b, uint64_t stream, const uint8_t *data, size_t len)
+{
+    disk_backend *d = D(b);
+    char dir[PATH_MAX], path[PATH_MAX], tmp[PATH_MAX];
+    int rc = stream_dir(d, stream, dir, sizeof(dir));
+    if (rc) return rc;
+    int n = snprintf(path, sizeof(path), "%s/checkpoint", dir);
+    int m = snprintf(tmp, sizeof(tmp), "%s/checkpoint.tmp", dir);
+    if (n < 0 || (size_t)n >= sizeof(path) || m < 0 || (size_t)m >= sizeof(tmp))
+        return path_too_long(d->root);
+    if (unlink(tmp) != 0 && errno != ENOENT) return io_error(errno, tmp, "cannot replace checkpoint");
+    int fd = kmb_io_open(&d->io, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) return io_error(errno, tmp, "cannot create checkpoint");
+    if (kmb_io_pwrite(&d->io, fd, data, len, 0) != 0) rc = io_error(errno, tmp, "cannot write checkpoint");
+    if (rc == KMB_OK && kmb_io_sync(&d->io, fd) != 0) rc = io_error(errno, tmp, "cannot sync checkpoint");
+    close(fd);
+    if (rc == KMB_OK && kmb_io_rename(&d->io, tmp, path) != 0)
+        rc = io_error(errno, path, "cannot rename checkpoint into place");
+    if (rc) {
+        unlink(tmp);
+        return rc;
+    }
+    if (kmb_io_sync_dir(&d->io, dir) != 0) return io_error(errno, dir, "cannot sync stream directory");
+    return KMB_OK;
+}
+
+static int disk_load_checkpoint(kmb_backend *b, uint64_t stream, uint64_t max_len, uint8_t **out,
+                                size_t *len)
+{
+    disk_backend *d = D(b);
+    char dir[PATH_MAX], path[PATH_MAX];
+    *out = NULL;
+    *len = 0;
+    int rc = stream_dir(d, stream, dir, sizeof(dir));
+    if (rc) return rc;
+    int n = snprintf(path, sizeof(path), "%s/checkpoint", dir);
+    if (n < 0 || (size_t)n >= sizeof(path)) return path_too_long(d->root);
+    int fd = kmb_io_open(&d->io, path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
+    if (fd < 0) {
+        if (errno == ENOENT) return kmb_error_set(KMB_ENOTFOUND, 0, "no checkpoint");
+        return io_error(errno, path, "cannot open checkpoint");
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > max_len) {
+        close(fd);
+        return kmb_error_set(KMB_ECORRUPT, 0, "%s is not a regular file of at most %" PRIu64
+                             " bytes: not a checkpoint Kimberlite wrote; move it away", path,
+                             max_len);
+    }
+    uint8_t *buf = malloc(st.st_size ? (size_t)st.st_size : 1);
+    if (!buf) {
+        close(fd);
+        return kmb_error_set(KMB_ENOMEM, 0, "out of memory");
+    }
+    ssize_t got = kmb_io_pread(&d->io, fd, buf, (size_t)st.st_size, 0);
+    int err = errno;
+    close(fd);
+    if (got < 0 || (size_t)got != (size_t)st.st_size) {
+        free(buf);
+        return io_error(got < 0 ? err : EIO, path, "cannot read checkpoint");
+    }
+    *out = buf;
+    *len = (size_t)got;
+    return KMB_OK;
+}
+
 static int disk_quarantine(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t from,
                            char *name_out, size_t name_cap)
 {
@@ -733,6 +801,8 @@ static void fill_table(kmb_backend *b, int read_only)
     b->remove_segment = disk_remove_segment;
     b->save_watermark = disk_save_watermark;
     b->load_watermark = disk_load_watermark;
+    b->save_checkpoint = disk_save_checkpoint;
+    b->load_checkpoint = disk_load_checkpoint;
 }
 
 int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)

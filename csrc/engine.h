@@ -67,6 +67,8 @@ static inline int mark_before(kmb_mark a, kmb_mark b)
     return a.seg < b.seg || (a.seg == b.seg && a.pos < b.pos);
 }
 
+struct kmb_tree; /* tree.c */
+
 typedef struct stream_state {
     uint64_t id;
     seg_state *segs;
@@ -95,6 +97,7 @@ typedef struct stream_state {
     uint32_t damage_seg;
     char damage_what[160];
     kmb_error *tamper; /* a broken hash-chain link found by a read or verify (owned) */
+    struct kmb_tree *tree; /* the stream's Merkle tree in memory (tree.c), built on demand */
 } stream_state;
 
 /* A sliding window over a segment's bytes, for scanning. */
@@ -265,6 +268,18 @@ void trim_chunks(kmb_storage *st);
 int verify_segment(kmb_storage *st, stream_state *s, seg_state *g,
                    uint8_t running[KMB_HASH_SIZE]);
 void free_chunks(kmb_storage *st);
+
+/*
+ * kmb_storage_read_each on a loaded stream, with the storage's mutex already held (enter):
+ * the same checks, retries and delivery. The caller trims the chunks afterwards.
+ */
+int read_each_locked(kmb_storage *st, stream_state *s, uint64_t from, uint64_t max_bytes,
+                     kmb_read_fn fn, void *ctx);
+
+/* ---------------------------------------------------------------- tree.c */
+
+/* Release a stream's Merkle tree (s->tree; NULL is ignored). */
+void tree_free(struct kmb_tree *t);
 
 /* ---------------------------------------------------------------- append.c */
 

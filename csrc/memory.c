@@ -33,6 +33,8 @@ typedef struct mem_stream {
     size_t nsegs, cap;
     mem_buf *torn; /* quarantined tails, in order */
     size_t ntorn;
+    mem_buf checkpoint; /* the latest signed checkpoint's bytes (tree.c) */
+    int has_checkpoint;
 } mem_stream;
 
 typedef struct mem_backend {
@@ -299,6 +301,34 @@ static int mem_save_index(kmb_backend *b, uint64_t stream, uint32_t seg, const u
     return KMB_OK;
 }
 
+static int mem_save_checkpoint(kmb_backend *b, uint64_t stream, const uint8_t *data, size_t len)
+{
+    mem_stream *s = find_stream(M(b), stream);
+    if (!s) return missing(b, stream, 0);
+    if (buf_reserve(&s->checkpoint, len)) return oom();
+    if (len) memcpy(s->checkpoint.data, data, len);
+    s->checkpoint.len = len;
+    s->has_checkpoint = 1;
+    return KMB_OK;
+}
+
+static int mem_load_checkpoint(kmb_backend *b, uint64_t stream, uint64_t max_len, uint8_t **out,
+                               size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    mem_stream *s = find_stream(M(b), stream);
+    if (!s || !s->has_checkpoint) return kmb_error_set(KMB_ENOTFOUND, 0, "no checkpoint");
+    if (s->checkpoint.len > max_len)
+        return kmb_error_set(KMB_ECORRUPT, 0, "checkpoint of memory:%" PRIu64 " too large", stream);
+    uint8_t *copy = malloc(s->checkpoint.len ? s->checkpoint.len : 1);
+    if (!copy) return oom();
+    if (s->checkpoint.len) memcpy(copy, s->checkpoint.data, s->checkpoint.len);
+    *out = copy;
+    *len = s->checkpoint.len;
+    return KMB_OK;
+}
+
 static void mem_describe(kmb_backend *b, uint64_t stream, uint32_t seg, char *out, size_t cap)
 {
     (void)b;
@@ -318,6 +348,7 @@ static void mem_free(kmb_backend *b)
         for (size_t j = 0; j < s->ntorn; j++) free(s->torn[j].data);
         free(s->torn);
         free(s->segs);
+        free(s->checkpoint.data);
     }
     free(m->streams);
     free(m);
@@ -346,6 +377,8 @@ int kmb_backend_memory_new(kmb_backend **out)
     b->describe = mem_describe;
     b->free = mem_free;
     b->remove_segment = mem_remove_segment;
+    b->save_checkpoint = mem_save_checkpoint;
+    b->load_checkpoint = mem_load_checkpoint;
     *out = b;
     return KMB_OK;
 }

@@ -172,6 +172,16 @@ int kmb_storage_check_open(kmb_storage_object *self);
  * engine's recovery events. 0 for KMB_OK, -1 with an exception set. */
 int kmb_storage_finish(kmb_storage_object *self, int rc);
 
+/* ---- py_tree.c: the verifiable-log methods of Storage (METH_VARARGS | METH_KEYWORDS) ---- */
+
+PyObject *kmb_py_tree_root(kmb_storage_object *self, PyObject *args, PyObject *kwds);
+PyObject *kmb_py_inclusion_proof(kmb_storage_object *self, PyObject *args, PyObject *kwds);
+PyObject *kmb_py_consistency_proof(kmb_storage_object *self, PyObject *args, PyObject *kwds);
+PyObject *kmb_py_sync(kmb_storage_object *self, PyObject *args, PyObject *kwds);
+PyObject *kmb_py_durable_root(kmb_storage_object *self, PyObject *args, PyObject *kwds);
+PyObject *kmb_py_load_checkpoint(kmb_storage_object *self, PyObject *args, PyObject *kwds);
+PyObject *kmb_py_store_checkpoint(kmb_storage_object *self, PyObject *args, PyObject *kwds);
+
 /* ---- py_events.c: the engine's recovery events ------------------------------------- */
 
 /* The engine's event callback (kmb_storage_set_event_callback; ctx is the Storage object):

@@ -826,6 +826,38 @@ static int storage_track_for_fork(StorageObject *self)
     return 0;
 }
 
+/* The verifiable-log methods (py_tree.c). */
+PyDoc_STRVAR(tree_root_doc,
+"tree_root($self, stream_id, tree_size=None)\n--\n\n"
+"Return the RFC 9162 Merkle tree root (32 bytes) of the stream's first tree_size records\n"
+"(None: all of them), whose entries are the records' chain hashes (SPEC section 6).\n"
+"0 <= tree_size <= next_offset(stream_id), else ValueError; 0 gives SHA-256(b'').\n"
+"The tree is kept in memory and catches up from the records (each checked) on demand.");
+PyDoc_STRVAR(inclusion_proof_doc,
+"inclusion_proof($self, stream_id, offset, tree_size=None)\n--\n\n"
+"Return the RFC 9162 inclusion proof (a list of 32-byte hashes, nearest the leaf first)\n"
+"of the record at `offset` in the tree of the first tree_size records (None: all).\n"
+"0 < tree_size <= next_offset and offset < tree_size, else ValueError. Check it with\n"
+"kimberlite.tlog.verify_inclusion(tlog.leaf_hash(record_hash), offset, tree_size, proof, root).");
+PyDoc_STRVAR(consistency_proof_doc,
+"consistency_proof($self, stream_id, old_size, new_size=None)\n--\n\n"
+"Return the RFC 9162 consistency proof (a list of 32-byte hashes) that the tree of\n"
+"new_size records (None: all) extends the tree of old_size records.\n"
+"0 < old_size <= new_size <= next_offset, else ValueError; equal sizes give [].");
+PyDoc_STRVAR(sync_doc,
+"_sync($self, stream_id)\n--\n\n"
+"Make every record of the stream durable (internal).");
+PyDoc_STRVAR(durable_root_doc,
+"_durable_root($self, stream_id)\n--\n\n"
+"Sync the stream, then return (tree_size, root) of all its records (internal: checkpoint).");
+PyDoc_STRVAR(load_checkpoint_doc,
+"_load_checkpoint($self, stream_id)\n--\n\n"
+"The stream's stored checkpoint bytes, or None (internal: latest_checkpoint).");
+PyDoc_STRVAR(store_checkpoint_doc,
+"_store_checkpoint($self, stream_id, expected, data)\n--\n\n"
+"Store checkpoint bytes atomically and durably if the stored ones are `expected` (None:\n"
+"none); return False, storing nothing, otherwise (internal: checkpoint).");
+
 #define KW_METHOD(name, fn, doc) \
     {name, (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS, doc}
 
@@ -839,6 +871,13 @@ static PyMethodDef storage_methods[] = {
     {"streams", (PyCFunction)storage_streams, METH_NOARGS, streams_doc},
     KW_METHOD("segment_count", storage_segment_count, segment_count_doc),
     KW_METHOD("completed_segments", storage_completed_segments, completed_segments_doc),
+    KW_METHOD("tree_root", kmb_py_tree_root, tree_root_doc),
+    KW_METHOD("inclusion_proof", kmb_py_inclusion_proof, inclusion_proof_doc),
+    KW_METHOD("consistency_proof", kmb_py_consistency_proof, consistency_proof_doc),
+    KW_METHOD("_sync", kmb_py_sync, sync_doc),
+    KW_METHOD("_durable_root", kmb_py_durable_root, durable_root_doc),
+    KW_METHOD("_load_checkpoint", kmb_py_load_checkpoint, load_checkpoint_doc),
+    KW_METHOD("_store_checkpoint", kmb_py_store_checkpoint, store_checkpoint_doc),
     {"flush_indexes", (PyCFunction)storage_flush_indexes, METH_NOARGS, flush_indexes_doc},
     KW_METHOD("_repair", storage_repair, repair_doc),
     {"close", (PyCFunction)storage_close, METH_NOARGS, close_doc},

@@ -380,17 +380,14 @@ static int plan_read(kmb_storage *st, stream_state *s, uint64_t from, uint64_t m
     return KMB_OK;
 }
 
-int kmb_storage_read_each(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t max_bytes,
-                          kmb_read_fn fn, void *ctx)
+int read_each_locked(kmb_storage *st, stream_state *s, uint64_t from, uint64_t max_bytes,
+                     kmb_read_fn fn, void *ctx)
 {
-    int rc = enter(st);
-    if (rc) return rc;
-    stream_state *s;
-    rc = get_stream(st, stream, &s);
-    if (rc || !s || max_bytes == 0) goto out;
+    int rc = KMB_OK;
+    if (max_bytes == 0) return KMB_OK;
     if (from >= s->next && !s->segs[s->nsegs - 1].damaged &&
         !(s->damaged && !s->tamper && from == s->damage_offset))
-        goto out;
+        return KMB_OK;
     for (;;) {
         int was_damaged = s->damaged;
         size_t n = 0;
@@ -410,7 +407,17 @@ int kmb_storage_read_each(kmb_storage *st, uint64_t stream, uint64_t from, uint6
         from += r.delivered;
         if (max_bytes != KMB_NO_LIMIT) max_bytes -= r.delivered_payload;
     }
-out:
+    return rc;
+}
+
+int kmb_storage_read_each(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t max_bytes,
+                          kmb_read_fn fn, void *ctx)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s;
+    rc = get_stream(st, stream, &s);
+    if (rc == KMB_OK && s) rc = read_each_locked(st, s, from, max_bytes, fn, ctx);
     trim_chunks(st);
     leave(st);
     return rc;

@@ -74,6 +74,7 @@ void stream_free(stream_state *s)
 {
     if (!s) return;
     free(s->tamper);
+    tree_free(s->tree);
     for (size_t i = 0; i < s->nsegs; i++) kmb_index_free(&s->segs[i].ix);
     free(s->segs);
     free(s);

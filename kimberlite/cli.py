@@ -15,6 +15,8 @@ and dispatches. Subcommands:
                                     (--expected-head HEX: against a trusted head)
     repair DIR STREAM               cut a damaged stream back to its last valid record
                                     (the rest is moved into quarantine files)
+    keygen, checkpoint, prove, consistency, verify-checkpoint
+                                    the verifiable log (kimberlite/_cli_tlog.py)
 
 ``info``, ``append``, ``read``, ``verify`` and ``repair`` take ``--json``. ``info``, ``read`` and
 ``verify`` open the directory read-only (no lock: they run beside a live writer); ``append``
@@ -536,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("stream", metavar="STREAM", type=_stream_id, help="stream id")
     repair.add_argument("--json", action="store_true", help="print JSON")
     repair.set_defaults(func=cmd_repair)
+    from kimberlite import _cli_tlog  # keygen, checkpoint, prove, consistency, verify-checkpoint
+    _cli_tlog.add_parsers(sub, _stream_id, _non_negative, _positive)
     return parser
 
 

@@ -217,6 +217,85 @@ int kmb_storage_repair(kmb_storage *st, uint64_t stream, kmb_repair_report *out)
 void kmb_repair_report_free(kmb_repair_report *r);
 
 /*
+ * ---- the verifiable log (SPEC §6; csrc/tree.c) ----
+ *
+ * Each stream is an RFC 9162 Merkle log whose entries are its records' chain hashes
+ * (merkle.h). The tree is kept in memory per stream and integrated lazily: appends do not
+ * touch it; these calls first catch it up from the records not integrated yet, read and
+ * checked like kmb_storage_read (CRC, offset, chain link), then answer in O(log n) hashes.
+ * Nothing of it is persisted: a new process rebuilds it on first use (one read of the
+ * stream). Memory: about 34 bytes per record of the streams asked about.
+ *
+ * `size` KMB_TREE_SIZE_ALL means the stream's next offset at the time of the call; the size
+ * used is written to *size_out (may be NULL). A stream that does not exist has 0 records.
+ * Errors: KMB_EINVAL for sizes and indexes out of range (below), nothing computed; the
+ * errors of kmb_storage_read (KMB_ECORRUPT, KMB_ECHAIN, KMB_EIO, KMB_ENOMEM) while catching
+ * up; KMB_ECLOSED.
+ */
+#define KMB_TREE_SIZE_ALL UINT64_MAX
+
+/* out = the root of the tree of the first `size` records, 0 <= size <= next offset (size 0:
+ * SHA-256 of the empty string). */
+int kmb_storage_tree_root(kmb_storage *st, uint64_t stream, uint64_t size, uint8_t out[32],
+                          uint64_t *size_out);
+
+/*
+ * The RFC 9162 inclusion proof of record `index` in the tree of `size` records (0 < size <=
+ * next offset, index < size): out[0 .. *count), nearest the leaf first. `out` must hold
+ * KMB_MERKLE_MAX_INCLUSION (64) hashes.
+ */
+int kmb_storage_inclusion_proof(kmb_storage *st, uint64_t stream, uint64_t index, uint64_t size,
+                                uint8_t (*out)[32], unsigned *count, uint64_t *size_out);
+
+/*
+ * The RFC 9162 consistency proof from the tree of old_size records to that of new_size
+ * (0 < old_size <= new_size <= next offset; equal sizes give *count 0): out[0 .. *count).
+ * `out` must hold KMB_MERKLE_MAX_CONSISTENCY (128) hashes. *size_out is new_size.
+ */
+int kmb_storage_consistency_proof(kmb_storage *st, uint64_t stream, uint64_t old_size,
+                                  uint64_t new_size, uint8_t (*out)[32], unsigned *count,
+                                  uint64_t *size_out);
+
+/*
+ * Make every record of the stream durable: sync the segments written with fsync=0 (or
+ * found on disk unsynced) and the stream's directory entries. An absent stream is KMB_OK.
+ * Errors: KMB_EREADONLY, KMB_EIO, KMB_ECLOSED.
+ */
+int kmb_storage_sync(kmb_storage *st, uint64_t stream);
+
+/*
+ * For signing: make every record of the stream durable (as kmb_storage_sync), then give
+ * the root and size (the next offset) of the whole tree, all under one lock, so that no
+ * record appended meanwhile (and not durable) is included. An absent or empty stream gives
+ * size 0 and the empty root. Errors: KMB_EREADONLY, those of kmb_storage_sync and of
+ * catching the tree up; KMB_ECORRUPT for a damaged stream.
+ */
+int kmb_storage_durable_root(kmb_storage *st, uint64_t stream, uint8_t out[32],
+                             uint64_t *size_out);
+
+/* The largest stored checkpoint (bytes): a note and a key, a few hundred bytes in practice. */
+#define KMB_CHECKPOINT_MAX 65536
+
+/*
+ * The stream's stored checkpoint bytes (opaque to the engine: kimberlite._storage writes and
+ * checks them; docs/TLOG.md gives the format). *out (malloc'd, the caller frees it; NULL when
+ * *len is 0) is NULL when none is stored, the stream is absent, or the backend stores none.
+ * Errors: KMB_EIO, KMB_ECORRUPT (not a regular file, or too large), KMB_ECLOSED, KMB_ENOMEM.
+ */
+int kmb_storage_load_checkpoint(kmb_storage *st, uint64_t stream, uint8_t **out, size_t *len);
+
+/*
+ * Replace the stream's stored checkpoint bytes with data[0:len], atomically and durably,
+ * if and only if the bytes stored now are expected[0:expected_len] (expected NULL: none is
+ * stored) — a compare-and-swap, so that two signers never lose one another's checkpoint.
+ * Errors: KMB_EOFFSET (the stored bytes differ: nothing written), KMB_EINVAL (no records in
+ * the stream, len > KMB_CHECKPOINT_MAX, a backend without checkpoint storage),
+ * KMB_EREADONLY, KMB_EIO, KMB_ECLOSED, KMB_ENOMEM.
+ */
+int kmb_storage_store_checkpoint(kmb_storage *st, uint64_t stream, const uint8_t *expected,
+                                 size_t expected_len, const uint8_t *data, size_t len);
+
+/*
  * Recovery actions taken while loading streams (quarantines, index rebuilds, damage found)
  * are reported to this callback, if set, with a one-line message. The callback runs with
  * the storage's mutex held and must not call back into the storage.

@@ -170,6 +170,18 @@ struct kmb_backend {
      * own descriptor). Called with nothing else running. NULL: nothing to give up.
      */
     void (*after_fork_child)(kmb_backend *b);
+
+    /*
+     * A stream's latest signed checkpoint (csrc/tree.c; SPEC §6): opaque bytes the engine
+     * writes and checks. save: replace the previous bytes atomically and durably (the disk
+     * backend writes a temporary file, syncs it, renames it to {stream}/checkpoint and syncs
+     * the directory), so that a crash leaves the old bytes or the new ones. load: *out
+     * (malloc'd, owned by the caller) holds *len bytes; KMB_ENOTFOUND when there are none.
+     * NULL (both): the backend cannot store checkpoints (Storage.checkpoint refuses).
+     */
+    int (*save_checkpoint)(kmb_backend *b, uint64_t stream, const uint8_t *data, size_t len);
+    int (*load_checkpoint)(kmb_backend *b, uint64_t stream, uint64_t max_len, uint8_t **out,
+                           size_t *len);
 };
 
 /*
