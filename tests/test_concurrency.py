@@ -20,9 +20,9 @@ import time
 
 import pytest
 
-import _codec
 import kimberlite as km
-from _faults import check_stream, payloads, run_child
+from helpers import codec
+from helpers.faults import check_stream, payloads, run_child
 from helpers import child_env
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -31,7 +31,7 @@ _WRITER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[2])
 import kimberlite as km
-from _faults import payloads
+from helpers.faults import payloads
 d, seconds, fsync = sys.argv[1], float(sys.argv[3]), sys.argv[4] == "1"
 s = km.Storage(d, max_segment_size=4096)
 print("ready", flush=True)
@@ -100,7 +100,7 @@ _READER = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[2])
 import kimberlite as km
-from _faults import payloads
+from helpers.faults import payloads
 d, seconds = sys.argv[1], float(sys.argv[3])
 out = {"reads": 0, "seen": [], "errors": [], "verifies": 0}
 r = km.Storage(d, read_only=True)
@@ -248,7 +248,7 @@ def test_threads_shared_and_separate_streams_with_verifying_readers(tmp_path, ki
         nxt[w] = b + 1
         i += per
     assert nxt == {w: batches for w in range(writers)}
-    head = _codec.head_hash(events)
+    head = codec.head_hash(events)
     assert s.verify(shared, expected_head=head) == (len(events), head)
     for w in range(writers):
         check_stream(s, 100 + w, batches * 2)
