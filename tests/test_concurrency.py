@@ -5,7 +5,8 @@
   SIGKILLed mid-append.
 - read_only readers in other processes follow a live writer: they see every complete
   record with the right content, offsets only grow, the chain verifies, and the writer's
-  activity never makes them fail.
+  activity never makes them fail; also a reader opened with another max_segment_size
+  (segment accounting is each opener's own, it is not on disk).
 - Threads appending to one stream and to separate streams while others read and verify: no
   event lost, duplicated or reordered, batches whole, every chain verifies.
 - 10,000 streams in one directory with a bounded number of open files (/proc/self/fd).
@@ -284,3 +285,20 @@ def test_ten_thousand_streams_with_bounded_open_files(tmp_path):
     # two storages open: each keeps at most a small fixed number of descriptors
     assert peak - base <= 24, f"{peak - base} descriptors open"
     assert _open_fds() == base
+
+
+def test_reader_with_smaller_segment_size_keeps_following_the_writer(tmp_path):
+    w = km.Storage(tmp_path / "d", max_segment_size=10**6)
+    w.append_batch(1, [b"r" * 100] * 20)
+    r = km.Storage(tmp_path / "d", read_only=True, max_segment_size=1000)
+    assert r.next_offset(1) == 20
+    w.append_batch(1, [b"s" * 100] * 20)
+    assert r.next_offset(1) == 40
+    assert len(r.read_from(1)) == 40
+    # segment accounting follows each opener's own max_segment_size (it is not on disk)
+    assert w.segment_count(1) == 1 and r.segment_count(1) == 2
+    w.append_batch(1, [b"t" * 100])
+    assert r.read_from(1, 40) == [b"t" * 100]
+    assert r.verify(1) == w.verify(1)
+    r.close()
+    w.close()

@@ -640,3 +640,16 @@ def test_offset_index_append_out_of_range(pos):
     with pytest.raises((ValueError, OverflowError)):
         ix.append(pos)
     assert ix.positions == [5]
+
+
+def test_storage_io_error_keeps_the_os_strerror(tmp_path):
+    missing = tmp_path / "missing"
+    with pytest.raises(km.StorageIOError) as info:
+        km.Storage(missing, read_only=True)
+    e = info.value
+    assert e.errno == errno.ENOENT
+    assert e.strerror == os.strerror(errno.ENOENT)
+    assert e.filename == str(missing)
+    assert str(missing) in str(e) and "read-only" in str(e)
+    # constructed by hand it is a plain OSError
+    assert str(km.StorageIOError(errno.EIO, "boom", "f")) == "[Errno 5] boom: 'f'"
