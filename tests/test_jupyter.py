@@ -3,8 +3,14 @@ import json
 import os
 import sys
 
-import nbclient
-import nbformat
+import pytest
+
+_EXTRA = "pip install 'kimberlite-storage[notebook,pandas]'"
+nbclient = pytest.importorskip("nbclient", reason=_EXTRA)
+nbformat = pytest.importorskip("nbformat", reason=_EXTRA)
+pytest.importorskip("ipykernel", reason=_EXTRA)   # the kernel the notebook runs in
+pytest.importorskip("matplotlib", reason=_EXTRA)  # the notebook plots
+pytest.importorskip("pandas", reason=_EXTRA)      # ... and shows a data frame
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "examples", "explore.ipynb")
