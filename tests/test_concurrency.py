@@ -136,6 +136,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_readers_in_other_processes_follow_a_live_writer(tmp_path):
     d = tmp_path / "d"
     with km.Storage(d) as s:
@@ -256,6 +257,7 @@ def test_threads_shared_and_separate_streams_with_verifying_readers(tmp_path, ki
     s.close()
 
 
+@pytest.mark.slow
 def test_ten_thousand_streams_with_bounded_open_files(tmp_path):
     d = tmp_path / "many"
     n = 10_000

@@ -126,6 +126,7 @@ def _finish(p):
     return out, err
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments(tmp_path):
     d = tmp_path / "data"
     rng = random.Random(20261127)
@@ -178,6 +179,7 @@ SWEEPS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ops,short,torn", SWEEPS, ids=["every-call", "torn-writes", "recovery"])
 def test_sigkill_at_every_file_operation(tmp_path, ops, short, torn):
     template = _template(tmp_path, torn)

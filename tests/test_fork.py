@@ -342,6 +342,7 @@ def test_read_only_storage_in_children_forked_during_long_reads():
     run_scenario("read_only")
 
 
+@pytest.mark.slow
 def test_memory_storage_in_children_forked_during_reads_and_appends():
     run_scenario("memory")
 

@@ -54,7 +54,8 @@ def quiet():
     log.setLevel(level)
 
 
-@pytest.mark.parametrize("name", list(EXECS))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[pytest.mark.slow] if n == "directory" else []) for n in EXECS])
 def test_fuzz_pass(name, tmp_path, quiet):
     target = harness.TARGETS[name]
     scratch = None if name == "record" else str(tmp_path)

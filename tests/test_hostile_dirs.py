@@ -255,6 +255,7 @@ LENGTHS = [("0xFFFFFFF0", "max_event=1MiB"), ("0xFFFFFFF0", "max_event=4GiB"),
            ("past-end+1", "max_event=4GiB")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_index", [True, False], ids=["idx", "no-idx"])
 @pytest.mark.parametrize("where", ["active-last", "active-middle", "sealed-middle", "sealed-last"])
 @pytest.mark.parametrize("value,opener", LENGTHS, ids=["-".join(v) for v in LENGTHS])

@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "examples", "explore.ipynb")
 
 
+@pytest.mark.slow
 def test_notebook_runs(tmp_path, monkeypatch):
     # A kernel spec for this very interpreter, so that the notebook runs against the
     # kimberlite under test whatever kernels the machine has installed.

@@ -64,6 +64,7 @@ def _check_self_consistent(records):
     return prev
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["inline", "worker"])
 @pytest.mark.parametrize("form", ["bytearray", "memoryview"])
 def test_buffer_mutated_during_append(backend, form, shape, tmp_path):

@@ -4,6 +4,7 @@ import os
 import shutil
 import tempfile
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import kimberlite as km
@@ -82,6 +83,7 @@ def _prefix_or_raise(s, sid, payloads):
     assert got == payloads[:len(got)], "read_from returned altered data"
 
 
+@pytest.mark.slow
 @settings(max_examples=MANY)
 @given(batches=batches_st, max_seg=st.integers(60, 400), keep_index=st.booleans(), data=st.data())
 def test_any_single_bit_flip_is_detected(batches, max_seg, keep_index, data):

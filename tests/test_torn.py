@@ -53,6 +53,7 @@ def _build(tmp_path, where):
     return d, seg, start, n, batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["mid-segment", "new-segment"])
 @pytest.mark.parametrize("index", ["no-index", "stale-index"])
 def test_torn_write_at_every_byte(tmp_path, where, index):

@@ -20,6 +20,7 @@ def _run(args, tmp_path):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_examples_pass_mypy_strict(tmp_path):
     pytest.importorskip("mypy", reason="pip install 'mypy>=1.18'")
     examples = sorted(glob.glob(os.path.join(ROOT, "examples", "*.py")))
@@ -32,6 +33,7 @@ def test_examples_pass_mypy_strict(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_stubs_match_the_compiled_module(tmp_path):
     pytest.importorskip("mypy.stubtest", reason="pip install 'mypy>=1.18'")
     p = _run(["-m", "mypy.stubtest", "kimberlite", "--mypy-config-file", os.devnull], tmp_path)
