@@ -355,6 +355,7 @@ def test_child_forked_from_a_writer_never_keeps_the_lock():
     run_scenario("writer_lock", rounds=10)
 
 
+@pytest.mark.slow
 def test_hashing_thread_after_fork_in_children_and_grandchildren():
     run_scenario("hasher", rounds=6)
 
