@@ -60,6 +60,7 @@ def _note(report):
 
 
 def pytest_configure(config):
+    _missing.clear()
     pytest.importorskip = _importorskip
 
 
