@@ -6,6 +6,9 @@
 - The repository root goes on sys.path only when an in-place build exists there, so that a
   `pip install .`ed package is tested otherwise; KIMBERLITE_TEST_PATH=dir tests the package
   found in dir instead (run pytest from outside the repository then).
+- helpers.ci_guard: under CI=true a test skipped because a module is missing fails the run.
+- Markers: `slow` marks the long sweeps; `python -m pytest -m "not slow"` is the inner loop
+  (docs/TESTING.md).
 """
 import glob
 import os
@@ -31,6 +34,8 @@ settings.register_profile("thorough", max_examples=400, **_common)
 settings.load_profile(os.environ.get("KIMBERLITE_HYPOTHESIS_PROFILE", "kimberlite"))
 
 from helpers import Backend  # noqa: E402
+
+pytest_plugins = ["helpers.ci_guard"]
 
 
 @pytest.fixture

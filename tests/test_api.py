@@ -5,8 +5,8 @@ import pathlib
 
 import pytest
 
-import _codec
 import kimberlite as km
+from helpers import codec
 from helpers import dir_listing, read_bytes, seg_path, stream_dir
 
 
@@ -43,7 +43,7 @@ def test_read_records(backend):
     recs = s.read_records(3)
     assert type(recs) is list
     assert all(isinstance(r, km.Record) for r in recs)
-    hashes = _codec.chain_hashes(events)
+    hashes = codec.chain_hashes(events)
     assert [r.offset for r in recs] == [0, 1, 2]
     assert [r.prev_hash for r in recs] == [None, hashes[0], hashes[1]]
     assert [r.payload for r in recs] == events
@@ -62,7 +62,7 @@ def test_latest_chain_hash_and_verify(backend):
         batch = [b"e%d" % i] * (i + 1)
         s.append_batch(4, batch)
         events += batch
-        head = _codec.head_hash(events)
+        head = codec.head_hash(events)
         assert s.latest_chain_hash(4) == head
         res = s.verify(4)
         assert type(res) is tuple
@@ -154,7 +154,7 @@ def test_empty_events_allowed(backend):
     assert s.append_batch(1, [b""]) == 1
     assert s.append_batch(1, [b"", b"", b"x", b""]) == 5
     assert s.read_from(1) == [b"", b"", b"", b"x", b""]
-    assert s.verify(1) == (5, _codec.head_hash([b"", b"", b"", b"x", b""]))
+    assert s.verify(1) == (5, codec.head_hash([b"", b"", b"", b"x", b""]))
 
 
 def test_events_are_copied(backend):
@@ -171,7 +171,7 @@ def test_large_batch(backend):
     assert s.append_batch(1, events) == 5000
     assert s.read_from(1, 4990) == events[4990:]
     assert s.read_from(1) == events
-    assert s.verify(1) == (5000, _codec.head_hash(events))
+    assert s.verify(1) == (5000, codec.head_hash(events))
 
 
 # --- from_offset / max_bytes ----------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_max_bytes_semantics(backend, method):
             if method == "read_records":
                 assert [r.offset for r in got] == list(range(f, f + len(got)))
                 got = [r.payload for r in got]
-            assert got == _codec.read_model(MB_EVENTS, f, mb), (f, mb)
+            assert got == codec.read_model(MB_EVENTS, f, mb), (f, mb)
 
 
 def test_max_bytes_examples(backend):
@@ -345,14 +345,14 @@ def test_read_only_sees_later_appends(disk):
         events += batch
         assert r.next_offset(1) == len(events)
         assert r.read_from(1) == events
-        assert r.latest_chain_hash(1) == _codec.head_hash(events)
+        assert r.latest_chain_hash(1) == codec.head_hash(events)
         assert r.segment_count(1) == w.segment_count(1)
         assert r.completed_segments(1) == w.completed_segments(1)
     assert w.segment_count(1) > 2
     w.append_batch(2, [b"new stream"])
     assert r.streams() == [1, 2]
     assert r.read_from(2) == [b"new stream"]
-    assert r.verify(1) == (len(events), _codec.head_hash(events))
+    assert r.verify(1) == (len(events), codec.head_hash(events))
 
 
 def test_read_only_never_sees_a_partial_record(disk):
@@ -361,14 +361,14 @@ def test_read_only_never_sees_a_partial_record(disk):
     w.close()
     path = seg_path(disk.data_dir, 1, 0)
     full = read_bytes(path)
-    partial = _codec.encode_record(1, _codec.chain_hash(None, b"whole"), b"partial!")[:30]
+    partial = codec.encode_record(1, codec.chain_hash(None, b"whole"), b"partial!")[:30]
     with open(path, "ab") as f:
         f.write(partial)
     before = dir_listing(disk.data_dir)
     r = disk.open(read_only=True)
     assert r.read_from(1) == [b"whole"]
     assert r.next_offset(1) == 1
-    assert r.verify(1) == (1, _codec.chain_hash(None, b"whole"))
+    assert r.verify(1) == (1, codec.chain_hash(None, b"whole"))
     r.close()
     assert read_bytes(path) == full + partial  # read-only: nothing cut, nothing moved
     assert dir_listing(disk.data_dir) == before
@@ -396,10 +396,10 @@ def test_lock_file_inside_data_dir(disk):
 # --- Record -------------------------------------------------------------------------------------
 
 def test_record_api():
-    h = _codec.chain_hash(None, b"p0")
+    h = codec.chain_hash(None, b"p0")
     r = km.Record(1, h, b"p1")
     assert (r.offset, r.prev_hash, r.payload) == (1, h, b"p1")
-    assert r.compute_hash() == _codec.chain_hash(h, b"p1")
+    assert r.compute_hash() == codec.chain_hash(h, b"p1")
     raw = r.to_bytes()
     assert isinstance(raw, bytes) and len(raw) == km.RECORD_OVERHEAD + 2
     back, used = km.Record.from_bytes(raw)
@@ -416,7 +416,7 @@ def test_record_api():
 
 
 def test_record_from_bytes_accepts_buffers():
-    raw = _codec.encode_record(9, b"\x05" * 32, b"zz")
+    raw = codec.encode_record(9, b"\x05" * 32, b"zz")
     for data in (bytearray(raw), memoryview(raw), memoryview(b"??" + raw)[2:]):
         r, n = km.Record.from_bytes(data)
         assert (r.offset, r.prev_hash, r.payload, n) == (9, b"\x05" * 32, b"zz", len(raw))
@@ -437,7 +437,7 @@ def test_offset_index_api(tmp_path):
     assert [ix.lookup(i) for i in range(5)] == [0, 54, 108, 2**40, None]
     p = tmp_path / "a.idx"
     assert ix.save(p) is None
-    assert read_bytes(p) == _codec.encode_index([0, 54, 108, 2**40])
+    assert read_bytes(p) == codec.encode_index([0, 54, 108, 2**40])
     back = km.OffsetIndex.load(p)
     assert isinstance(back, km.OffsetIndex)
     assert back.positions == ix.positions
@@ -457,7 +457,7 @@ def test_offset_index_save_overwrites(tmp_path):
     p = tmp_path / "o.idx"
     km.OffsetIndex([1, 2, 3]).save(p)
     km.OffsetIndex([9]).save(p)
-    assert read_bytes(p) == _codec.encode_index([9])
+    assert read_bytes(p) == codec.encode_index([9])
     assert sorted(os.listdir(tmp_path)) == ["o.idx"]  # no temporary file left behind
 
 

@@ -47,6 +47,7 @@ def test_each_public_header_compiles_on_its_own():
     assert f"{len(headers)} public headers compile on their own" in proc.stdout, proc.stdout
 
 
+@pytest.mark.slow
 def test_c_library_suite_passes_under_sanitizers():
     make = _make()
     try:

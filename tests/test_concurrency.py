@@ -5,7 +5,8 @@
   SIGKILLed mid-append.
 - read_only readers in other processes follow a live writer: they see every complete
   record with the right content, offsets only grow, the chain verifies, and the writer's
-  activity never makes them fail.
+  activity never makes them fail; also a reader opened with another max_segment_size
+  (segment accounting is each opener's own, it is not on disk).
 - Threads appending to one stream and to separate streams while others read and verify: no
   event lost, duplicated or reordered, batches whole, every chain verifies.
 - 10,000 streams in one directory with a bounded number of open files (/proc/self/fd).
@@ -20,9 +21,9 @@ import time
 
 import pytest
 
-import _codec
 import kimberlite as km
-from _faults import check_stream, payloads, run_child
+from helpers import codec
+from helpers.faults import check_stream, payloads, run_child
 from helpers import child_env
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -31,7 +32,7 @@ _WRITER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[2])
 import kimberlite as km
-from _faults import payloads
+from helpers.faults import payloads
 d, seconds, fsync = sys.argv[1], float(sys.argv[3]), sys.argv[4] == "1"
 s = km.Storage(d, max_segment_size=4096)
 print("ready", flush=True)
@@ -100,7 +101,7 @@ _READER = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[2])
 import kimberlite as km
-from _faults import payloads
+from helpers.faults import payloads
 d, seconds = sys.argv[1], float(sys.argv[3])
 out = {"reads": 0, "seen": [], "errors": [], "verifies": 0}
 r = km.Storage(d, read_only=True)
@@ -135,6 +136,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_readers_in_other_processes_follow_a_live_writer(tmp_path):
     d = tmp_path / "d"
     with km.Storage(d) as s:
@@ -248,13 +250,14 @@ def test_threads_shared_and_separate_streams_with_verifying_readers(tmp_path, ki
         nxt[w] = b + 1
         i += per
     assert nxt == {w: batches for w in range(writers)}
-    head = _codec.head_hash(events)
+    head = codec.head_hash(events)
     assert s.verify(shared, expected_head=head) == (len(events), head)
     for w in range(writers):
         check_stream(s, 100 + w, batches * 2)
     s.close()
 
 
+@pytest.mark.slow
 def test_ten_thousand_streams_with_bounded_open_files(tmp_path):
     d = tmp_path / "many"
     n = 10_000
@@ -284,3 +287,20 @@ def test_ten_thousand_streams_with_bounded_open_files(tmp_path):
     # two storages open: each keeps at most a small fixed number of descriptors
     assert peak - base <= 24, f"{peak - base} descriptors open"
     assert _open_fds() == base
+
+
+def test_reader_with_smaller_segment_size_keeps_following_the_writer(tmp_path):
+    w = km.Storage(tmp_path / "d", max_segment_size=10**6)
+    w.append_batch(1, [b"r" * 100] * 20)
+    r = km.Storage(tmp_path / "d", read_only=True, max_segment_size=1000)
+    assert r.next_offset(1) == 20
+    w.append_batch(1, [b"s" * 100] * 20)
+    assert r.next_offset(1) == 40
+    assert len(r.read_from(1)) == 40
+    # segment accounting follows each opener's own max_segment_size (it is not on disk)
+    assert w.segment_count(1) == 1 and r.segment_count(1) == 2
+    w.append_batch(1, [b"t" * 100])
+    assert r.read_from(1, 40) == [b"t" * 100]
+    assert r.verify(1) == w.verify(1)
+    r.close()
+    w.close()

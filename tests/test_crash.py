@@ -26,7 +26,7 @@ import time
 import pytest
 
 import kimberlite as km
-from _faults import check_stream, last_segment_residue, payloads, torn_contents
+from helpers.faults import check_stream, last_segment_residue, payloads, torn_contents
 from helpers import child_env
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -37,7 +37,7 @@ _CHILD = r"""
 import os, random, sys
 sys.path.insert(0, sys.argv[2])
 import kimberlite as km
-from _faults import payloads
+from helpers.faults import payloads
 d, seed, mode = sys.argv[1], int(sys.argv[3]), sys.argv[4]
 rng = random.Random(seed)
 s = km.Storage(d, max_segment_size=int(sys.argv[5]))
@@ -126,6 +126,7 @@ def _finish(p):
     return out, err
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments(tmp_path):
     d = tmp_path / "data"
     rng = random.Random(20261127)
@@ -162,9 +163,9 @@ def _template(tmp_path, torn=False):
         s.append_batch(1, payloads(1, 0, 6))
         s.append_batch(3, payloads(3, 0, 2))
     if torn:   # a torn tail for the first open to quarantine
-        import _codec
+        from helpers import codec
         seg = d / "1" / "segment_000000.log"
-        tail = _codec.encode_records(6, _codec.head_hash(payloads(1, 0, 6)), payloads(1, 6, 1))[0]
+        tail = codec.encode_records(6, codec.head_hash(payloads(1, 0, 6)), payloads(1, 6, 1))[0]
         with open(seg, "ab") as f:
             f.write(tail[:len(tail) // 2 + 3])
     return d
@@ -178,6 +179,7 @@ SWEEPS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ops,short,torn", SWEEPS, ids=["every-call", "torn-writes", "recovery"])
 def test_sigkill_at_every_file_operation(tmp_path, ops, short, torn):
     template = _template(tmp_path, torn)

@@ -1,13 +1,13 @@
-"""Both directions between the engine and the independent codec (tests/_codec.py):
-files the engine writes decode with _codec, and directories _codec writes are read (and
+"""Both directions between the engine and the independent codec (tests/helpers/codec.py):
+files the engine writes decode with helpers.codec, and directories it writes are read (and
 extended, and re-indexed) by the engine."""
 import os
 import random
 
 import pytest
 
-import _codec
 import kimberlite as km
+from helpers import codec
 from helpers import dir_files, idx_path, read_bytes, seg_path, segment_files, stream_dir
 
 MAX_SEG = 300
@@ -31,7 +31,7 @@ def make_batches(seed, n_batches=12, max_events=5, max_len=90):
 def check_engine_dir(data_dir, sid, model, *, indexes_required):
     """The engine's files for one stream equal the model's, byte for byte."""
     d = stream_dir(data_dir, sid)
-    images, records = _codec.read_stream_dir(d)
+    images, records = codec.read_stream_dir(d)
     expected = model.segment_images()
     # SPEC: the empty active segment left by eager rotation "may be created at once".
     if len(images) == len(expected) - 1 and expected[-1] == b"":
@@ -40,7 +40,7 @@ def check_engine_dir(data_dir, sid, model, *, indexes_required):
     assert [r[2] for r in records] == model.payloads
     assert [r[0] for r in records] == list(range(model.next_offset))
     hashes = model.hashes
-    assert [r[1] for r in records] == [_codec.ZERO_HASH] + hashes[:-1]
+    assert [r[1] for r in records] == [codec.ZERO_HASH] + hashes[:-1]
     for n, img in enumerate(images):
         p = idx_path(data_dir, sid, n)
         if img == b"" and not os.path.exists(p):
@@ -48,8 +48,8 @@ def check_engine_dir(data_dir, sid, model, *, indexes_required):
         if not indexes_required and not os.path.exists(p):
             continue
         assert os.path.exists(p), f"missing index {p}"
-        assert _codec.decode_index(read_bytes(p)) == _codec.record_positions(img)
-        assert read_bytes(p) == _codec.encode_index(_codec.record_positions(img))
+        assert codec.decode_index(read_bytes(p)) == codec.record_positions(img)
+        assert read_bytes(p) == codec.encode_index(codec.record_positions(img))
 
 
 # --- engine -> codec --------------------------------------------------------------------
@@ -57,7 +57,7 @@ def check_engine_dir(data_dir, sid, model, *, indexes_required):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_engine_files_decode_with_codec(data_dir, seed):
     batches = make_batches(seed)
-    model = _codec.StreamModel(MAX_SEG)
+    model = codec.StreamModel(MAX_SEG)
     with km.Storage(data_dir, max_segment_size=MAX_SEG) as s:
         for b in batches:
             assert s.append_batch(7, b) == model.append_batch(b)
@@ -70,7 +70,7 @@ def test_engine_files_decode_with_codec(data_dir, seed):
 
 def test_sealed_segment_index_is_written_when_sealed(data_dir):
     # DESIGN.md: indexes are written when a segment is sealed (and on flush/close).
-    model = _codec.StreamModel(100)
+    model = codec.StreamModel(100)
     s = km.Storage(data_dir, max_segment_size=100)
     try:
         for b in ([b"a" * 10], [b"b" * 10], [b"c" * 3, b"d"], [b"e"]):
@@ -79,13 +79,13 @@ def test_sealed_segment_index_is_written_when_sealed(data_dir):
         assert model.completed_segments == [0, 1]
         for n in model.completed_segments:
             img = model.segment_images()[n]
-            assert read_bytes(idx_path(data_dir, 3, n)) == _codec.encode_index(_codec.record_positions(img))
+            assert read_bytes(idx_path(data_dir, 3, n)) == codec.encode_index(codec.record_positions(img))
     finally:
         s.close()
 
 
 def test_flush_indexes_writes_active_segment_index(data_dir):
-    model = _codec.StreamModel(1 << 20)
+    model = codec.StreamModel(1 << 20)
     s = km.Storage(data_dir, max_segment_size=1 << 20)
     try:
         for b in ([b"one", b"two"], [b""], [b"three" * 9]):
@@ -94,14 +94,14 @@ def test_flush_indexes_writes_active_segment_index(data_dir):
         s.flush_indexes()
         img = model.segment_images()[0]
         assert read_bytes(seg_path(data_dir, 5, 0)) == img
-        assert _codec.record_positions(img) == [0, 51, 102, 150]
-        assert read_bytes(idx_path(data_dir, 5, 0)) == _codec.encode_index([0, 51, 102, 150])
+        assert codec.record_positions(img) == [0, 51, 102, 150]
+        assert read_bytes(idx_path(data_dir, 5, 0)) == codec.encode_index([0, 51, 102, 150])
         # more appends, flush again: the index follows
         s.append_batch(5, [b"four"])
         model.append_batch([b"four"])
         s.flush_indexes()
         img = model.segment_images()[0]
-        assert read_bytes(idx_path(data_dir, 5, 0)) == _codec.encode_index(_codec.record_positions(img))
+        assert read_bytes(idx_path(data_dir, 5, 0)) == codec.encode_index(codec.record_positions(img))
     finally:
         s.close()
 
@@ -111,7 +111,7 @@ def test_engine_files_for_extreme_stream_ids(data_dir):
     models = {}
     with km.Storage(data_dir, max_segment_size=200) as s:
         for i, sid in enumerate(ids):
-            models[sid] = _codec.StreamModel(200)
+            models[sid] = codec.StreamModel(200)
             for b in make_batches(i, n_batches=4):
                 s.append_batch(sid, b)
                 models[sid].append_batch(b)
@@ -124,7 +124,7 @@ def test_engine_files_for_extreme_stream_ids(data_dir):
 
 def test_memory_records_equal_codec_records():
     batches = make_batches(9)
-    model = _codec.build_stream(batches, MAX_SEG)
+    model = codec.build_stream(batches, MAX_SEG)
     with km.MemoryStorage(max_segment_size=MAX_SEG) as m:
         for b in batches:
             m.append_batch(11, b)
@@ -161,7 +161,7 @@ def check_engine_reads(s, sid, model):
 def test_engine_reads_codec_directory(data_dir, with_index, create_active, read_only):
     batches = make_batches(4)
     cuts = {0: 6, 1: 7, 2: len(batches), 3: len(batches) - 1}  # stream 3 ends on the big batch
-    models = {sid: _codec.write_stream_dir(data_dir, sid, batches[:cut], MAX_SEG,
+    models = {sid: codec.write_stream_dir(data_dir, sid, batches[:cut], MAX_SEG,
                                            with_index=with_index, create_active=create_active)
               for sid, cut in cuts.items()}
     # stream 3 ends on a full segment: the empty active segment (file or not) is exercised
@@ -179,7 +179,7 @@ def test_codec_directory_ending_on_full_segment_without_active_file(data_dir):
     """A full last segment with no file for the next one: the engine still counts the empty
     active segment (eager rotation) and never writes the sealed one again."""
     batches = [[b"x" * 60], [b"y" * 60]]   # 108 + 108 bytes with max 200: rotation after batch 2
-    model = _codec.write_stream_dir(data_dir, 4, batches, 200, create_active=False)
+    model = codec.write_stream_dir(data_dir, 4, batches, 200, create_active=False)
     assert model.segment_images()[-1] == b"" and model.segment_count == 2
     assert segment_files(data_dir, 4) == ["segment_000000.log"]
     with km.Storage(data_dir, max_segment_size=200) as s:
@@ -195,7 +195,7 @@ def test_codec_directory_ending_on_full_segment_without_active_file(data_dir):
 @pytest.mark.parametrize("create_active", [True, False], ids=["active-file", "no-active-file"])
 def test_engine_extends_codec_directory(data_dir, with_index, create_active):
     batches = make_batches(5)
-    model = _codec.write_stream_dir(data_dir, 9, batches[:8], MAX_SEG,
+    model = codec.write_stream_dir(data_dir, 9, batches[:8], MAX_SEG,
                                     with_index=with_index, create_active=create_active)
     with km.Storage(data_dir, max_segment_size=MAX_SEG) as s:
         for b in batches[8:]:
@@ -206,7 +206,7 @@ def test_engine_extends_codec_directory(data_dir, with_index, create_active):
 
 def test_engine_rebuilds_missing_indexes(data_dir):
     batches = make_batches(6)
-    model = _codec.write_stream_dir(data_dir, 2, batches, MAX_SEG, with_index=False)
+    model = codec.write_stream_dir(data_dir, 2, batches, MAX_SEG, with_index=False)
     assert not [n for n in os.listdir(stream_dir(data_dir, 2)) if n.endswith(".idx")]
     images = model.segment_images()
     s = km.Storage(data_dir, max_segment_size=MAX_SEG)
@@ -220,7 +220,7 @@ def test_engine_rebuilds_missing_indexes(data_dir):
         for n, img in enumerate(images):
             if img:
                 assert read_bytes(idx_path(data_dir, 2, n)) == \
-                    _codec.encode_index(_codec.record_positions(img)), n
+                    codec.encode_index(codec.record_positions(img)), n
     finally:
         s.close()
     check_engine_dir(data_dir, 2, model, indexes_required=True)
@@ -230,15 +230,15 @@ def test_engine_rebuilds_missing_indexes(data_dir):
 
 def test_engine_rebuilds_missing_index_on_close(data_dir):
     batches = make_batches(8, n_batches=5)
-    model = _codec.write_stream_dir(data_dir, 1, batches, 1 << 20, with_index=False)
+    model = codec.write_stream_dir(data_dir, 1, batches, 1 << 20, with_index=False)
     with km.Storage(data_dir, max_segment_size=1 << 20) as s:
         assert s.read_from(1, 3, max_bytes=1) == model.read(3, 1)
     img = model.segment_images()[0]
-    assert read_bytes(idx_path(data_dir, 1, 0)) == _codec.encode_index(_codec.record_positions(img))
+    assert read_bytes(idx_path(data_dir, 1, 0)) == codec.encode_index(codec.record_positions(img))
 
 
 def test_read_only_on_codec_directory_writes_nothing(data_dir):
-    model = _codec.write_stream_dir(data_dir, 3, make_batches(10), MAX_SEG, with_index=False)
+    model = codec.write_stream_dir(data_dir, 3, make_batches(10), MAX_SEG, with_index=False)
     before = sorted(os.listdir(data_dir)), dir_files(data_dir)
     with km.Storage(data_dir, max_segment_size=MAX_SEG, read_only=True) as s:
         check_engine_reads(s, 3, model)
@@ -255,12 +255,12 @@ def test_record_bytes_cross_codec():
     for off in range(60):
         payload = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 33, 300])))
         r = km.Record(off, prev, payload)
-        raw = _codec.encode_record(off, prev, payload)
+        raw = codec.encode_record(off, prev, payload)
         assert r.to_bytes() == raw
         back, used = km.Record.from_bytes(raw + b"\x00junk")
         assert used == len(raw)
         assert (back.offset, back.prev_hash, back.payload) == (off, prev, payload)
-        assert r.compute_hash() == _codec.chain_hash(prev, payload)
+        assert r.compute_hash() == codec.chain_hash(prev, payload)
         prev = r.compute_hash()
 
 
@@ -268,9 +268,9 @@ def test_record_bytes_cross_codec():
 def test_offset_index_file_cross_codec(tmp_path, positions):
     p = tmp_path / "x.idx"
     km.OffsetIndex(positions).save(p)
-    assert read_bytes(p) == _codec.encode_index(positions)
+    assert read_bytes(p) == codec.encode_index(positions)
     q = tmp_path / "y.idx"
-    q.write_bytes(_codec.encode_index(positions))
+    q.write_bytes(codec.encode_index(positions))
     ix = km.OffsetIndex.load(q)
     assert ix.positions == positions
     assert len(ix) == len(positions)

@@ -10,7 +10,7 @@ of the written events, in order; next_offset and verify: never beyond what was w
 verify's head the head of that prefix) or raises a StorageError subclass — never a hang, a
 crash, a MemoryError, or a successful append that rewrites history: the appended record
 sits at the offset the append returned minus one, and links to the hash of the written
-events before it (checked on the files with the independent codec, tests/_codec.py).
+events before it (checked on the files with the independent codec, tests/helpers/codec.py).
 """
 import atexit
 import os
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _codec
+from helpers import codec
 from helpers import read_bytes, stream_dir, write_bytes
 from helpers.dirs import make_stream
 from helpers.sandbox import GiB, probe
@@ -85,7 +85,7 @@ def _apply(d, m):
             return "no segment left"
         n = segs[m[1] % len(segs)]
         k = int(n[8:-4])
-        write_bytes(os.path.join(sd, _codec.segment_name(k + 1)), read_bytes(os.path.join(sd, n)))
+        write_bytes(os.path.join(sd, codec.segment_name(k + 1)), read_bytes(os.path.join(sd, n)))
     return f"{op} {m[1:]!r}"[:80]
 
 
@@ -101,8 +101,8 @@ def _appended_record(d, marker):
         at = data.find(marker)
         while at >= 0:
             try:
-                off, prev, payload, _size = _codec.decode_record(data, at - _codec.HEADER_SIZE)
-            except _codec.CodecError:
+                off, prev, payload, _size = codec.decode_record(data, at - codec.HEADER_SIZE)
+            except codec.CodecError:
                 pass
             else:
                 if payload == marker:
@@ -121,10 +121,10 @@ def _records_at_or_after(d, first, marker):
         if not (n.startswith("segment_") and n.endswith(".log")):
             continue
         data = read_bytes(os.path.join(sd, n))
-        for p in range(0, len(data) - _codec.RECORD_OVERHEAD + 1):
+        for p in range(0, len(data) - codec.RECORD_OVERHEAD + 1):
             try:
-                off, _prev, payload, _size = _codec.decode_record(data, p)
-            except _codec.CodecError:
+                off, _prev, payload, _size = codec.decode_record(data, p)
+            except codec.CodecError:
                 continue
             if off >= first and payload != marker:
                 found.append((n, p, off))
@@ -144,7 +144,7 @@ def _check(out, written, what):
             assert o.value == written[:len(o.value)], f"{what}: read returned other data"
         elif o.op == "verify":
             k, head = o.value
-            assert k <= n and head == _codec.head_hash(written[:k]), f"{what}: verify {k}"
+            assert k <= n and head == codec.head_hash(written[:k]), f"{what}: verify {k}"
 
 
 @pytest.mark.slow
@@ -176,7 +176,7 @@ def test_mutated_directory_never_returns_wrong_data_or_rewrites_history(with_ind
             assert rec is not None, f"{what}: the acknowledged append is not in the files"
             off, prev = rec
             assert off == m - 1, f"{what}: appended at offset {off}, returned {m}"
-            want = _codec.head_hash(written[:m - 1]) if m > 1 else _codec.ZERO_HASH
+            want = codec.head_hash(written[:m - 1]) if m > 1 else codec.ZERO_HASH
             assert prev == want, f"{what}: the append at offset {off} does not extend " \
                                  f"the written history (it rewrites it)"
             forked = _records_at_or_after(d, m - 1, marker)

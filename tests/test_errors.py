@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-import _codec
 import kimberlite as km
+from helpers import codec
 from helpers import read_bytes, seg_path, write_bytes
 
 SID = 5
@@ -357,7 +357,7 @@ def test_verify_detects_records_missing_at_the_end(disk, keep_index):
     # drop the last two whole records: the segment is still a valid, shorter chain
     path = seg_path(disk.data_dir, 1, 0)
     img = read_bytes(path)
-    cut = _codec.record_positions(img)[4]
+    cut = codec.record_positions(img)[4]
     write_bytes(path, img[:cut])
     if not keep_index:
         os.remove(path + ".idx")
@@ -366,9 +366,9 @@ def test_verify_detects_records_missing_at_the_end(disk, keep_index):
     with pytest.raises(km.ChainVerificationError) as ei:
         s.verify(1, expected_head=head)
     assert ei.value.expected == head
-    assert ei.value.actual == _codec.head_hash(events[:4])
+    assert ei.value.actual == codec.head_hash(events[:4])
     assert ei.value.offset == 3
-    assert s.verify(1) == (4, _codec.head_hash(events[:4]))
+    assert s.verify(1) == (4, codec.head_hash(events[:4]))
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -397,7 +397,7 @@ def test_positional_options_rejected(tmp_path):
 # --- records ---------------------------------------------------------------------------------
 
 def test_record_from_bytes_truncated_is_unexpected_eof():
-    raw = _codec.encode_record(3, b"\x07" * 32, b"payload")
+    raw = codec.encode_record(3, b"\x07" * 32, b"payload")
     for cut in (0, 1, 43, 44, 47, len(raw) - 1):
         with pytest.raises(km.UnexpectedEofError):
             km.Record.from_bytes(raw[:cut])
@@ -405,7 +405,7 @@ def test_record_from_bytes_truncated_is_unexpected_eof():
 
 @pytest.mark.parametrize("byte", [0, 8, 40, 44, 50, -1])
 def test_record_from_bytes_bad_crc_is_corrupted(byte):
-    raw = bytearray(_codec.encode_record(3, b"\x07" * 32, b"payload"))
+    raw = bytearray(codec.encode_record(3, b"\x07" * 32, b"payload"))
     raw[byte] ^= 0x10
     with pytest.raises((km.CorruptedRecordError, km.UnexpectedEofError)) as ei:
         km.Record.from_bytes(bytes(raw))
@@ -414,7 +414,7 @@ def test_record_from_bytes_bad_crc_is_corrupted(byte):
 
 
 def test_record_from_bytes_offset_out_of_range_is_corrupted():
-    raw = _codec.encode_record(2**63, None, b"x")  # valid CRC, but offsets stay below 2**63
+    raw = codec.encode_record(2**63, None, b"x")  # valid CRC, but offsets stay below 2**63
     with pytest.raises(km.CorruptedRecordError):
         km.Record.from_bytes(raw)
 
@@ -433,7 +433,7 @@ def test_record_bad_prev_hash():
 # --- offset index ------------------------------------------------------------------------------
 
 def _idx_damages():
-    good = _codec.encode_index([0, 54, 108])
+    good = codec.encode_index([0, 54, 108])
     body = bytearray(good[:-4])
     out = {}
     b = bytearray(good); b[0] ^= 1; out["magic"] = bytes(b)
@@ -446,14 +446,14 @@ def _idx_damages():
     out["extra-byte"] = good + b"\x00"
     # count says 4 but 3 entries present, CRC recomputed: a size error
     bb = bytearray(body); bb[8] = 4
-    out["count-too-big"] = bytes(bb) + _codec.crc32(bytes(bb)).to_bytes(4, "little")
+    out["count-too-big"] = bytes(bb) + codec.crc32(bytes(bb)).to_bytes(4, "little")
     # bad magic / version with a valid CRC: still refused
     bb = bytearray(body); bb[0:4] = b"XDXI"
-    out["magic-valid-crc"] = bytes(bb) + _codec.crc32(bytes(bb)).to_bytes(4, "little")
+    out["magic-valid-crc"] = bytes(bb) + codec.crc32(bytes(bb)).to_bytes(4, "little")
     bb = bytearray(body); bb[4] = 0
-    out["version-valid-crc"] = bytes(bb) + _codec.crc32(bytes(bb)).to_bytes(4, "little")
+    out["version-valid-crc"] = bytes(bb) + codec.crc32(bytes(bb)).to_bytes(4, "little")
     bb = bytearray(body); bb[6] = 1
-    out["reserved-valid-crc"] = bytes(bb) + _codec.crc32(bytes(bb)).to_bytes(4, "little")
+    out["reserved-valid-crc"] = bytes(bb) + codec.crc32(bytes(bb)).to_bytes(4, "little")
     out["garbage"] = bytes(range(200))
     return out
 
@@ -611,7 +611,7 @@ def test_write_error_cuts_the_segment_back(tmp_path):
     assert out["read"] == ["a" * 100, "e" * 10]
     assert out["verify"] == 2
     img = read_bytes(seg_path(d, 1, 0))
-    assert [p for _, _, p in _codec.decode_segment(img)] == [b"a" * 100, b"e" * 10]
+    assert [p for _, _, p in codec.decode_segment(img)] == [b"a" * 100, b"e" * 10]
     assert not [n for n in os.listdir(d / "1") if "torn" in n]
 
 
@@ -640,3 +640,16 @@ def test_offset_index_append_out_of_range(pos):
     with pytest.raises((ValueError, OverflowError)):
         ix.append(pos)
     assert ix.positions == [5]
+
+
+def test_storage_io_error_keeps_the_os_strerror(tmp_path):
+    missing = tmp_path / "missing"
+    with pytest.raises(km.StorageIOError) as info:
+        km.Storage(missing, read_only=True)
+    e = info.value
+    assert e.errno == errno.ENOENT
+    assert e.strerror == os.strerror(errno.ENOENT)
+    assert e.filename == str(missing)
+    assert str(missing) in str(e) and "read-only" in str(e)
+    # constructed by hand it is a plain OSError
+    assert str(km.StorageIOError(errno.EIO, "boom", "f")) == "[Errno 5] boom: 'f'"

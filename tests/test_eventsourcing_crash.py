@@ -117,6 +117,7 @@ def run_rounds(tmp_path, rounds, seed):
     return last, torn
 
 
+@pytest.mark.slow
 def test_sigkill_during_multi_aggregate_inserts(tmp_path):
     last, _ = run_rounds(tmp_path, int(os.environ.get("KIMBERLITE_ES_CRASH_ROUNDS", "10")),
                          seed=1)

@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 import kimberlite as km
-from _faults import check_stream, payloads, run_child, torn_contents
+from helpers.faults import check_stream, payloads, run_child, torn_contents
 from helpers import read_bytes, seg_path, write_bytes
 
 # (name, errno, persistent, short write)
@@ -142,8 +142,8 @@ def _torn_template(tmp_path):
     with km.Storage(d) as s:
         s.append_batch(1, payloads(1, 0, 4))
     p = seg_path(d, 1, 0)
-    import _codec
-    tail = _codec.encode_records(4, _codec.head_hash(payloads(1, 0, 4)), payloads(1, 4, 1))[0]
+    from helpers import codec
+    tail = codec.encode_records(4, codec.head_hash(payloads(1, 0, 4)), payloads(1, 4, 1))[0]
     tail = tail[:len(tail) // 2 + 3]
     write_bytes(p, read_bytes(p) + tail)
     for n in os.listdir(d / "1"):
@@ -282,7 +282,7 @@ _FSIZE = r"""
 import json, os, resource, signal, sys
 import kimberlite as km
 sys.path.insert(0, sys.argv[2])
-from _faults import payloads
+from helpers.faults import payloads
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 d = sys.argv[1]
 out = []
@@ -329,7 +329,7 @@ import errno, json, logging, os, sys
 d = sys.argv[1]
 import kimberlite as km
 sys.path.insert(0, sys.argv[2])
-from _faults import payloads
+from helpers.faults import payloads
 if os.getuid() == 0:            # root ignores permission bits: act as nobody (imports done)
     os.setgid(65534); os.setuid(65534)
 out = {}

@@ -11,6 +11,8 @@ alarm, so a child that hangs dies and is reported instead of blocking the scenar
   child's own copy), with the hashing thread started afresh there for large operations;
 - an inherited writer refuses every call in the child and never keeps the directory locked:
   once the parent closes it, a new writer opens at once while the child lives;
+- a writer inherited by a child forked from this very process refuses there, closing it in the
+  child leaves the parent's lock, and the parent's writer goes on working;
 - after a fork nothing is left behind: both processes open, use and close new storages, fork
   again, and the parent's storages go on working.
 """
@@ -21,6 +23,7 @@ import sys
 
 import pytest
 
+import kimberlite as km
 from helpers import child_env
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
@@ -339,6 +342,7 @@ def test_read_only_storage_in_children_forked_during_long_reads():
     run_scenario("read_only")
 
 
+@pytest.mark.slow
 def test_memory_storage_in_children_forked_during_reads_and_appends():
     run_scenario("memory")
 
@@ -351,6 +355,7 @@ def test_child_forked_from_a_writer_never_keeps_the_lock():
     run_scenario("writer_lock", rounds=10)
 
 
+@pytest.mark.slow
 def test_hashing_thread_after_fork_in_children_and_grandchildren():
     run_scenario("hasher", rounds=6)
 
@@ -401,3 +406,33 @@ def test_lock_dies_with_a_killed_writer_even_while_its_child_lives(tmp_path):
                 os.kill(child, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_writer_inherited_across_fork_refuses_in_the_child(tmp_path):
+    s = km.Storage(tmp_path / "d")
+    s.append_batch(1, [b"parent"])
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: every call refuses, and closing leaves the parent's lock
+        code = 0
+        for call in (lambda: s.append_batch(1, [b"child"]), lambda: s.read_from(1),
+                     s.flush_indexes):
+            try:
+                call()
+                code = 1
+            except km.StorageError as e:
+                code = code or (0 if "fork" in str(e) else 2)
+        s.close()
+        os.write(wfd, bytes([code]))
+        os._exit(0)
+    os.close(wfd)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(rfd, 1) == b"\x00" and status == 0
+    os.close(rfd)
+    # the parent's writer still works and still holds the lock
+    assert s.append_batch(1, [b"after"]) == 2
+    with pytest.raises(km.LockedError):
+        km.Storage(tmp_path / "d")
+    s.close()
+    assert km.Storage(tmp_path / "d").read_from(1) == [b"parent", b"after"]

@@ -20,9 +20,9 @@ import time
 
 import pytest
 
-import _codec
 import kimberlite as km
-from _faults import check_stream, payloads
+from helpers import codec
+from helpers.faults import check_stream, payloads
 from helpers import idx_path, read_bytes, seg_path, write_bytes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,7 +54,8 @@ def quiet():
     log.setLevel(level)
 
 
-@pytest.mark.parametrize("name", list(EXECS))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[pytest.mark.slow] if n == "directory" else []) for n in EXECS])
 def test_fuzz_pass(name, tmp_path, quiet):
     target = harness.TARGETS[name]
     scratch = None if name == "record" else str(tmp_path)
@@ -103,7 +104,7 @@ def test_length_ffffffff(tmp_path, where):
     d = _stream(tmp_path)
     p = seg_path(d, 1, 0)
     data = bytearray(read_bytes(p))
-    pos = _codec.record_positions(bytes(data))
+    pos = codec.record_positions(bytes(data))
     i = {"first": 0, "middle": 3, "last": 5}[where]
     data[pos[i] + 40:pos[i] + 44] = struct.pack("<I", 0xFFFFFFFF)
     write_bytes(p, bytes(data))
@@ -134,9 +135,9 @@ def test_wrong_offsets_inside_a_segment(tmp_path):
     """A record whose offset skips ahead (valid CRC) is not the record expected there."""
     d = tmp_path / "d"
     (d / "1").mkdir(parents=True)
-    good, head = _codec.encode_records(0, None, payloads(1, 0, 3))
-    bad, _ = _codec.encode_records(5, head, payloads(1, 3, 2))   # offsets 5, 6 after 2
-    tail, _ = _codec.encode_records(7, _codec.head_hash(payloads(1, 0, 5)), payloads(1, 5, 1))
+    good, head = codec.encode_records(0, None, payloads(1, 0, 3))
+    bad, _ = codec.encode_records(5, head, payloads(1, 3, 2))   # offsets 5, 6 after 2
+    tail, _ = codec.encode_records(7, codec.head_hash(payloads(1, 0, 5)), payloads(1, 5, 1))
     write_bytes(seg_path(d, 1, 0), good + bad + tail)
     with km.Storage(d) as s:
         assert s.read_from(1, 0, 1) == payloads(1, 0, 1)
@@ -157,9 +158,9 @@ def test_segment_that_does_not_continue_the_previous_one(tmp_path, case):
     not start where the previous one ended is damage)."""
     d = tmp_path / "d"
     (d / "1").mkdir(parents=True)
-    s0, h = _codec.encode_records(0, None, payloads(1, 0, 3))
+    s0, h = codec.encode_records(0, None, payloads(1, 0, 3))
     first = {"gap": 5, "restart": 0, "overlap": 2}[case]
-    s1, _ = _codec.encode_records(first, h, payloads(1, 3, 2))
+    s1, _ = codec.encode_records(first, h, payloads(1, 3, 2))
     write_bytes(seg_path(d, 1, 0), s0)
     write_bytes(seg_path(d, 1, 1), s1)
     for ro in (True, False):
@@ -182,12 +183,12 @@ def test_index_pointing_at_the_wrong_place_is_rebuilt(tmp_path, shape):
     of a record is never trusted; results are those of the segment alone."""
     d = _stream(tmp_path)
     seg = read_bytes(seg_path(d, 1, 0))
-    pos = _codec.record_positions(seg)
+    pos = codec.record_positions(seg)
     bad = {"past-end": pos + [len(seg) + 48],
            "mid-record": pos[:3] + [pos[3] + 10] + pos[4:],
            "far-past-end": [0, (1 << 64) - 1],
            "descending": list(reversed(pos))}[shape]
-    write_bytes(idx_path(d, 1, 0), _codec.encode_index(bad))
+    write_bytes(idx_path(d, 1, 0), codec.encode_index(bad))
     for ro in (True, False):
         with km.Storage(d, read_only=ro) as s:
             check_stream(s, 1, 6)

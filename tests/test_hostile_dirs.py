@@ -16,9 +16,9 @@ import sys
 
 import pytest
 
-import _codec
 import kimberlite as km
-from _faults import payloads
+from helpers import codec
+from helpers.faults import payloads
 from helpers import child_env, idx_path, read_bytes, seg_path, stream_dir, write_bytes
 from helpers.dirs import assert_unchanged, layout, make_stream, picture, quarantine_files
 from helpers.sandbox import GiB, MiB, assert_storage_error, probe
@@ -110,7 +110,7 @@ def _make_gap(tmp_path, d, shape, with_index):
     if shape == "late-start":
         # segment 2 starts one record after where segment 1 ended
         data = read_bytes(seg_path(d, 1, 2))
-        size = _codec.decode_record(data)[3]
+        size = codec.decode_record(data)[3]
         write_bytes(seg_path(d, 1, 2), data[size:])
         if os.path.exists(idx_path(d, 1, 2)):
             os.remove(idx_path(d, 1, 2))
@@ -255,6 +255,7 @@ LENGTHS = [("0xFFFFFFF0", "max_event=1MiB"), ("0xFFFFFFF0", "max_event=4GiB"),
            ("past-end+1", "max_event=4GiB")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_index", [True, False], ids=["idx", "no-idx"])
 @pytest.mark.parametrize("where", ["active-last", "active-middle", "sealed-middle", "sealed-last"])
 @pytest.mark.parametrize("value,opener", LENGTHS, ids=["-".join(v) for v in LENGTHS])
@@ -273,7 +274,7 @@ def test_corrupt_length_allocates_nothing_it_does_not_have(tmp_path, value, open
                 "sealed-middle": (0, 2), "sealed-last": (0, 4)}[where]
     path = seg_path(d, 1, seg)
     data = bytearray(read_bytes(path))
-    pos = _codec.record_positions(bytes(data))[rec]
+    pos = codec.record_positions(bytes(data))[rec]
     length = {"0xFFFFFFF0": 0xFFFFFFF0, "max_event_size+1": max_event + 1,
               "past-end+1": len(data) - pos - 48 + 1}[value]
     data[pos + 40:pos + 44] = struct.pack("<I", length)
@@ -329,7 +330,7 @@ def _crafted_tail(kind, next_offset):
     elif kind == "stale-chain":
         # 1 stray byte, then back-to-back valid records with a stale offset (a copy of
         # record 0): each one is whole and passes its CRC, each length points at the next
-        rec = _codec.encode_record(0, None, b"s" * 16)
+        rec = codec.encode_record(0, None, b"s" * 16)
         out += b"\x01"
         while len(out) + len(rec) <= TAIL:
             out += rec

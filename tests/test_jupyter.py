@@ -3,13 +3,20 @@ import json
 import os
 import sys
 
-import nbclient
-import nbformat
+import pytest
+
+_EXTRA = "pip install 'kimberlite-storage[notebook,pandas]'"
+nbclient = pytest.importorskip("nbclient", reason=_EXTRA)
+nbformat = pytest.importorskip("nbformat", reason=_EXTRA)
+pytest.importorskip("ipykernel", reason=_EXTRA)   # the kernel the notebook runs in
+pytest.importorskip("matplotlib", reason=_EXTRA)  # the notebook plots
+pytest.importorskip("pandas", reason=_EXTRA)      # ... and shows a data frame
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "examples", "explore.ipynb")
 
 
+@pytest.mark.slow
 def test_notebook_runs(tmp_path, monkeypatch):
     # A kernel spec for this very interpreter, so that the notebook runs against the
     # kimberlite under test whatever kernels the machine has installed.

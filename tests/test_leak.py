@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-import _codec
 import kimberlite as km
+from helpers import codec
 from helpers import rss_bytes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/statm")
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/p
 LIMIT = 3 * 1024 * 1024
 EVENT = b"L" * 2000
 SMALL = [b"v%d" % i for i in range(20)]
-HEAD = _codec.head_hash(SMALL)
+HEAD = codec.head_hash(SMALL)
 
 
 def _round(s, sid, i):

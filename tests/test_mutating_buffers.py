@@ -7,7 +7,7 @@ mutating thread wrote). Afterwards `verify()` passes and every later append succ
 
 Shapes: a `bytearray` of 60–100 KB and a `memoryview` of it; one event per batch (hashed
 inline) and batches of several such events above 256 KiB (hashed on the worker threads);
-the disk backend, checked again with an independent decoder (tests/_codec.py) on the files,
+the disk backend, checked again with an independent decoder (tests/helpers/codec.py) on the files,
 and MemoryStorage.
 """
 import random
@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-import _codec
 import kimberlite as km
+from helpers import codec
 from helpers import stream_dir
 
 FILLS = bytes(range(0x41, 0x41 + 16))        # the byte values the mutator writes
@@ -59,11 +59,12 @@ def _check_self_consistent(records):
     prev = None
     for i, (off, ph, payload) in enumerate(records):
         assert off == i
-        assert ph == (_codec.ZERO_HASH if prev is None else prev), f"broken link at {off}"
-        prev = _codec.chain_hash(prev, payload)
+        assert ph == (codec.ZERO_HASH if prev is None else prev), f"broken link at {off}"
+        prev = codec.chain_hash(prev, payload)
     return prev
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["inline", "worker"])
 @pytest.mark.parametrize("form", ["bytearray", "memoryview"])
 def test_buffer_mutated_during_append(backend, form, shape, tmp_path):
@@ -83,7 +84,7 @@ def test_buffer_mutated_during_append(backend, form, shape, tmp_path):
     assert n == ROUNDS[shape] * len(bufs)
     assert s.verify(1)[0] == n
     recs = s.read_records(1)
-    stored = [(r.offset, r.prev_hash or _codec.ZERO_HASH, r.payload) for r in recs]
+    stored = [(r.offset, r.prev_hash or codec.ZERO_HASH, r.payload) for r in recs]
     head = _check_self_consistent(stored)
     assert s.latest_chain_hash(1) == head
     for i, (_o, _p, payload) in enumerate(stored):
@@ -94,7 +95,7 @@ def test_buffer_mutated_during_append(backend, form, shape, tmp_path):
     assert s.verify(1)[0] == n + 3
     if backend.is_disk:
         s.close()
-        _images, recs = _codec.read_stream_dir(stream_dir(backend.data_dir, 1))
+        _images, recs = codec.read_stream_dir(stream_dir(backend.data_dir, 1))
         assert [p for _o, _h, p in recs] == [p for _o, _h, p in stored] + \
             [b"after-%d" % k for k in range(3)]
         with km.Storage(backend.data_dir) as s2:

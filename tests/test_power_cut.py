@@ -20,8 +20,8 @@ import tempfile
 
 import pytest
 
-import _codec
 import kimberlite as km
+from helpers import codec
 from helpers import idx_path, read_bytes, seg_path, stream_dir, write_bytes
 from helpers.dirs import assert_unchanged, picture
 from helpers.powercut import PAGE, PowerCut, payload, payloads, read_tree
@@ -106,7 +106,7 @@ def _power_cut_rounds(tmp_path, seed, rounds):
             assert acked <= nxt <= acked + k, f"{where}: next_offset {nxt}, acked {acked}"
             got = s.read_from(1, max(0, acked - 8))
             assert got == payloads(max(0, acked - 8), nxt - max(0, acked - 8)), where
-            assert s.verify(1) == (nxt, _codec.head_hash(payloads(0, nxt))), where
+            assert s.verify(1) == (nxt, codec.head_hash(payloads(0, nxt))), where
             assert s.append_batch(1, [payload(nxt)], expected_offset=nxt, fsync=True) == nxt + 1
             pc.durable()
     with km.Storage(d, read_only=True) as s:    # the whole stream, from genesis
@@ -154,7 +154,7 @@ def test_flipped_byte_in_acknowledged_record_is_never_cut(tmp_path, which, field
     p = seg_path(d, 1, 0)
     data = bytearray(read_bytes(p))
     assert len(data) > 3 * PAGE
-    pos = _codec.record_positions(bytes(data))
+    pos = codec.record_positions(bytes(data))
     i = {"first": 0, "middle": 11, "second-to-last": 22}[which]
     plen = len(written[i])
     at = pos[i] + {"offset": 3, "prev_hash": 20, "length": 41,

@@ -4,10 +4,11 @@ import os
 import shutil
 import tempfile
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
-import _codec
 import kimberlite as km
+from helpers import codec
 from helpers import read_bytes, flip_bit, remove_indexes, stream_dir
 
 # scaled from the loaded profile (tests/conftest.py): the file-level properties get more examples
@@ -24,7 +25,7 @@ payloads = st.binary(max_size=300)
 def test_record_round_trip(offset, prev, payload, trailing):
     r = km.Record(offset, prev, payload)
     raw = r.to_bytes()
-    assert raw == _codec.encode_record(offset, prev, payload)
+    assert raw == codec.encode_record(offset, prev, payload)
     assert len(raw) == km.RECORD_OVERHEAD + len(payload)
     back, used = km.Record.from_bytes(raw + trailing)
     assert used == len(raw)
@@ -32,17 +33,17 @@ def test_record_round_trip(offset, prev, payload, trailing):
     # genesis is decided by the offset (docs/FORMAT.md §5): zeros and None are one value,
     # None at offset 0 and 32 zero bytes anywhere else
     if offset == 0:
-        norm = None if prev in (None, _codec.ZERO_HASH) else prev
+        norm = None if prev in (None, codec.ZERO_HASH) else prev
     else:
-        norm = _codec.ZERO_HASH if prev is None else prev
+        norm = codec.ZERO_HASH if prev is None else prev
     assert (back.offset, back.prev_hash, back.payload) == (offset, norm, payload)
     linked = None if offset == 0 else norm
-    assert r.compute_hash() == km.chain_hash(linked, payload) == _codec.chain_hash(linked, payload)
+    assert r.compute_hash() == km.chain_hash(linked, payload) == codec.chain_hash(linked, payload)
 
 
 @given(offset=st.integers(0, 2**63 - 1), prev=hashes, payload=st.binary(max_size=64), data=st.data())
 def test_record_any_bit_flip_is_rejected(offset, prev, payload, data):
-    raw = bytearray(_codec.encode_record(offset, prev, payload))
+    raw = bytearray(codec.encode_record(offset, prev, payload))
     bit = data.draw(st.integers(0, len(raw) * 8 - 1))
     raw[bit // 8] ^= 1 << (bit % 8)
     try:
@@ -60,13 +61,13 @@ def test_offset_index_round_trip(positions):
         assert ix.positions == positions
         assert [ix.lookup(i) for i in range(len(positions) + 1)] == positions + [None]
         ix.save(p)
-        assert read_bytes(p) == _codec.encode_index(positions)
+        assert read_bytes(p) == codec.encode_index(positions)
         assert km.OffsetIndex.load(p).positions == positions
 
 
 @given(st.binary(max_size=2000))
 def test_crc32_matches_zlib(data):
-    assert km.crc32(data) == _codec.crc32(data)
+    assert km.crc32(data) == codec.crc32(data)
 
 
 # --- single-bit flips are detected -----------------------------------------------------------
@@ -82,6 +83,7 @@ def _prefix_or_raise(s, sid, payloads):
     assert got == payloads[:len(got)], "read_from returned altered data"
 
 
+@pytest.mark.slow
 @settings(max_examples=MANY)
 @given(batches=batches_st, max_seg=st.integers(60, 400), keep_index=st.booleans(), data=st.data())
 def test_any_single_bit_flip_is_detected(batches, max_seg, keep_index, data):
@@ -193,7 +195,7 @@ def _run(s, op, model_for):
 
 def _model_result(models, op):
     kind, sid = op[0], op[1]
-    m = models.setdefault(sid, _codec.StreamModel(models["max_seg"]))
+    m = models.setdefault(sid, codec.StreamModel(models["max_seg"]))
     if kind == "append":
         _, _, events, exp, _ = op
         exp = exp if events else "none"
@@ -224,7 +226,7 @@ def test_disk_memory_and_model_agree(max_seg, ops):
     models = {"max_seg": max_seg}
 
     def model_for(sid):
-        return models.setdefault(sid, _codec.StreamModel(max_seg))
+        return models.setdefault(sid, codec.StreamModel(max_seg))
 
     with tempfile.TemporaryDirectory() as root:
         d = os.path.join(root, "data")
@@ -243,7 +245,7 @@ def test_disk_memory_and_model_agree(max_seg, ops):
                 if not m.next_offset:
                     assert not os.path.exists(stream_dir(d, sid))
                     continue
-                images, _ = _codec.read_stream_dir(stream_dir(d, sid))
+                images, _ = codec.read_stream_dir(stream_dir(d, sid))
                 expected = m.segment_images()
                 if len(images) == len(expected) - 1 and expected[-1] == b"":
                     expected = expected[:-1]
@@ -286,13 +288,13 @@ def test_index_contents_never_change_results(batches, max_seg, data):
     """SPEC §2: an index is a cache, never trusted beyond what the segment confirms."""
     with tempfile.TemporaryDirectory() as root:
         d = os.path.join(root, "data")
-        model = _codec.write_stream_dir(d, 1, batches, max_seg, with_index=True)
+        model = codec.write_stream_dir(d, 1, batches, max_seg, with_index=True)
         images = model.segment_images()
         for n, img in enumerate(images):
             if img and data.draw(st.booleans()):
-                pos = _mutate_positions(data.draw, _codec.record_positions(img), len(img))
-                with open(os.path.join(stream_dir(d, 1), _codec.segment_name(n) + ".idx"), "wb") as f:
-                    f.write(_codec.encode_index(pos))
+                pos = _mutate_positions(data.draw, codec.record_positions(img), len(img))
+                with open(os.path.join(stream_dir(d, 1), codec.segment_name(n) + ".idx"), "wb") as f:
+                    f.write(codec.encode_index(pos))
         before = {n: read_bytes(os.path.join(stream_dir(d, 1), n))
                   for n in os.listdir(stream_dir(d, 1)) if n.endswith(".log")}
         with km.Storage(d, max_segment_size=max_seg) as s:

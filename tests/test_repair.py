@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-import _codec
 import kimberlite as km
+from helpers import codec
 from helpers import child_env, dir_files, idx_path, read_bytes, seg_path, stream_dir, write_bytes
 from helpers.dirs import assert_unchanged, layout, make_stream, picture
 
@@ -53,13 +53,13 @@ def _damage(d, kind):
     if kind == "mid-file":                          # a flipped byte, records after it
         k = lay[-1][0]
         data = bytearray(read_bytes(seg_path(d, 1, k)))
-        pos = _codec.record_positions(bytes(data))
+        pos = codec.record_positions(bytes(data))
         data[pos[1] + 50] ^= 0x40
         write_bytes(seg_path(d, 1, k), bytes(data))
         return written, first[k] + 1
     if kind == "sealed-mid-file":                   # a flipped byte in a sealed segment
         data = bytearray(read_bytes(seg_path(d, 1, 1)))
-        pos = _codec.record_positions(bytes(data))
+        pos = codec.record_positions(bytes(data))
         data[pos[2] + 10] ^= 0x01
         write_bytes(seg_path(d, 1, 1), bytes(data))
         return written, first[1] + 2
@@ -103,7 +103,7 @@ def test_repair_quarantines_everything_after_the_last_valid_record(tmp_path, kin
         assert _data_bytes(d) == before, "damage was moved before repair was asked for"
         r = s.repair(1)
         _check_report(r, d, before, kept)
-        head = _codec.head_hash(written[:kept])
+        head = codec.head_hash(written[:kept])
         assert s.verify(1) == (kept, head)
         assert s.read_from(1) == written[:kept]
         assert s.next_offset(1) == kept

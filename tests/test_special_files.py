@@ -204,6 +204,7 @@ def assert_refused(result, path, kind):
 
 # ---- segments ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("role", ["writer", "reader"])
 @pytest.mark.parametrize("where", ["active", "sealed"])

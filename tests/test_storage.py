@@ -6,8 +6,8 @@ import zlib
 
 import pytest
 
-import _codec
 import kimberlite as km
+from helpers import codec
 from helpers import (dir_files, idx_path, read_bytes, remove_indexes, seg_path, stream_dir,
                      torn_files, write_bytes)
 
@@ -22,7 +22,7 @@ def batches_for(seed, n=15):
 
 
 def engine_files_match(data_dir, sid, model):
-    images, _ = _codec.read_stream_dir(stream_dir(data_dir, sid))
+    images, _ = codec.read_stream_dir(stream_dir(data_dir, sid))
     expected = model.segment_images()
     if len(images) == len(expected) - 1 and expected[-1] == b"":
         expected = expected[:-1]
@@ -63,7 +63,7 @@ def expected_observation(model):
 @pytest.mark.parametrize("max_seg", [1, 49, 100, 150, 333])
 def test_rotation_matches_model(disk, max_seg):
     batches = batches_for(max_seg)
-    model = _codec.StreamModel(max_seg)
+    model = codec.StreamModel(max_seg)
     s = disk.open(max_segment_size=max_seg)
     for b in batches:
         assert s.append_batch(1, b) == model.append_batch(b)
@@ -105,15 +105,15 @@ def test_batch_larger_than_segment_goes_whole(disk):
     assert s.segment_count(1) == 2
     s.append_batch(1, [b"after"])
     s.close()
-    seg0 = _codec.decode_segment(read_bytes(seg_path(disk.data_dir, 1, 0)))
+    seg0 = codec.decode_segment(read_bytes(seg_path(disk.data_dir, 1, 0)))
     assert [p for _, _, p in seg0] == [b"a"] + big
-    seg1 = _codec.decode_segment(read_bytes(seg_path(disk.data_dir, 1, 1)), first_offset=4)
+    seg1 = codec.decode_segment(read_bytes(seg_path(disk.data_dir, 1, 1)), first_offset=4)
     assert [p for _, _, p in seg1] == [b"after"]
 
 
 def test_reads_across_segment_boundaries(backend):
     s = backend.open(max_segment_size=120)
-    model = _codec.StreamModel(120)
+    model = codec.StreamModel(120)
     for b in batches_for(3, n=20):
         s.append_batch(9, b)
         model.append_batch(b)
@@ -131,7 +131,7 @@ def test_reads_across_segment_boundaries(backend):
 
 def test_reopen_continues_stream(disk):
     batches = batches_for(11, n=20)
-    model = _codec.StreamModel(200)
+    model = codec.StreamModel(200)
     for round_ in range(4):
         s = disk.open(max_segment_size=200)
         assert observe(s, 3) == expected_observation(model)
@@ -162,7 +162,7 @@ def test_open_file_descriptors_stay_bounded(disk):
 def _build_with_history(disk, sid=1, max_seg=250):
     """Append batches, snapshotting the .idx files after each flush. Returns (model, history)."""
     batches = batches_for(21, n=18)
-    model = _codec.StreamModel(max_seg)
+    model = codec.StreamModel(max_seg)
     history = []
     s = disk.open(max_segment_size=max_seg)
     for b in batches:
@@ -208,25 +208,25 @@ def test_damaged_index_gives_identical_results(disk, damage, which):
         elif damage == "empty":
             write_bytes(p, b"")
         elif damage == "lagging":
-            name = _codec.segment_name(n) + ".idx"
+            name = codec.segment_name(n) + ".idx"
             older = [h[name] for h in history if name in h and h[name] != good]
             if older:
                 write_bytes(p, older[0])
             else:
-                write_bytes(p, _codec.encode_index(_codec.record_positions(images[n])[:-1]))
-            assert _codec.decode_index(read_bytes(p)) != _codec.decode_index(good)
+                write_bytes(p, codec.encode_index(codec.record_positions(images[n])[:-1]))
+            assert codec.decode_index(read_bytes(p)) != codec.decode_index(good)
         elif damage == "forged":
             # a valid file whose positions do not match the segment
-            pos = _codec.record_positions(images[n])
-            write_bytes(p, _codec.encode_index([0] + [x + 1 for x in pos[1:]] + [len(images[n]) + 7]))
+            pos = codec.record_positions(images[n])
+            write_bytes(p, codec.encode_index([0] + [x + 1 for x in pos[1:]] + [len(images[n]) + 7]))
         elif damage == "forged-middle":
             # a valid file, first and last entries right, one middle entry a byte off
-            pos = _codec.record_positions(images[n])
+            pos = codec.record_positions(images[n])
             k = len(pos) // 2 if len(pos) >= 3 else len(pos) - 1
             pos[k] += 1
-            write_bytes(p, _codec.encode_index(pos))
+            write_bytes(p, codec.encode_index(pos))
         elif damage == "zero-entries":
-            write_bytes(p, _codec.encode_index([]))
+            write_bytes(p, codec.encode_index([]))
     segs_before = {k: v for k, v in pristine.items() if k.endswith(".log")}
     s = disk.open(max_segment_size=250)
     assert observe(s, 1) == expected_observation(model)
@@ -241,7 +241,7 @@ def test_damaged_index_gives_identical_results(disk, damage, which):
     for n, img in enumerate(model.segment_images()):
         p = idx_path(disk.data_dir, 1, n)
         if img or os.path.exists(p):
-            assert read_bytes(p) == _codec.encode_index(_codec.record_positions(img)), n
+            assert read_bytes(p) == codec.encode_index(codec.record_positions(img)), n
     s = disk.open(max_segment_size=250)
     assert observe(s, 1) == expected_observation(model)
 
@@ -249,7 +249,7 @@ def test_damaged_index_gives_identical_results(disk, damage, which):
 # --- torn tails ---------------------------------------------------------------------------------
 
 def _write_stream(disk, sid, batches, max_seg):
-    model = _codec.StreamModel(max_seg)
+    model = codec.StreamModel(max_seg)
     s = disk.open(max_segment_size=max_seg)
     for b in batches:
         s.append_batch(sid, b)
@@ -267,7 +267,7 @@ def test_torn_last_record_is_quarantined(disk, keep, keep_index):
     model = _write_stream(disk, 1, TORN_BATCHES, 1 << 20)
     path = seg_path(disk.data_dir, 1, 0)
     img = read_bytes(path)
-    last = _codec.record_positions(img)[-1]
+    last = codec.record_positions(img)[-1]
     rec_len = len(img) - last
     keep = rec_len - 1 if keep == -1 else keep
     assert 0 < keep < rec_len
@@ -282,10 +282,10 @@ def _check_torn_recovery(disk, sid, seg, kept, torn, expected_payloads, model, m
     s = disk.open(max_segment_size=max_seg)
     assert s.next_offset(sid) == len(expected_payloads)
     assert s.read_from(sid) == expected_payloads
-    head = _codec.head_hash(expected_payloads)
+    head = codec.head_hash(expected_payloads)
     assert s.latest_chain_hash(sid) == head
     assert s.verify(sid, expected_head=head) == (len(expected_payloads), head)
-    seg_name = _codec.segment_name(seg)
+    seg_name = codec.segment_name(seg)
     assert read_bytes(seg_path(disk.data_dir, sid, seg)) == kept
     tf = torn_files(disk.data_dir, sid)
     assert len(tf) == 1, tf
@@ -295,11 +295,11 @@ def _check_torn_recovery(disk, sid, seg, kept, torn, expected_payloads, model, m
     # appends continue the chain
     assert s.append_batch(sid, [b"after-1", b"after-2"]) == len(expected_payloads) + 2
     payloads = expected_payloads + [b"after-1", b"after-2"]
-    new_head = _codec.head_hash(payloads)
+    new_head = codec.head_hash(payloads)
     assert s.verify(sid, expected_head=new_head) == (len(payloads), new_head)
     assert s.read_from(sid) == payloads
     s.close()
-    _, recs = _codec.read_stream_dir(stream_dir(disk.data_dir, sid))
+    _, recs = codec.read_stream_dir(stream_dir(disk.data_dir, sid))
     assert [r[2] for r in recs] == payloads
     # reopening again changes nothing more
     s = disk.open(max_segment_size=max_seg)
@@ -313,7 +313,7 @@ JUNK = {
     "ff-long": b"\xff" * 60,
     "random": bytes(random.Random(5).getrandbits(8) for _ in range(100)),
     "one-byte": b"\x01",
-    "header-only": _codec.encode_record(5, b"\x11" * 32, b"payload")[:44],
+    "header-only": codec.encode_record(5, b"\x11" * 32, b"payload")[:44],
 }
 
 
@@ -336,7 +336,7 @@ def test_whole_stale_record_after_last_record_is_damage(disk, keep_index):
     record, or records with the right offsets): it is damage, nothing is cut or moved."""
     model = _write_stream(disk, 2, TORN_BATCHES, 1 << 20)
     path = seg_path(disk.data_dir, 2, 0)
-    img = read_bytes(path) + _codec.encode_record(0, None, b"one")
+    img = read_bytes(path) + codec.encode_record(0, None, b"one")
     write_bytes(path, img)
     if not keep_index:
         os.remove(path + ".idx")
@@ -361,7 +361,7 @@ def test_torn_tail_in_later_active_segment(disk, seed):
     assert n >= 2
     path = seg_path(disk.data_dir, 3, n)
     img = images[n]
-    partial = _codec.encode_record(model.next_offset, model.head, b"never acknowledged")[:50]
+    partial = codec.encode_record(model.next_offset, model.head, b"never acknowledged")[:50]
     write_bytes(path, img + partial)
     _check_torn_recovery(disk, 3, n, img, partial, model.payloads, model, max_seg=150)
 
@@ -413,9 +413,9 @@ def _damaged_stream(disk, sid, field, record_index, batches, max_seg, drop_index
               and model.segment_images()[i])
     path = seg_path(disk.data_dir, sid, seg)
     img = bytearray(read_bytes(path))
-    pos = _codec.record_positions(bytes(img))
+    pos = codec.record_positions(bytes(img))
     start = pos[record_index - model.segment_first[seg]]
-    end = start + _codec.record_size(len(model.payloads[record_index]))
+    end = start + codec.record_size(len(model.payloads[record_index]))
     at = FIELD_BYTES[field]
     at = end + at if at < 0 else start + at
     img[at] ^= 0x04
@@ -487,7 +487,7 @@ def test_damage_in_indexed_region_found_by_read_then_appends_refused(disk):
 @pytest.mark.parametrize("field", ["payload", "crc", "length"])
 def test_damage_in_sealed_segment_is_corruption(disk, drop_index, which, field):
     batches = [[b"s%d" % i * 10] for i in range(9)]
-    model = _codec.build_stream(batches, 130)
+    model = codec.build_stream(batches, 130)
     sealed0 = [i for i in range(model.next_offset) if model.segment_first[1] > i]
     assert len(sealed0) >= 2 and model.segment_count >= 3
     rec = sealed0[0] if which == "first" else sealed0[-1]
@@ -551,13 +551,13 @@ def test_copy_of_directory_reads_identically(disk, tmp_path):
 def _rewrite_record(path, index, *, payload=None, prev_hash=None, offset=None):
     """Re-encode record `index` of a segment with new fields and a valid CRC (an attacker)."""
     img = read_bytes(path)
-    recs = _codec.decode_segment(img)
-    pos = _codec.record_positions(img)
+    recs = codec.decode_segment(img)
+    pos = codec.record_positions(img)
     off, ph, pl = recs[index]
-    new = _codec.encode_record(off if offset is None else offset,
+    new = codec.encode_record(off if offset is None else offset,
                                ph if prev_hash is None else prev_hash,
                                pl if payload is None else payload)
-    old_len = _codec.record_size(len(pl))
+    old_len = codec.record_size(len(pl))
     write_bytes(path, img[:pos[index]] + new + img[pos[index] + old_len:])
 
 
@@ -597,7 +597,7 @@ def test_tampered_payload_with_valid_crc_breaks_the_chain(disk, index):
         s.verify(1)
     assert ei.value.offset == index + 1
     assert ei.value.actual == model.hashes[index]
-    assert ei.value.expected == _codec.chain_hash(model.hashes[index - 1] if index else None, b"P%d" % index)
+    assert ei.value.expected == codec.chain_hash(model.hashes[index - 1] if index else None, b"P%d" % index)
     with pytest.raises(km.ChainVerificationError):
         s.read_from(1, 0)
     with pytest.raises(km.ChainVerificationError):
@@ -612,7 +612,7 @@ def test_tampered_last_record_needs_the_trusted_head(disk):
     path = seg_path(disk.data_dir, 1, 0)
     _rewrite_record(path, 3, payload=b"Q3")
     s = disk.open()
-    forged = _codec.head_hash(events[:3] + [b"Q3"])
+    forged = codec.head_hash(events[:3] + [b"Q3"])
     assert s.verify(1) == (4, forged)                  # a consistent chain, rewritten
     with pytest.raises(km.ChainVerificationError) as ei:
         s.verify(1, expected_head=model.head)
@@ -625,7 +625,7 @@ def test_swapped_records_are_corruption(disk, drop_index):
     _write_stream(disk, 1, [events], 1 << 20)
     path = seg_path(disk.data_dir, 1, 0)
     img = read_bytes(path)
-    pos = _codec.record_positions(img)
+    pos = codec.record_positions(img)
     size = pos[1]
     swapped = img[:pos[1]] + img[pos[2]:pos[2] + size] + img[pos[1]:pos[1] + size] + img[pos[3]:]
     write_bytes(path, swapped)
@@ -702,7 +702,7 @@ def test_process_kill_keeps_every_acknowledged_batch(tmp_path):
             assert n >= acked                         # every acknowledged batch survived
             events = s.read_from(1)
             assert events == [_killed_payload(k) for k in range(n)]
-            assert s.verify(1) == (n, _codec.head_hash(events))
+            assert s.verify(1) == (n, codec.head_hash(events))
             assert s.segment_count(1) > 1
         acked = n
 
@@ -740,7 +740,7 @@ def test_torn_only_record_of_a_stream(disk):
     assert len(tf) == 1 and read_bytes(os.path.join(stream_dir(disk.data_dir, 1), tf[0])) == img[:30]
     assert s.append_batch(1, [b"again"]) == 1
     s.close()
-    assert read_bytes(path) == _codec.encode_record(0, None, b"again")
+    assert read_bytes(path) == codec.encode_record(0, None, b"again")
 
 
 @pytest.mark.parametrize("call", ["verify", "read_from-0", "read_records-0"])
@@ -749,12 +749,12 @@ def test_wrong_index_entry_in_later_segment_is_rebuilt_not_corruption(disk, call
     index whose middle entry is one byte off describes intact data: the index is rebuilt and
     the call succeeds (no CorruptedRecordError for a cache defect)."""
     batches = [[b"a%d" % i for i in range(4)], [b"c%d" % i for i in range(4)], [b"d"]]
-    model = _codec.write_stream_dir(disk.data_dir, 1, batches, 200, with_index=True)
+    model = codec.write_stream_dir(disk.data_dir, 1, batches, 200, with_index=True)
     assert model.segment_count == 3
     for n in (0, 1):
-        pos = _codec.record_positions(model.segment_images()[n])
+        pos = codec.record_positions(model.segment_images()[n])
         pos[2] += 1
-        write_bytes(idx_path(disk.data_dir, 1, n), _codec.encode_index(pos))
+        write_bytes(idx_path(disk.data_dir, 1, n), codec.encode_index(pos))
     s = disk.open(max_segment_size=200)
     if call == "verify":
         assert s.verify(1) == (model.next_offset, model.head)
@@ -790,7 +790,7 @@ def test_reader_follows_writer_recovery_and_new_appends(disk):
     model = _write_stream(disk, 1, TORN_BATCHES, 1 << 20)
     path = seg_path(disk.data_dir, 1, 0)
     img = read_bytes(path)
-    write_bytes(path, img + _codec.encode_record(model.next_offset, model.head, b"X" * 200)[:100])
+    write_bytes(path, img + codec.encode_record(model.next_offset, model.head, b"X" * 200)[:100])
     r = disk.open(read_only=True)
     assert r.read_from(1) == model.payloads
     w = disk.open()
@@ -799,4 +799,4 @@ def test_reader_follows_writer_recovery_and_new_appends(disk):
     expected = model.payloads + [b"new-1", b"new-2"]
     assert r.read_from(1) == expected
     assert r.next_offset(1) == len(expected)
-    assert r.verify(1, expected_head=_codec.head_hash(expected)) == (len(expected), _codec.head_hash(expected))
+    assert r.verify(1, expected_head=codec.head_hash(expected)) == (len(expected), codec.head_hash(expected))

@@ -205,6 +205,7 @@ def test_reading_a_large_stream_keeps_rss_flat(tmp_path):
 # ---- data frames ----------------------------------------------------------------------------
 
 def test_to_pandas(filled):
+    pytest.importorskip("pandas", reason="pip install 'kimberlite-storage[pandas]'")
     df = filled.stream(1).to_pandas()
     assert list(df.columns) == ["offset", "size", "payload", "prev_hash", "hash"]
     assert len(df) == 200
@@ -219,7 +220,7 @@ def test_to_pandas(filled):
 
 
 def test_to_arrow(filled):
-    import pyarrow as pa
+    pa = pytest.importorskip("pyarrow", reason="pip install 'kimberlite-storage[arrow]'")
 
     t = filled.stream(1).to_arrow()
     assert t.column_names == ["offset", "size", "payload", "prev_hash", "hash"]

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-import _codec
+from helpers import codec
 import kimberlite as km
 
 WRITERS = 4
@@ -106,13 +106,13 @@ def test_threads_append_to_one_stream_while_reading(tmp_path, kind):
         assert len(set(events)) == len(events)
         last = _check_prefix_consistent(events)
         assert last == {w: BATCHES - 1 for w in range(WRITERS)}
-        assert s.verify(1) == (len(events), _codec.head_hash(events))
+        assert s.verify(1) == (len(events), codec.head_hash(events))
         assert mid_reads[0] > 0, "no read ran while the writers were appending"
         if kind == "disk":
             s.close()
             with km.Storage(tmp_path / "d", max_segment_size=2000) as again:
                 assert again.read_from(1) == events
-                assert again.verify(1) == (len(events), _codec.head_hash(events))
+                assert again.verify(1) == (len(events), codec.head_hash(events))
     finally:
         s.close()
 
@@ -148,7 +148,7 @@ def test_threads_append_to_separate_streams(tmp_path, kind):
         for w in range(WRITERS):
             expected = [_event(w, b, i) for b in range(BATCHES) for i in range(BATCH)]
             assert s.read_from(100 + w) == expected
-            assert s.verify(100 + w) == (len(expected), _codec.head_hash(expected))
+            assert s.verify(100 + w) == (len(expected), codec.head_hash(expected))
             assert s.segment_count(100 + w) > 1
     finally:
         s.close()

@@ -48,6 +48,7 @@ def _round(i):
     tlog._parse_proof(tlog._format_proof("inclusion", i % n, n, proof))
 
 
+@pytest.mark.slow
 def test_tlog_calls_keep_memory_flat():
     for i in range(300):
         _round(i)

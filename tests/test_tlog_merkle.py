@@ -192,6 +192,7 @@ def _indices(n):
     return sorted({0, 1, n // 3, n // 2, n - 2, n - 1, *rng.sample(range(n), 10)})
 
 
+@pytest.mark.slow
 def test_inclusion_proofs_match_the_reference_and_verify_both_ways():
     for n in range(1, 301):
         for i in _indices(n):
@@ -201,6 +202,7 @@ def test_inclusion_proofs_match_the_reference_and_verify_both_ways():
             assert ref_verify_inclusion(LEAVES[i], i, n, proof, ROOTS[n])
 
 
+@pytest.mark.slow
 def test_consistency_proofs_match_the_reference_and_verify_both_ways():
     for n in range(1, 301):
         olds = range(1, n + 1) if n <= 48 else sorted(

@@ -12,17 +12,22 @@ import pickle
 import subprocess
 import sys
 
-import nacl.exceptions
-import nacl.signing
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-import kimberlite
-from kimberlite import tlog
-from kimberlite.tlog import InvalidSignatureError, MalformedNoteError
+pytest.importorskip("nacl.signing", reason="the cross-checks need PyNaCl: pip install pynacl")
+pytest.importorskip("cryptography", reason="the cross-checks need it: pip install cryptography")
+
+import nacl.exceptions  # noqa: E402
+import nacl.signing  # noqa: E402
+from cryptography.exceptions import InvalidSignature  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: E402
+    Ed25519PrivateKey, Ed25519PublicKey)
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import kimberlite  # noqa: E402
+from kimberlite import tlog  # noqa: E402
+from kimberlite.tlog import InvalidSignatureError, MalformedNoteError  # noqa: E402
 
 # golang.org/x/mod/sumdb/note/note_test.go
 PETER_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"

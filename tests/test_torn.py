@@ -15,9 +15,9 @@ import shutil
 
 import pytest
 
-import _codec
 import kimberlite as km
-from _faults import check_stream, payloads, torn_contents
+from helpers import codec
+from helpers.faults import check_stream, payloads, torn_contents
 from helpers import read_bytes, seg_path, write_bytes
 
 SID = 7
@@ -53,6 +53,7 @@ def _build(tmp_path, where):
     return d, seg, start, n, batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["mid-segment", "new-segment"])
 @pytest.mark.parametrize("index", ["no-index", "stale-index"])
 def test_torn_write_at_every_byte(tmp_path, where, index):
@@ -63,7 +64,7 @@ def test_torn_write_at_every_byte(tmp_path, where, index):
     # Record boundaries of the batch, from the independent codec.
     ends = [start]
     for _ in range(batch):
-        ends.append(ends[-1] + _codec.decode_record(full, ends[-1])[3])
+        ends.append(ends[-1] + codec.decode_record(full, ends[-1])[3])
     assert ends[-1] == len(full)
     work = tmp_path / "work"
     shutil.copytree(tpl, work)
@@ -93,7 +94,7 @@ def test_torn_write_at_every_byte(tmp_path, where, index):
             check_stream(s, SID, n + 1)
         CUTS["checked"] += 1
         # The append may have rotated: drop what it made past the cut segment.
-        later = _codec.segment_name(seg + 1)
+        later = codec.segment_name(seg + 1)
         for name in os.listdir(work / str(SID)):
             if name.startswith(later):
                 os.remove(work / str(SID) / name)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,7 +20,9 @@ def _run(args, tmp_path):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_examples_pass_mypy_strict(tmp_path):
+    pytest.importorskip("mypy", reason="pip install 'mypy>=1.18'")
     examples = sorted(glob.glob(os.path.join(ROOT, "examples", "*.py")))
     assert len(examples) >= 3
     cache = ["--cache-dir", str(tmp_path / "cache")]
@@ -29,7 +33,9 @@ def test_examples_pass_mypy_strict(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_stubs_match_the_compiled_module(tmp_path):
+    pytest.importorskip("mypy.stubtest", reason="pip install 'mypy>=1.18'")
     p = _run(["-m", "mypy.stubtest", "kimberlite", "--mypy-config-file", os.devnull], tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Success" in p.stdout
@@ -42,6 +48,7 @@ def test_examples_run(tmp_path):
 
 
 def test_api_reference_builds(tmp_path):
+    pytest.importorskip("pdoc", reason="pip install 'kimberlite-storage[docs]'")
     out = tmp_path / "api"
     p = _run(["-m", "pdoc", "kimberlite", "kimberlite.testing", "kimberlite.pytest_plugin",
               "-o", str(out)], tmp_path)

@@ -1,7 +1,7 @@
 """Small helpers shared by the tests: opening either backend, snapshots, file damage."""
 import os
 
-import _codec
+from . import codec
 
 LOCK_NAME = "kimberlite.lock"
 
@@ -94,7 +94,7 @@ def stream_dir(data_dir, sid):
 
 
 def seg_path(data_dir, sid, n):
-    return os.path.join(stream_dir(data_dir, sid), _codec.segment_name(n))
+    return os.path.join(stream_dir(data_dir, sid), codec.segment_name(n))
 
 
 def idx_path(data_dir, sid, n):

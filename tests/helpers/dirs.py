@@ -1,17 +1,17 @@
 """Builders of real data directories for the hostile-directory tests: a stream written by the
 engine itself (several segments, with or without index files), what the independent codec
-(tests/_codec.py) says each segment holds, and before/after pictures of a directory."""
+(tests/helpers/codec.py) says each segment holds, and before/after pictures of a directory."""
 import os
 
-import _codec
-from _faults import payloads
+from . import codec
+from .faults import payloads
 
 from . import dir_files, dir_listing, read_bytes, seg_path, stream_dir
 
 
 def make_stream(data_dir, sid=1, *, batches=12, per_batch=3, max_segment_size=1024,
                 with_index=True, fsync=False):
-    """Append `batches` batches of `per_batch` deterministic events (tests/_faults.payload)
+    """Append `batches` batches of `per_batch` deterministic events (helpers.faults.payloads)
     to stream sid through the engine; return the list of payloads written (offset order).
     with_index=False removes the stream's .idx files afterwards."""
     import kimberlite as km
@@ -35,7 +35,7 @@ def layout(data_dir, sid=1):
                   if n.startswith("segment_") and n.endswith(".log"))
     for k in nums:
         data = read_bytes(seg_path(data_dir, sid, k))
-        recs = _codec.decode_segment(data)
+        recs = codec.decode_segment(data)
         out.append((k, recs[0][0] if recs else None, len(recs), len(data)))
     return out
 

@@ -11,8 +11,8 @@ import os
 import subprocess
 import sys
 
-import _codec
-from helpers import child_env, seg_path, segment_files, stream_dir
+from . import codec
+from . import child_env, seg_path, segment_files, stream_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +34,7 @@ def check_stream(s, sid, n):
     got = s.read_from(sid)
     want = payloads(sid, 0, n)
     assert got == want, _first_difference(got, want)
-    head = _codec.head_hash(want) if n else None
+    head = codec.head_hash(want) if n else None
     assert s.latest_chain_hash(sid) == head
     assert s.verify(sid, expected_head=head) == (n, head)
 
@@ -57,7 +57,7 @@ def last_segment_residue(data_dir, sid):
         data = f.read()
     end = 0
     for _off, _prev, pl in _iter_valid(data):
-        end += _codec.record_size(len(pl))
+        end += codec.record_size(len(pl))
     return name, end, data[end:]
 
 
@@ -66,8 +66,8 @@ def _iter_valid(data):
     expected = None
     while pos < len(data):
         try:
-            offset, prev, pl, size = _codec.decode_record(data, pos)
-        except _codec.CodecError:
+            offset, prev, pl, size = codec.decode_record(data, pos)
+        except codec.CodecError:
             return
         if expected is not None and offset != expected:
             return
