@@ -329,26 +329,68 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS tracking (stream INTEGER, app TEXT, id INTEGER,"
     " PRIMARY KEY (stream, app)) WITHOUT ROWID",
 ]
-_FLUSH_RECORDS = 1000  # rows buffered in Python are written every this many records ...
-_COMMIT_RECORDS = 1000  # the writer commits its index every this many records ...
-_COMMIT_SECONDS = 1.0  # ... or this often, and on close
+_FLUSH_RECORDS = 1000  # the index writer wakes when this many records are buffered ...
+_COMMIT_SECONDS = 1.0  # ... or this long after its last write, and on close
+_CATCH_UP_RECORDS = 20000  # opening a stream writes its new tail in steps of this many
+_LOAD_ALL_MISSES = 256  # after this many lookups of unknown keys, load all keys at once
 _READ_CHUNK = 64 * 1024
 _CACHE_BYTES = 8 << 20  # payloads of records read by select_events, least recently used out
 
 
-class _StreamState:
-    __slots__ = ("stream_id", "indexed", "next_id", "rows", "error")
+def _has_version(known: Any, v: int) -> bool:
+    """Whether ``v`` is among ``known``: an int n (exactly 1..n), a set, or ``None``."""
+    if type(known) is int:
+        return 1 <= v <= known
+    return known is not None and v in known
 
-    def __init__(self, stream_id: int, indexed: int, next_id: int, rows: int) -> None:
+
+def _add_version(known: Any, v: int) -> Any:
+    """``known`` with ``v`` added, as compact as possible (see :func:`_has_version`)."""
+    if known is None:
+        return 1 if v == 1 else {v}
+    if type(known) is int:
+        if v == known + 1:
+            return v
+        known = set(range(1, known + 1))
+    known.add(v)
+    return known
+
+
+class _StreamState:
+    """What this process knows of one stream: authoritative, in memory.
+
+    ``keys`` maps an index key to its versions (see :func:`_has_version`) for every key
+    whose versions have been looked at since the stream was loaded: it always holds all of
+    that key's versions in records before ``indexed``. When ``complete`` it holds every key
+    of the stream (the stream was new or rebuilt here, or all keys were loaded), so an
+    absent key has no events; otherwise an absent key is looked up in the index file.
+    """
+
+    __slots__ = ("stream_id", "indexed", "next_id", "rows", "error", "keys", "complete",
+                 "misses")
+
+    def __init__(self, stream_id: int, indexed: int, next_id: int, rows: int,
+                 complete: bool) -> None:
         self.error: Optional[str] = None  # the stream holds a record this module cannot use
         self.stream_id = stream_id
-        self.indexed = indexed  # offset of the first record not yet in the index
+        self.indexed = indexed  # offset of the first record not yet indexed (in memory)
         self.next_id = next_id  # notification id of the next event
-        self.rows = rows  # rows of `events` for this stream
+        self.rows = rows  # events of the stream in records before `indexed`
+        self.keys: Dict[Any, Any] = {}
+        self.complete = complete
+        self.misses = 0
+
+
+_MISSING = object()
 
 
 class _Store:
-    """A data directory (or a MemoryStorage) with its index, shared by the recorders."""
+    """A data directory (or a MemoryStorage) with its index, shared by the recorders.
+
+    Locks: ``lock`` (an RLock) serialises the recorders' calls; ``db_lock`` guards the
+    SQLite connection, which the index writer thread also uses. Always take ``lock``
+    before ``db_lock``, never the other way round.
+    """
 
     def __init__(self, path: str, *, read_only: bool, fsync: bool,
                  storage_kwargs: Dict[str, int], poll_interval: float) -> None:
@@ -358,21 +400,22 @@ class _Store:
         self.fsync = fsync
         self.poll_interval = poll_interval
         self.lock = threading.RLock()
+        self.db_lock = threading.Lock()
         self.refs = 0
         self.closed = False
         self.streams: Dict[int, _StreamState] = {}
         self.listeners: Dict[Event, int] = {}
         self._poller: Optional[threading.Thread] = None
-        self._pending = 0
-        self._last_commit = time.monotonic()
-        self._in_txn = False
-        # Rows of new records, buffered until a read needs them or _FLUSH_RECORDS records
-        # (one executemany instead of several statements per insert).
+        self._writer: Optional[threading.Thread] = None
+        self._wake = threading.Event()
+        # Rows of new records, not yet in the index file (written behind, in one
+        # transaction with the watermark of the streams they belong to).
         self._buf_events: List[Tuple[int, Any, int, int, int, int]] = []
         self._buf_recs: List[Tuple[int, int, int]] = []
-        self._buf_keys: Set[Tuple[int, Any, int]] = set()
         self._buf_tracking: Dict[Tuple[int, str], int] = {}
         self._buf_records = 0
+        self._dirty: Set[int] = set()  # streams whose watermark moved since the last write
+        self._tracking: Dict[Tuple[int, str], Optional[int]] = {}  # known tracking ids
         self._payloads: OrderedDict[Tuple[int, int], bytes] = OrderedDict()
         self._cached_bytes = 0
         with _engine_errors():
@@ -446,19 +489,24 @@ class _Store:
         """Throw the whole index away (it is a cache) and start again from the records."""
         _log.warning("kimberlite.eventsourcing index of %s dropped and rebuilt: %s",
                      self.path, why)
-        try:
-            self.db.close()
-        except sqlite3.Error:
-            pass
-        self._in_txn = False
-        self._pending = 0
-        self._clear_buffers()
-        self._payloads.clear()
-        self._cached_bytes = 0
-        self.streams.clear()
-        if self.index_path is not None and not self.read_only:
-            self._remove_index_files()
-        self.db = self._open_index()
+        with self.lock, self.db_lock:
+            try:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            try:
+                self.db.close()
+            except sqlite3.Error:
+                pass
+            self._clear_buffers()
+            self._tracking.clear()
+            self._payloads.clear()
+            self._cached_bytes = 0
+            self.streams.clear()
+            if self.index_path is not None and not self.read_only:
+                self._remove_index_files()
+            self.db = self._open_index()
 
     def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Call ``fn`` under the lock; if the index proves bad, rebuild it and call again."""
@@ -475,49 +523,118 @@ class _Store:
                 self._reset_index(e)
                 raise DatabaseError(f"kimberlite index keeps failing: {e}") from e
 
-    def _begin(self) -> None:
-        if not self._in_txn:
-            self.db.execute("BEGIN")
-            self._in_txn = True
+    def _query(self, sql: str, params: Sequence[Any]) -> List[Any]:
+        """One read of the index file (the caller holds ``lock``)."""
+        with self.db_lock:
+            return self.db.execute(sql, params).fetchall()
 
     def _clear_buffers(self) -> None:
         self._buf_events = []
         self._buf_recs = []
-        self._buf_keys = set()
         self._buf_tracking = {}
         self._buf_records = 0
+        self._dirty = set()
 
-    def flush(self) -> None:
-        """Write the buffered rows into the index (inside the open transaction)."""
-        if not self._buf_records:
-            return
-        self._begin()
+    # -- writing the index behind ---------------------------------------------------------
+
+    def _take(self) -> Optional[Tuple[Any, ...]]:
+        """The buffered rows and the watermarks they bring the index to (caller: ``lock``).
+
+        A watermark is ``(stream, indexed, chain hash of record indexed - 1, next id,
+        rows)``: written in the same transaction as the rows, so that the index file is
+        never ahead of what it holds.
+        """
+        if not self._dirty:
+            return None
+        metas = []
+        with _engine_errors():
+            for sid in self._dirty:
+                st = self.streams.get(sid)
+                if st is None:
+                    continue
+                head = None
+                if st.indexed:
+                    if self.storage.next_offset(sid) == st.indexed:
+                        head = self.storage.latest_chain_hash(sid)
+                    else:  # part of a tail being indexed
+                        head = self.storage.read_records(sid, st.indexed - 1,
+                                                         1)[0].compute_hash()
+                metas.append((sid, st.indexed, head, st.next_id, st.rows))
+        batch = (self._buf_events, self._buf_recs, self._buf_tracking, metas)
+        self._clear_buffers()
+        return batch
+
+    def _write(self, batch: Tuple[Any, ...]) -> None:
+        """Write one batch and its watermarks in one transaction (caller: ``db_lock``)."""
+        events, recs, tracking, metas = batch
+        db = self.db
+        db.execute("BEGIN")
         try:
             # In key order, a batch of B-tree inserts touches each page once, not at random.
-            self._buf_events.sort(key=_row_order)
-            self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", self._buf_events)
-            self.db.executemany("INSERT INTO recs VALUES (?,?,?)", self._buf_recs)
-            self.db.executemany("INSERT OR REPLACE INTO tracking VALUES (?,?,?)",
-                                [(sid, app, nid)
-                                 for (sid, app), nid in self._buf_tracking.items()])
-        except sqlite3.IntegrityError as e:  # rows the index should not hold: rebuild it
-            raise _IndexMismatch(f"index rows conflict with new records: {e}") from e
-        finally:
-            self._clear_buffers()
+            events.sort(key=_row_order)
+            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", events)
+            db.executemany("INSERT INTO recs VALUES (?,?,?)", recs)
+            db.executemany("INSERT OR REPLACE INTO tracking VALUES (?,?,?)",
+                           [(sid, app, nid) for (sid, app), nid in tracking.items()])
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?,?,?,?)", metas)
+            db.execute("COMMIT")
+        except BaseException as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(e, sqlite3.IntegrityError):  # rows the index should not hold
+                raise _IndexMismatch(f"index rows conflict with new records: {e}") from e
+            raise
 
-    def commit(self) -> None:
-        """Write the index's meta rows and commit (the writer; a no-op for readers)."""
-        self.flush()
-        if not self._in_txn or self.read_only:
-            return
-        for st in self.streams.values():
-            head = self.storage.latest_chain_hash(st.stream_id) if st.indexed else None
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?,?,?,?)",
-                            (st.stream_id, st.indexed, head, st.next_id, st.rows))
-        self.db.execute("COMMIT")
-        self._in_txn = False
-        self._pending = 0
-        self._last_commit = time.monotonic()
+    def flush(self) -> None:
+        """Write everything buffered into the index file now (caller: ``lock``)."""
+        batch = self._take()
+        if batch is not None:
+            with self.db_lock:
+                self._write(batch)
+
+    commit = flush
+
+    def _writer_loop(self) -> None:
+        """The index writer: rows are written behind the appends, off the insert path.
+
+        SQLite releases the GIL while it works, so on a machine with a spare core the
+        index costs inserts little more than the bookkeeping in memory.
+        """
+        while True:
+            self._wake.wait(_COMMIT_SECONDS)
+            self._wake.clear()
+            with self.lock:
+                if self.closed:
+                    return
+                try:
+                    batch = self._take()
+                except DatabaseError as e:  # the store itself failed: the next call says so
+                    _log.warning("kimberlite.eventsourcing index not written: %s", e)
+                    continue
+                if batch is None:
+                    continue
+                self.db_lock.acquire()  # before `lock` is released: batches stay in order
+            try:
+                self._write(batch)
+            except (sqlite3.Error, _IndexMismatch) as e:
+                self.db_lock.release()
+                try:
+                    with self.lock:
+                        if not self.closed:
+                            self._reset_index(e)
+                except Exception as e2:  # pragma: no cover - rebuilt on next use instead
+                    _log.warning("kimberlite.eventsourcing index not reset: %s", e2)
+            else:
+                self.db_lock.release()
+
+    def _written_behind(self) -> None:
+        """Rows were buffered: let the writer thread know when there are enough."""
+        if self._writer is None and not self.read_only:
+            self._writer = threading.Thread(target=self._writer_loop, daemon=True,
+                                            name=f"kimberlite-index {self.path}")
+            self._writer.start()
+        if self._buf_records >= _FLUSH_RECORDS:
+            self._wake.set()
 
     def _check_open(self) -> None:
         if self.closed:
@@ -540,11 +657,11 @@ class _Store:
     def _load(self, sid: int) -> _StreamState:
         with _engine_errors():
             n = self.storage.next_offset(sid)
-        row = self.db.execute("SELECT next_offset, head, next_id, rows FROM meta"
-                              " WHERE stream=?", (sid,)).fetchone()
+        found = self._query("SELECT next_offset, head, next_id, rows FROM meta"
+                            " WHERE stream=?", (sid,))
         st: Optional[_StreamState] = None
-        if row is not None:
-            off, head, next_id, rows = row
+        if found:
+            off, head, next_id, rows = found[0]
             why = None
             if off > n:
                 why = f"it covers {off} records, the stream has {n}"
@@ -554,15 +671,17 @@ class _Store:
                 if rec.compute_hash() != head:
                     why = f"the chain hash of record {off - 1} differs"
             if why is None:
-                st = _StreamState(sid, off, next_id, rows)
+                st = _StreamState(sid, off, next_id, rows, complete=rows == 0)
             else:
                 _log.warning("kimberlite.eventsourcing index of stream %d in %s is stale "
                              "(%s); rebuilding it", sid, self.path, why)
         if st is None:
-            self._begin()
-            for table in ("meta", "events", "recs", "tracking"):
-                self.db.execute(f"DELETE FROM {table} WHERE stream=?", (sid,))
-            st = _StreamState(sid, 0, 1, 0)
+            with self.db_lock:
+                self.db.execute("BEGIN")
+                for table in ("meta", "events", "recs", "tracking"):
+                    self.db.execute(f"DELETE FROM {table} WHERE stream=?", (sid,))
+                self.db.execute("COMMIT")
+            st = _StreamState(sid, 0, 1, 0, complete=True)
         self.streams[sid] = st
         self._catch_up(st)
         return st
@@ -586,43 +705,78 @@ class _Store:
                                 f"{self.path!r} is not usable by kimberlite.eventsourcing "
                                 f"({e}); the events before it stay readable by kimberlite")
                     raise DataError(st.error) from e
+                for k, v, _ in rows:
+                    if _has_version(self._versions(st, k), v):
+                        raise _IndexMismatch(f"record {rec.offset} of stream "
+                                             f"{st.stream_id} repeats an indexed event")
                 self._buffer(st, rec.offset, rows, tracking)
-                if self._buf_records >= _FLUSH_RECORDS:
+                if self._buf_records >= _CATCH_UP_RECORDS:
                     self.flush()
-        if not self.read_only:
-            self.maybe_commit()
+        self._written_behind()
+
+    def _versions(self, st: _StreamState, key: Any) -> Any:
+        """The known versions of ``key`` (``None``: none), looked up in the file if needed."""
+        known = st.keys.get(key, _MISSING)
+        if known is not _MISSING:
+            return known
+        if st.complete:
+            return None
+        st.misses += 1
+        if st.misses > _LOAD_ALL_MISSES:
+            self._load_all_keys(st)
+            return st.keys.get(key)
+        known = None
+        for (v,) in self._query("SELECT version FROM events WHERE stream=? AND key=?"
+                                " ORDER BY version", (st.stream_id, key)):
+            known = _add_version(known, v)
+        st.keys[key] = known
+        return known
+
+    def _load_all_keys(self, st: _StreamState) -> None:
+        """Make ``st.keys`` complete: one pass over the stream's rows in the index file.
+
+        Keys already known are kept (they are complete and may hold versions the file
+        does not have yet); every other key has all its versions in the file.
+        """
+        keys = st.keys
+        loaded: Dict[Any, Any] = {}
+        with self.db_lock:
+            cur = self.db.execute("SELECT key, version FROM events WHERE stream=?"
+                                  " ORDER BY key, version", (st.stream_id,))
+            for k, v in cur:
+                loaded[k] = _add_version(loaded.get(k), v)
+        loaded.update(keys)
+        st.keys = loaded
+        st.complete = True
 
     def _buffer(self, st: _StreamState, offset: int, rows: List[Tuple[Any, int, int]],
                 tracking: Optional[Tracking]) -> None:
-        """Account for one more record of the stream; its index rows go to the buffers."""
+        """Account for one more record of the stream, in memory; its rows are buffered."""
         sid, first = st.stream_id, st.next_id
         if rows:
             self._buf_events.extend([(sid, k, v, offset, first + i, pos)
                                      for i, (k, v, pos) in enumerate(rows)])
-            self._buf_keys.update([(sid, k, v) for k, v, _ in rows])
             self._buf_recs.append((sid, first, offset))
+            keys = st.keys
+            for k, v, _ in rows:
+                keys[k] = _add_version(keys.get(k), v)
         if tracking is not None:
-            self._buf_tracking[(sid, tracking.application_name)] = tracking.notification_id
+            key = (sid, tracking.application_name)
+            self._buf_tracking[key] = self._tracking[key] = tracking.notification_id
         st.next_id += len(rows)
         st.rows += len(rows)
         st.indexed = offset + 1
         self._buf_records += 1
-        self._pending += 1
-
-    def maybe_commit(self) -> None:
-        if self._buf_records >= _FLUSH_RECORDS:
-            self.flush()
-        if self._pending >= _COMMIT_RECORDS or (
-                self._pending and time.monotonic() - self._last_commit >= _COMMIT_SECONDS):
-            self.commit()
+        self._dirty.add(sid)
 
     def _tracking_id(self, sid: int, app: str) -> Optional[int]:
-        nid = self._buf_tracking.get((sid, app))
-        if nid is not None:
-            return nid
-        row = self.db.execute("SELECT id FROM tracking WHERE stream=? AND app=?",
-                              (sid, app)).fetchone()
-        return None if row is None else int(row[0])
+        key = (sid, app)
+        nid = self._tracking.get(key, _MISSING)
+        if nid is _MISSING:
+            found = self._query("SELECT id FROM tracking WHERE stream=? AND app=?",
+                                (sid, app))
+            nid = self._tracking[key] = None if not found else int(found[0][0])
+        return cast(Optional[int], nid)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -633,25 +787,26 @@ class _Store:
                                    "(KIMBERLITE_READ_ONLY); it cannot record events")
         if not stored_events and tracking is None:
             return []
-        st = self.stream(sid)
+        st = self.streams.get(sid)
+        if st is None or st.error is not None:
+            st = self.stream(sid)
         first = st.next_id
         payload, positions = _encode(first, stored_events, tracking)  # DataError first
-        # Optimistic concurrency, checked before anything is written.
-        keys = [_key(s.originator_id) for s in stored_events]
-        by_key: Dict[Any, List[int]] = {}
-        for key, s in zip(keys, stored_events):
-            by_key.setdefault(key, []).append(s.originator_version)
-        for key, versions in by_key.items():
-            clash = len(set(versions)) < len(versions)
-            if not clash and self._buf_keys:
-                clash = any((sid, key, v) in self._buf_keys for v in versions)
-            if not clash:
-                lo, hi = min(versions), max(versions)
-                found = self.db.execute(
-                    "SELECT version FROM events WHERE stream=? AND key=? AND version"
-                    " BETWEEN ? AND ?", (sid, key, lo, hi)).fetchall()
-                clash = bool(found) and not {r[0] for r in found}.isdisjoint(versions)
+        # Optimistic concurrency, checked in memory before anything is written.
+        rows = [(_key(s.originator_id), s.originator_version, pos)
+                for s, pos in zip(stored_events, positions)]
+        keys = st.keys
+        seen: Optional[Set[Tuple[Any, int]]] = set() if len(rows) > 1 else None
+        for key, v, _ in rows:
+            known = keys.get(key, _MISSING)
+            if known is _MISSING:
+                known = self._versions(st, key)
+            clash = _has_version(known, v)
+            if seen is not None:
+                clash = clash or (key, v) in seen
+                seen.add((key, v))
             if clash:
+                versions = [r[1] for r in rows if r[0] == key]
                 raise IntegrityError(
                     f"stored event already recorded, or twice in one call: originator_id "
                     f"{key if isinstance(key, str) else UUID(bytes=key)}, versions "
@@ -669,12 +824,8 @@ class _Store:
         except (_kerr.StorageError, ValueError) as e:
             raise _mapped(e) from e
         # The record is stored: from here on nothing may report failure to the caller.
-        self._buffer(st, st.indexed, [(k, s.originator_version, pos) for k, s, pos
-                                      in zip(keys, stored_events, positions)], tracking)
-        try:
-            self.maybe_commit()
-        except (sqlite3.Error, _IndexMismatch) as e:  # the index only: rebuilt on next use
-            self._reset_index(e)
+        self._buffer(st, st.indexed, rows, tracking)
+        self._written_behind()
         if self.listeners:
             self.notify(sid)
         return list(range(first, first + len(stored_events)))
@@ -707,9 +858,11 @@ class _Store:
     def select_events(self, sid: int, originator_id: Any, gt: Optional[int],
                       lte: Optional[int], desc: bool, limit: Optional[int]
                       ) -> List[StoredEvent]:
-        self.stream(sid)
-        self.flush()
+        st = self.stream(sid)
         key = _key(originator_id)
+        if st.complete and key not in st.keys:
+            return []  # no such aggregate: no need to write the buffered rows first
+        self.flush()
         sql = "SELECT version, offset, pos FROM events WHERE stream=? AND key=?"
         params: List[Any] = [sid, key]
         if gt is not None:
@@ -722,7 +875,7 @@ class _Store:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        rows = self.db.execute(sql, params).fetchall()
+        rows = self._query(sql, params)
         payloads: Dict[int, bytes] = {}
         out = []
         for version, offset, pos in rows:
@@ -750,9 +903,9 @@ class _Store:
         last = st.next_id - 1 if stop is None else min(stop, st.next_id - 1)
         if first > last or limit <= 0:
             return []
-        row = self.db.execute("SELECT offset, first_id FROM recs WHERE stream=? AND"
-                              " first_id<=? ORDER BY first_id DESC LIMIT 1",
-                              (sid, first)).fetchone()
+        found = self._query("SELECT offset, first_id FROM recs WHERE stream=? AND"
+                            " first_id<=? ORDER BY first_id DESC LIMIT 1", (sid, first))
+        row = found[0] if found else None
         if row is None:
             raise _IndexMismatch(f"no record indexed for notification id {first}")
         offset, expect_first = row
@@ -841,13 +994,18 @@ class _Store:
             try:
                 if not self.read_only:
                     try:
-                        self.commit()
-                    except sqlite3.Error as e:
+                        self.flush()
+                    except (sqlite3.Error, _IndexMismatch, DatabaseError) as e:
                         _log.warning("kimberlite.eventsourcing index not saved: %s", e)
-                self.db.close()
+                with self.db_lock:
+                    self.db.close()
             finally:
                 with _engine_errors():
                     self.storage.close()
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            self._wake.set()
+            writer.join()
 
 
 # One store per data directory in a process: a directory has one writer (the engine's lock),
