@@ -139,8 +139,12 @@ def encode_record(first_id: int, stored_events: Sequence[StoredEvent],
 
 
 def _encode(first_id: int, stored_events: Sequence[StoredEvent],
-            tracking: Optional[Tracking]) -> Tuple[bytes, List[int]]:
-    """The record and the byte position of each event in it."""
+            tracking: Optional[Tracking], keys: bool = False) -> Tuple[bytes, List[Any]]:
+    """The record and the byte position of each event in it.
+
+    With ``keys``, ``(index key, version, position)`` of each event instead of the
+    position (what :func:`_scan_record` finds when it reads the record back).
+    """
     try:
         parts = [_HEAD.pack(_MAGIC, FORMAT_VERSION, _FLAG_TRACKING if tracking else 0, 0,
                             first_id, len(stored_events))]
@@ -149,27 +153,28 @@ def _encode(first_id: int, stored_events: Sequence[StoredEvent],
             name = tracking.application_name.encode("utf-8")
             parts += [_U32.pack(len(name)), name, _I64.pack(tracking.notification_id)]
             pos += 12 + len(name)
-        positions = []
+        out: List[Any] = []
         for s in stored_events:
-            positions.append(pos)
             oid = s.originator_id
+            version = s.originator_version
             if isinstance(oid, UUID):
-                head = _EV_UUID.pack(0, oid.bytes, s.originator_version)
-                parts.append(head)
+                key: Any = oid.bytes
+                head = _EV_UUID.pack(0, key, version)
             elif isinstance(oid, str):
                 b = oid.encode("utf-8")
-                head = b"".join((_EV_STR.pack(1, len(b)), b, _I64.pack(s.originator_version)))
-                parts.append(head)
+                head = b"".join((_EV_STR.pack(1, len(b)), b, _I64.pack(version)))
+                key = _key(oid) if keys else None
             else:
                 raise DataError(f"originator_id must be a UUID or a str, not "
                                 f"{type(oid).__name__}: {oid!r}")
+            out.append((key, version, pos) if keys else pos)
             topic = s.topic.encode("utf-8")
             state = s.state if type(s.state) is bytes else bytes(s.state)
-            parts += [_U32.pack(len(topic)), topic, _U32.pack(len(state)), state]
+            parts += [head, _U32.pack(len(topic)), topic, _U32.pack(len(state)), state]
             pos += len(head) + 8 + len(topic) + len(state)
     except (struct.error, AttributeError, TypeError, UnicodeError) as e:
         raise DataError(f"cannot encode stored events for kimberlite: {e}") from e
-    return b"".join(parts), positions
+    return b"".join(parts), out
 
 
 def _header(payload: bytes) -> Tuple[int, Optional[Tracking], int, int]:
@@ -307,8 +312,31 @@ def _engine_errors() -> Iterator[None]:
         raise _mapped(e) from e
 
 
-def _row_order(row: Tuple[int, Any, int, int, int, int]) -> Tuple[int, bool, Any, int]:
+def _row_order(row: Tuple[Any, ...]) -> Tuple[int, bool, Any, int]:
     return row[0], isinstance(row[1], str), row[1], row[2]
+
+
+def _by_version(event: StoredEvent) -> int:
+    return event.originator_version
+
+
+def _table_rows(sid: int, offset: int, evrows: List[Tuple[Any, int, int]]
+                ) -> List[Tuple[Any, ...]]:
+    """The index rows of one record: one per aggregate, ``(stream, key, last version,
+    first version, event count, record offset, byte position of its first event)``."""
+    if len(evrows) == 1:
+        k, v, pos = evrows[0]
+        return [(sid, k, v, v, 1, offset, pos)]
+    groups: Dict[Any, List[int]] = {}
+    for k, v, pos in evrows:
+        g = groups.get(k)
+        if g is None:
+            groups[k] = [v, v, 1, pos]
+        else:
+            g[0] = max(g[0], v)
+            g[1] = min(g[1], v)
+            g[2] += 1
+    return [(sid, k, g[0], g[1], g[2], offset, g[3]) for k, g in groups.items()]
 
 
 class _IndexMismatch(Exception):
@@ -317,12 +345,14 @@ class _IndexMismatch(Exception):
 
 # ---- the store: one Storage, one index, one lock -----------------------------------------
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (stream INTEGER PRIMARY KEY, next_offset INTEGER,"
     " head BLOB, next_id INTEGER, rows INTEGER)",
-    "CREATE TABLE IF NOT EXISTS events (stream INTEGER, key, version INTEGER,"
-    " offset INTEGER, id INTEGER, pos INTEGER, PRIMARY KEY (stream, key, version))"
+    # One row per aggregate per record (see _table_rows): 1 B-tree insert per call of
+    # one aggregate, however many events it has.
+    "CREATE TABLE IF NOT EXISTS events (stream INTEGER, key, last INTEGER, first INTEGER,"
+    " count INTEGER, offset INTEGER, pos INTEGER, PRIMARY KEY (stream, key, last))"
     " WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS recs (stream INTEGER, first_id INTEGER, offset INTEGER,"
     " PRIMARY KEY (stream, first_id)) WITHOUT ROWID",
@@ -333,6 +363,7 @@ _FLUSH_RECORDS = 1000  # the index writer wakes when this many records are buffe
 _COMMIT_SECONDS = 1.0  # ... or this long after its last write, and on close
 _CATCH_UP_RECORDS = 20000  # opening a stream writes its new tail in steps of this many
 _LOAD_ALL_MISSES = 256  # after this many lookups of unknown keys, load all keys at once
+_DB_CACHE_KIB = 16 * 1024  # SQLite page cache of the writer: random B-tree inserts
 _READ_CHUNK = 64 * 1024
 _CACHE_BYTES = 8 << 20  # payloads of records read by select_events, least recently used out
 
@@ -410,7 +441,7 @@ class _Store:
         self._wake = threading.Event()
         # Rows of new records, not yet in the index file (written behind, in one
         # transaction with the watermark of the streams they belong to).
-        self._buf_events: List[Tuple[int, Any, int, int, int, int]] = []
+        self._buf_events: List[Tuple[Any, ...]] = []
         self._buf_recs: List[Tuple[int, int, int]] = []
         self._buf_tracking: Dict[Tuple[int, str], int] = {}
         self._buf_records = 0
@@ -457,6 +488,7 @@ class _Store:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(f"PRAGMA cache_size=-{_DB_CACHE_KIB}")
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version not in (0, _SCHEMA_VERSION):
                     raise sqlite3.DatabaseError(f"schema version {version}, expected "
@@ -468,6 +500,7 @@ class _Store:
                 db = self._connect(self.index_path)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(f"PRAGMA cache_size=-{_DB_CACHE_KIB}")
         for stmt in _SCHEMA:
             db.execute(stmt)
         db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
@@ -571,8 +604,11 @@ class _Store:
         db.execute("BEGIN")
         try:
             # In key order, a batch of B-tree inserts touches each page once, not at random.
-            events.sort(key=_row_order)
-            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", events)
+            try:
+                events.sort()
+            except TypeError:  # UUID and text keys: bytes and str do not compare
+                events.sort(key=_row_order)
+            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?)", events)
             db.executemany("INSERT INTO recs VALUES (?,?,?)", recs)
             db.executemany("INSERT OR REPLACE INTO tracking VALUES (?,?,?)",
                            [(sid, app, nid) for (sid, app), nid in tracking.items()])
@@ -709,7 +745,8 @@ class _Store:
                     if _has_version(self._versions(st, k), v):
                         raise _IndexMismatch(f"record {rec.offset} of stream "
                                              f"{st.stream_id} repeats an indexed event")
-                self._buffer(st, rec.offset, rows, tracking)
+                assert rec.offset == st.indexed
+                self._add_rows(st, rows, tracking)
                 if self._buf_records >= _CATCH_UP_RECORDS:
                     self.flush()
         self._written_behind()
@@ -726,10 +763,32 @@ class _Store:
             self._load_all_keys(st)
             return st.keys.get(key)
         known = None
-        for (v,) in self._query("SELECT version FROM events WHERE stream=? AND key=?"
-                                " ORDER BY version", (st.stream_id, key)):
-            known = _add_version(known, v)
+        for row in self._query("SELECT last, first, count, offset FROM events"
+                               " WHERE stream=? AND key=? ORDER BY last",
+                               (st.stream_id, key)):
+            known = self._add_row_versions(st, key, known, *row)
         st.keys[key] = known
+        return known
+
+    def _add_row_versions(self, st: _StreamState, key: Any, known: Any, last: int,
+                          first: int, count: int, offset: int) -> Any:
+        """``known`` with the versions of one row of the index file added."""
+        if count == last - first + 1:  # contiguous: no need to read the record
+            if known is None and first == 1:
+                return last
+            if type(known) is int and first == known + 1:
+                return last
+            versions: Sequence[int] = range(first, last + 1)
+        else:
+            try:
+                rows = _scan_record(self._read_payload(st.stream_id, offset))[2]
+            except DataError as e:
+                raise _IndexMismatch(f"record {offset} of stream {st.stream_id}: {e}") from e
+            versions = [v for k, v, _ in rows if k == key]
+            if len(versions) != count or min(versions) != first or max(versions) != last:
+                raise _IndexMismatch(f"record {offset} does not hold the indexed events")
+        for v in versions:
+            known = _add_version(known, v)
         return known
 
     def _load_all_keys(self, st: _StreamState) -> None:
@@ -741,31 +800,40 @@ class _Store:
         keys = st.keys
         loaded: Dict[Any, Any] = {}
         with self.db_lock:
-            cur = self.db.execute("SELECT key, version FROM events WHERE stream=?"
-                                  " ORDER BY key, version", (st.stream_id,))
-            for k, v in cur:
-                loaded[k] = _add_version(loaded.get(k), v)
+            rows = self.db.execute("SELECT key, last, first, count, offset FROM events"
+                                   " WHERE stream=? ORDER BY key, last",
+                                   (st.stream_id,)).fetchall()
+        for k, last, first, count, offset in rows:
+            if k not in keys:
+                loaded[k] = self._add_row_versions(st, k, loaded.get(k), last, first, count,
+                                                   offset)
         loaded.update(keys)
         st.keys = loaded
         st.complete = True
 
-    def _buffer(self, st: _StreamState, offset: int, rows: List[Tuple[Any, int, int]],
-                tracking: Optional[Tracking]) -> None:
-        """Account for one more record of the stream, in memory; its rows are buffered."""
-        sid, first = st.stream_id, st.next_id
+    def _add_rows(self, st: _StreamState, rows: List[Tuple[Any, int, int]],
+                  tracking: Optional[Tracking]) -> None:
+        """Account for record ``st.indexed`` in memory (``rows``: its events' keys,
+        versions and positions); its index rows are buffered for the writer."""
+        sid = st.stream_id
         if rows:
-            self._buf_events.extend([(sid, k, v, offset, first + i, pos)
-                                     for i, (k, v, pos) in enumerate(rows)])
-            self._buf_recs.append((sid, first, offset))
+            self._buf_events += _table_rows(sid, st.indexed, rows)
+            self._buf_recs.append((sid, st.next_id, st.indexed))
             keys = st.keys
             for k, v, _ in rows:
-                keys[k] = _add_version(keys.get(k), v)
+                known = keys.get(k)
+                if known is None and v == 1:
+                    keys[k] = 1
+                elif type(known) is int and v == known + 1:
+                    keys[k] = v
+                else:
+                    keys[k] = _add_version(known, v)
+            st.next_id += len(rows)
+            st.rows += len(rows)
         if tracking is not None:
             key = (sid, tracking.application_name)
             self._buf_tracking[key] = self._tracking[key] = tracking.notification_id
-        st.next_id += len(rows)
-        st.rows += len(rows)
-        st.indexed = offset + 1
+        st.indexed += 1
         self._buf_records += 1
         self._dirty.add(sid)
 
@@ -790,18 +858,18 @@ class _Store:
         st = self.streams.get(sid)
         if st is None or st.error is not None:
             st = self.stream(sid)
-        first = st.next_id
-        payload, positions = _encode(first, stored_events, tracking)  # DataError first
+        first, offset = st.next_id, st.indexed
+        # Encoding checks the values (DataError first) and yields the index rows.
+        payload, rows = _encode(first, stored_events, tracking, True)
         # Optimistic concurrency, checked in memory before anything is written.
-        rows = [(_key(s.originator_id), s.originator_version, pos)
-                for s, pos in zip(stored_events, positions)]
         keys = st.keys
         seen: Optional[Set[Tuple[Any, int]]] = set() if len(rows) > 1 else None
         for key, v, _ in rows:
             known = keys.get(key, _MISSING)
             if known is _MISSING:
                 known = self._versions(st, key)
-            clash = _has_version(known, v)
+            clash = known is not None and (1 <= v <= known if type(known) is int
+                                           else v in known)
             if seen is not None:
                 clash = clash or (key, v) in seen
                 seen.add((key, v))
@@ -819,13 +887,14 @@ class _Store:
                     f"{tracking.application_name!r} is not greater than the recorded "
                     f"{recorded}; nothing of this call was written")
         try:
-            self.storage.append_batch(sid, [payload], expected_offset=st.indexed,
+            self.storage.append_batch(sid, [payload], expected_offset=offset,
                                       fsync=self.fsync)
         except (_kerr.StorageError, ValueError) as e:
             raise _mapped(e) from e
         # The record is stored: from here on nothing may report failure to the caller.
-        self._buffer(st, st.indexed, rows, tracking)
-        self._written_behind()
+        self._add_rows(st, rows, tracking)
+        if self._buf_records >= _FLUSH_RECORDS or self._writer is None:
+            self._written_behind()
         if self.listeners:
             self.notify(sid)
         return list(range(first, first + len(stored_events)))
@@ -862,35 +931,57 @@ class _Store:
         key = _key(originator_id)
         if st.complete and key not in st.keys:
             return []  # no such aggregate: no need to write the buffered rows first
+        if limit is not None and limit == 0:
+            return []
+        if limit is not None and limit < 0:
+            limit = None  # as SQL's LIMIT -1, which the index used to pass on
         self.flush()
-        sql = "SELECT version, offset, pos FROM events WHERE stream=? AND key=?"
+        # Rows whose version range meets (gt, lte], in the order events are returned:
+        # every row after the current one holds versions beyond its bound (`first` going
+        # up, or `last` going down), which says when `limit` events are certainly found.
+        sql = "SELECT first, last, count, offset, pos FROM events WHERE stream=? AND key=?"
         params: List[Any] = [sid, key]
         if gt is not None:
-            sql += " AND version>?"
+            sql += " AND last>?"
             params.append(gt)
         if lte is not None:
-            sql += " AND version<=?"
+            sql += " AND first<=?"
             params.append(lte)
-        sql += " ORDER BY version DESC" if desc else " ORDER BY version"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        rows = self._query(sql, params)
-        payloads: Dict[int, bytes] = {}
-        out = []
-        for version, offset, pos in rows:
-            payload = payloads.get(offset)
-            if payload is None:
-                payload = payloads[offset] = self._read_payload(sid, offset)
-            try:
-                ev = _event_at(payload, pos)[0]
-            except (DataError, struct.error, IndexError, UnicodeError, ValueError) as e:
-                raise _IndexMismatch(f"no event at byte {pos} of record {offset}: {e}"
-                                     ) from e
-            if ev.originator_version != version or _key(ev.originator_id) != key:
-                raise _IndexMismatch(f"record {offset} does not hold the indexed event")
-            out.append(ev)
-        return out
+        sql += " ORDER BY last DESC" if desc else " ORDER BY first"
+        out: List[StoredEvent] = []
+        for first, last, count, offset, pos in self._query(sql, params):
+            if limit is not None and len(out) >= limit:
+                out.sort(key=_by_version, reverse=desc)
+                edge = out[limit - 1].originator_version
+                if (edge > last) if desc else (edge < first):
+                    break
+            out += self._events_of(sid, key, first, last, count, offset, pos, gt, lte)
+        out.sort(key=_by_version, reverse=desc)
+        return out if limit is None else out[:limit]
+
+    def _events_of(self, sid: int, key: Any, first: int, last: int, count: int,
+                   offset: int, pos: int, gt: Optional[int], lte: Optional[int]
+                   ) -> List[StoredEvent]:
+        """The events of one index row, confirmed against the record, within (gt, lte]."""
+        payload = self._read_payload(sid, offset)
+        found = []
+        try:
+            head = True
+            while pos < len(payload):
+                ev, pos = _event_at(payload, pos)
+                if _key(ev.originator_id) == key:
+                    found.append(ev)
+                elif head:
+                    break
+                head = False
+        except (DataError, struct.error, IndexError, UnicodeError, ValueError) as e:
+            raise _IndexMismatch(f"no event at byte {pos} of record {offset}: {e}") from e
+        versions = [e.originator_version for e in found]
+        if (len(found) != count or min(versions, default=None) != first
+                or max(versions, default=None) != last):
+            raise _IndexMismatch(f"record {offset} does not hold the indexed events")
+        return [e for e in found if (gt is None or e.originator_version > gt)
+                and (lte is None or e.originator_version <= lte)]
 
     def select_notifications(self, sid: int, start: Optional[int], limit: int,
                              stop: Optional[int], topics: Sequence[str],
@@ -1002,10 +1093,9 @@ class _Store:
             finally:
                 with _engine_errors():
                     self.storage.close()
-        writer = self._writer
-        if writer is not None and writer is not threading.current_thread():
-            self._wake.set()
-            writer.join()
+        # The writer thread sees `closed` and ends (not joined: close() may run inside a
+        # call of this thread that holds the lock, e.g. from a factory's __del__).
+        self._wake.set()
 
 
 # One store per data directory in a process: a directory has one writer (the engine's lock),
