@@ -418,9 +418,8 @@ _MISSING = object()
 class _Store:
     """A data directory (or a MemoryStorage) with its index, shared by the recorders.
 
-    Locks: ``lock`` (an RLock) serialises the recorders' calls; ``db_lock`` guards the
-    SQLite connection, which the index writer thread also uses. Always take ``lock``
-    before ``db_lock``, never the other way round.
+    ``lock`` (an RLock) serialises the recorders' calls and every use of the SQLite
+    connection.
     """
 
     def __init__(self, path: str, *, read_only: bool, fsync: bool,
@@ -431,14 +430,12 @@ class _Store:
         self.fsync = fsync
         self.poll_interval = poll_interval
         self.lock = threading.RLock()
-        self.db_lock = threading.Lock()
         self.refs = 0
         self.closed = False
         self.streams: Dict[int, _StreamState] = {}
         self.listeners: Dict[Event, int] = {}
         self._poller: Optional[threading.Thread] = None
-        self._writer: Optional[threading.Thread] = None
-        self._wake = threading.Event()
+        self._last_write = time.monotonic()
         # Rows of new records, not yet in the index file (written behind, in one
         # transaction with the watermark of the streams they belong to).
         self._buf_events: List[Tuple[Any, ...]] = []
@@ -522,7 +519,7 @@ class _Store:
         """Throw the whole index away (it is a cache) and start again from the records."""
         _log.warning("kimberlite.eventsourcing index of %s dropped and rebuilt: %s",
                      self.path, why)
-        with self.lock, self.db_lock:
+        with self.lock:
             try:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
@@ -557,9 +554,8 @@ class _Store:
                 raise DatabaseError(f"kimberlite index keeps failing: {e}") from e
 
     def _query(self, sql: str, params: Sequence[Any]) -> List[Any]:
-        """One read of the index file (the caller holds ``lock``)."""
-        with self.db_lock:
-            return self.db.execute(sql, params).fetchall()
+        """One read of the index file (caller: ``lock``)."""
+        return self.db.execute(sql, params).fetchall()
 
     def _clear_buffers(self) -> None:
         self._buf_events = []
@@ -598,7 +594,7 @@ class _Store:
         return batch
 
     def _write(self, batch: Tuple[Any, ...]) -> None:
-        """Write one batch and its watermarks in one transaction (caller: ``db_lock``)."""
+        """Write one batch and its watermarks in one transaction (caller: ``lock``)."""
         events, recs, tracking, metas = batch
         db = self.db
         db.execute("BEGIN")
@@ -624,53 +620,22 @@ class _Store:
     def flush(self) -> None:
         """Write everything buffered into the index file now (caller: ``lock``)."""
         batch = self._take()
+        self._last_write = time.monotonic()
         if batch is not None:
-            with self.db_lock:
-                self._write(batch)
+            self._write(batch)
 
     commit = flush
 
-    def _writer_loop(self) -> None:
-        """The index writer: rows are written behind the appends, off the insert path.
-
-        SQLite releases the GIL while it works, so on a machine with a spare core the
-        index costs inserts little more than the bookkeeping in memory.
-        """
-        while True:
-            self._wake.wait(_COMMIT_SECONDS)
-            self._wake.clear()
-            with self.lock:
-                if self.closed:
-                    return
-                try:
-                    batch = self._take()
-                except DatabaseError as e:  # the store itself failed: the next call says so
-                    _log.warning("kimberlite.eventsourcing index not written: %s", e)
-                    continue
-                if batch is None:
-                    continue
-                self.db_lock.acquire()  # before `lock` is released: batches stay in order
-            try:
-                self._write(batch)
-            except (sqlite3.Error, _IndexMismatch) as e:
-                self.db_lock.release()
-                try:
-                    with self.lock:
-                        if not self.closed:
-                            self._reset_index(e)
-                except Exception as e2:  # pragma: no cover - rebuilt on next use instead
-                    _log.warning("kimberlite.eventsourcing index not reset: %s", e2)
-            else:
-                self.db_lock.release()
-
     def _written_behind(self) -> None:
-        """Rows were buffered: let the writer thread know when there are enough."""
-        if self._writer is None and not self.read_only:
-            self._writer = threading.Thread(target=self._writer_loop, daemon=True,
-                                            name=f"kimberlite-index {self.path}")
-            self._writer.start()
-        if self._buf_records >= _FLUSH_RECORDS:
-            self._wake.set()
+        """Rows were buffered: write them when there are enough, or a second has passed.
+
+        Synchronously, under the lock: a writer thread was tried and measured no faster
+        (SQLite's B-tree inserts need the CPU the appends use, and the thread's GIL
+        hand-offs cost the insert path more than they saved; docs/EVENTSOURCING.md).
+        """
+        if self._buf_records >= _FLUSH_RECORDS or (
+                time.monotonic() - self._last_write >= _COMMIT_SECONDS):
+            self.flush()
 
     def _check_open(self) -> None:
         if self.closed:
@@ -712,11 +677,10 @@ class _Store:
                 _log.warning("kimberlite.eventsourcing index of stream %d in %s is stale "
                              "(%s); rebuilding it", sid, self.path, why)
         if st is None:
-            with self.db_lock:
-                self.db.execute("BEGIN")
-                for table in ("meta", "events", "recs", "tracking"):
-                    self.db.execute(f"DELETE FROM {table} WHERE stream=?", (sid,))
-                self.db.execute("COMMIT")
+            self.db.execute("BEGIN")
+            for table in ("meta", "events", "recs", "tracking"):
+                self.db.execute(f"DELETE FROM {table} WHERE stream=?", (sid,))
+            self.db.execute("COMMIT")
             st = _StreamState(sid, 0, 1, 0, complete=True)
         self.streams[sid] = st
         self._catch_up(st)
@@ -799,10 +763,9 @@ class _Store:
         """
         keys = st.keys
         loaded: Dict[Any, Any] = {}
-        with self.db_lock:
-            rows = self.db.execute("SELECT key, last, first, count, offset FROM events"
-                                   " WHERE stream=? ORDER BY key, last",
-                                   (st.stream_id,)).fetchall()
+        rows = self.db.execute("SELECT key, last, first, count, offset FROM events"
+                               " WHERE stream=? ORDER BY key, last",
+                               (st.stream_id,)).fetchall()
         for k, last, first, count, offset in rows:
             if k not in keys:
                 loaded[k] = self._add_row_versions(st, k, loaded.get(k), last, first, count,
@@ -893,8 +856,7 @@ class _Store:
             raise _mapped(e) from e
         # The record is stored: from here on nothing may report failure to the caller.
         self._add_rows(st, rows, tracking)
-        if self._buf_records >= _FLUSH_RECORDS or self._writer is None:
-            self._written_behind()
+        self._written_behind()
         if self.listeners:
             self.notify(sid)
         return list(range(first, first + len(stored_events)))
@@ -1088,14 +1050,10 @@ class _Store:
                         self.flush()
                     except (sqlite3.Error, _IndexMismatch, DatabaseError) as e:
                         _log.warning("kimberlite.eventsourcing index not saved: %s", e)
-                with self.db_lock:
-                    self.db.close()
+                self.db.close()
             finally:
                 with _engine_errors():
                     self.storage.close()
-        # The writer thread sees `closed` and ends (not joined: close() may run inside a
-        # call of this thread that holds the lock, e.g. from a factory's __del__).
-        self._wake.set()
 
 
 # One store per data directory in a process: a directory has one writer (the engine's lock),

@@ -1,7 +1,7 @@
 """kimberlite.eventsourcing's in-memory view and its index written behind: duplicate checks
 and select_events agree with a plain model for any versions (irregular ones included),
 before and after a reopen, on the slow path (keys looked up in the index file) and after
-all keys are loaded; the writer thread never commits rows beyond its watermark."""
+all keys are loaded; the index file never holds rows beyond its watermark."""
 
 from __future__ import annotations
 
@@ -120,8 +120,8 @@ def test_reopened_store_loads_all_keys_after_enough_lookups(tmp_path, monkeypatc
     f.close()
 
 
-def test_the_writer_thread_commits_rows_with_their_watermark(tmp_path):
-    # Read the index file from another connection while the writer works behind the
+def test_rows_are_written_behind_with_their_watermark(tmp_path):
+    # Read the index file from another connection while rows are written behind the
     # inserts: every committed state covers exactly the records below its watermark.
     path = tmp_path / "d"
     f = factory(path)
@@ -132,7 +132,7 @@ def test_the_writer_thread_commits_rows_with_their_watermark(tmp_path):
     for i in range(3 * kes._FLUSH_RECORDS):
         rec.insert_events([ev(uuid.uuid4(), 1), ev(uuid.uuid4(), 1)])
         if i % 250 == 0 or i == 3 * kes._FLUSH_RECORDS - 1:
-            while True:  # the last check waits for the writer to catch up
+            while True:  # the last check waits for the index to be written
                 db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
                 try:
                     db.execute("BEGIN")
@@ -150,7 +150,7 @@ def test_the_writer_thread_commits_rows_with_their_watermark(tmp_path):
                     seen.add(meta[0])
                 if i < 3 * kes._FLUSH_RECORDS - 1 or (meta and meta[0] >= 2000):
                     break
-                assert time.monotonic() < deadline, "the index writer never caught up"
+                assert time.monotonic() < deadline, "the index was never written"
                 time.sleep(0.05)
     assert len(seen) >= 2  # written behind, in several transactions, before close
     f.close()
