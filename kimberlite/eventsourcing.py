@@ -33,12 +33,14 @@ Design (docs/EVENTSOURCING.md has the whole story):
   event (1 + all events before it); inserts are serialised by one lock per store, and the
   lock is held until the index knows the new ids, so a reader never passes over an id that
   appears later. A read-only store in another process sees whole records only.
-* **Optimistic concurrency**: ``(originator_id, originator_version)`` is the primary key of
-  the index; a duplicate, in the store or inside one call, raises ``IntegrityError`` before
-  anything is written.
-* **The index** (originator id -> versions -> record offset and notification id; first
-  notification id -> record offset; tracking ids) is a SQLite file in
-  ``KIMBERLITE_PATH/eventsourcing/`` (a directory the engine ignores). It is a cache like
+* **Optimistic concurrency**: a duplicate ``(originator_id, originator_version)``, in the
+  store or inside one call, raises ``IntegrityError`` before anything is written. The check
+  is made in memory (per stream: each originator's versions, each application's tracking
+  id), filled as records are indexed and, after a reopen, from the index file on demand.
+* **The index** (originator id -> one row per record holding its events: version range,
+  count, record offset, byte position; first notification id -> record offset; tracking
+  ids) is a SQLite file in ``KIMBERLITE_PATH/eventsourcing/`` (a directory the engine
+  ignores), written behind the appends in batches. It is a cache like
   ``.idx``: it stores, per stream, the offset it has indexed up to and the chain hash of the
   record before it; on open these are checked against the records, a tail of newer records
   is indexed incrementally, and a missing, stale, truncated or corrupt index is rebuilt from
@@ -856,7 +858,10 @@ class _Store:
             raise _mapped(e) from e
         # The record is stored: from here on nothing may report failure to the caller.
         self._add_rows(st, rows, tracking)
-        self._written_behind()
+        try:
+            self._written_behind()
+        except (sqlite3.Error, _IndexMismatch, DatabaseError) as e:
+            self._reset_index(e)  # the index only: rebuilt from the records on next use
         if self.listeners:
             self.notify(sid)
         return list(range(first, first + len(stored_events)))

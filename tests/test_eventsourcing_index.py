@@ -154,3 +154,28 @@ def test_rows_are_written_behind_with_their_watermark(tmp_path):
                 time.sleep(0.05)
     assert len(seen) >= 2  # written behind, in several transactions, before close
     f.close()
+
+
+def test_an_index_write_failing_after_the_append_still_reports_success(tmp_path,
+                                                                      monkeypatch, caplog):
+    # The record is stored before the index is written: a failing index write must not
+    # turn a stored call into an error; the index is rebuilt from the records instead.
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    a = uuid.uuid4()
+    assert rec.insert_events([ev(a, 1)]) == [1]
+    real = kes._Store._write
+
+    def failing(self, batch):
+        raise sqlite3.OperationalError("disk I/O error (injected)")
+
+    monkeypatch.setattr(kes._Store, "_write", failing)
+    monkeypatch.setattr(kes, "_FLUSH_RECORDS", 1)
+    assert rec.insert_events([ev(a, 2)]) == [2]
+    assert any("injected" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(kes._Store, "_write", real)
+    assert [e.originator_version for e in rec.select_events(a)] == [1, 2]
+    with pytest.raises(IntegrityError):
+        rec.insert_events([ev(a, 2)])
+    assert rec.insert_events([ev(a, 3)]) == [3]
+    f.close()
