@@ -9,7 +9,8 @@ Rows (median of --repeat runs, each in a fresh directory):
   WAL mode with its default ``synchronous``), and without a sync per call for kimberlite
   (``fsync=n``: survives a killed process, not a power cut);
 - "no index": kimberlite's encoding and ``append_batch`` alone (what ``insert_events`` does
-  minus the index), the baseline for the index's cost on appends;
+  minus the index), the baseline for the index's cost on appends; both timings include
+  closing the store, so the index rows written behind the inserts are counted;
 - select_events: events per second reading whole aggregates of 10 events, in random order;
 - select_notifications: events per second reading the application sequence in pages of 500;
 - reopen + select: milliseconds to construct the factory and the application recorder on a
@@ -63,8 +64,8 @@ def bench_insert(kind, per_call, calls, fsync=True):
         t = time.perf_counter()
         for b in batches:
             rec.insert_events(b)
+        f.close()  # the index rows still buffered are written here: part of the cost
         dt = time.perf_counter() - t
-        f.close()
         return calls * per_call / dt
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -81,8 +82,8 @@ def bench_no_index(per_call, calls, fsync):
         for b in batches:
             s.append_batch(1, [encode_record(next_id, b)], fsync=fsync)
             next_id += len(b)
-        dt = time.perf_counter() - t
         s.close()
+        dt = time.perf_counter() - t
         return calls * per_call / dt
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -128,8 +129,41 @@ def build_big(kind, tmp, events):
         if i == events // 2:
             probe = batch[0].originator_id
         rec.insert_events(batch)
+    if kind == "kimberlite":
+        keys, size = index_memory(f.store)
+        print(f"  kimberlite: in-process index after writing {events:,} events: "
+              f"{keys:,} keys, {size / 1e6:.1f} MB", flush=True)
     f.close()
     return probe
+
+
+def keys_memory(keys):
+    """Bytes held by a stream's in-memory key map (dict, keys, version sets)."""
+    total = sys.getsizeof(keys)
+    for k, v in keys.items():
+        total += sys.getsizeof(k) + (0 if type(v) is int and v <= 256 else sys.getsizeof(v))
+    return total
+
+
+def index_memory(store):
+    """(keys known, bytes) of kimberlite.eventsourcing's in-process index of a store."""
+    keys = sum(len(st.keys) for st in store.streams.values())
+    size = sum(keys_memory(st.keys) for st in store.streams.values())
+    return keys, size + sys.getsizeof(store._tracking)
+
+
+def bench_after_reopen(tmp, inserts=300):
+    """ms for the first `inserts` calls after a reopen (the key map is loaded on the way)."""
+    f, rec = make("kimberlite", tmp, fsync=False)
+    rec.max_notification_id()
+    batches = [events_of(uuid.uuid4(), 1) for _ in range(inserts)]
+    t = time.perf_counter()
+    for b in batches:
+        rec.insert_events(b)
+    ms = (time.perf_counter() - t) * 1000
+    keys, size = index_memory(f.store)
+    f.close()
+    return ms, keys, size
 
 
 def bench_reopen(kind, tmp, probe, repeat):
@@ -168,8 +202,9 @@ def main():
         # (the ratio is the median of the per-repeat ratios).
         durable = [(bench_insert("kimberlite", per, calls), bench_no_index(per, calls, True),
                     bench_insert("sqlite", per, calls)) for _ in range(r)]
-        fast = [(bench_insert("kimberlite", per, calls * 5, fsync=False),
-                 bench_no_index(per, calls * 5, False)) for _ in range(r)]
+        # Enough calls that the index writer runs several times (every 1,000 records).
+        fast = [(bench_insert("kimberlite", per, calls * 25, fsync=False),
+                 bench_no_index(per, calls * 25, False)) for _ in range(r)]
         row(f"insert {per}/call, durable (events/s)", f"{med(d[0] for d in durable):,.0f}",
             f"{med(d[2] for d in durable):,.0f}")
         row("  no index, durable (events/s; ratio)",
@@ -195,6 +230,11 @@ def main():
             probe = build_big(kind, tmp, args.events)
             build = time.perf_counter() - t
             ms = bench_reopen(kind, tmp, probe, max(r, 5))
+            if kind == "kimberlite":
+                first, keys, size = bench_after_reopen(tmp)
+                print(f"  kimberlite: first 300 inserts after reopening: {first:.0f} ms "
+                      f"(all keys loaded on the way: {keys:,} keys, {size / 1e6:.1f} MB)",
+                      flush=True)
             size = sum(os.path.getsize(os.path.join(d, x))
                        for d, _, fs in os.walk(tmp) for x in fs) / 1e6
             print(f"  {kind}: built {args.events:,} events in {build:.1f} s, {size:.0f} MB",
@@ -204,6 +244,11 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
     if "reopen" not in parts:
         return
+    # The worst case for memory: one event per aggregate (the same structure, filled here).
+    synthetic = {uuid.uuid4().bytes: 1 for _ in range(args.events)}
+    print(f"  in-process key map for {args.events:,} aggregates of 1 event: "
+          f"{keys_memory(synthetic) / 1e6:.1f} MB", flush=True)
+    del synthetic
     k_ms = [ms for kind, *rest in rows if kind == "kimberlite" for ms in rest]
     s_ms = [ms for kind, *rest in rows if kind == "sqlite" for ms in rest]
     print(f"{'reopen + select one aggregate, ' + format(args.events, ',') + ' events (ms)':<44}"

@@ -33,12 +33,14 @@ Design (docs/EVENTSOURCING.md has the whole story):
   event (1 + all events before it); inserts are serialised by one lock per store, and the
   lock is held until the index knows the new ids, so a reader never passes over an id that
   appears later. A read-only store in another process sees whole records only.
-* **Optimistic concurrency**: ``(originator_id, originator_version)`` is the primary key of
-  the index; a duplicate, in the store or inside one call, raises ``IntegrityError`` before
-  anything is written.
-* **The index** (originator id -> versions -> record offset and notification id; first
-  notification id -> record offset; tracking ids) is a SQLite file in
-  ``KIMBERLITE_PATH/eventsourcing/`` (a directory the engine ignores). It is a cache like
+* **Optimistic concurrency**: a duplicate ``(originator_id, originator_version)``, in the
+  store or inside one call, raises ``IntegrityError`` before anything is written. The check
+  is made in memory (per stream: each originator's versions, each application's tracking
+  id), filled as records are indexed and, after a reopen, from the index file on demand.
+* **The index** (originator id -> one row per record holding its events: version range,
+  count, record offset, byte position; first notification id -> record offset; tracking
+  ids) is a SQLite file in ``KIMBERLITE_PATH/eventsourcing/`` (a directory the engine
+  ignores), written behind the appends in batches. It is a cache like
   ``.idx``: it stores, per stream, the offset it has indexed up to and the chain hash of the
   record before it; on open these are checked against the records, a tail of newer records
   is indexed incrementally, and a missing, stale, truncated or corrupt index is rebuilt from
@@ -139,8 +141,12 @@ def encode_record(first_id: int, stored_events: Sequence[StoredEvent],
 
 
 def _encode(first_id: int, stored_events: Sequence[StoredEvent],
-            tracking: Optional[Tracking]) -> Tuple[bytes, List[int]]:
-    """The record and the byte position of each event in it."""
+            tracking: Optional[Tracking], keys: bool = False) -> Tuple[bytes, List[Any]]:
+    """The record and the byte position of each event in it.
+
+    With ``keys``, ``(index key, version, position)`` of each event instead of the
+    position (what :func:`_scan_record` finds when it reads the record back).
+    """
     try:
         parts = [_HEAD.pack(_MAGIC, FORMAT_VERSION, _FLAG_TRACKING if tracking else 0, 0,
                             first_id, len(stored_events))]
@@ -149,27 +155,28 @@ def _encode(first_id: int, stored_events: Sequence[StoredEvent],
             name = tracking.application_name.encode("utf-8")
             parts += [_U32.pack(len(name)), name, _I64.pack(tracking.notification_id)]
             pos += 12 + len(name)
-        positions = []
+        out: List[Any] = []
         for s in stored_events:
-            positions.append(pos)
             oid = s.originator_id
+            version = s.originator_version
             if isinstance(oid, UUID):
-                head = _EV_UUID.pack(0, oid.bytes, s.originator_version)
-                parts.append(head)
+                key: Any = oid.bytes
+                head = _EV_UUID.pack(0, key, version)
             elif isinstance(oid, str):
                 b = oid.encode("utf-8")
-                head = b"".join((_EV_STR.pack(1, len(b)), b, _I64.pack(s.originator_version)))
-                parts.append(head)
+                head = b"".join((_EV_STR.pack(1, len(b)), b, _I64.pack(version)))
+                key = _key(oid) if keys else None
             else:
                 raise DataError(f"originator_id must be a UUID or a str, not "
                                 f"{type(oid).__name__}: {oid!r}")
+            out.append((key, version, pos) if keys else pos)
             topic = s.topic.encode("utf-8")
             state = s.state if type(s.state) is bytes else bytes(s.state)
-            parts += [_U32.pack(len(topic)), topic, _U32.pack(len(state)), state]
+            parts += [head, _U32.pack(len(topic)), topic, _U32.pack(len(state)), state]
             pos += len(head) + 8 + len(topic) + len(state)
     except (struct.error, AttributeError, TypeError, UnicodeError) as e:
         raise DataError(f"cannot encode stored events for kimberlite: {e}") from e
-    return b"".join(parts), positions
+    return b"".join(parts), out
 
 
 def _header(payload: bytes) -> Tuple[int, Optional[Tracking], int, int]:
@@ -307,8 +314,31 @@ def _engine_errors() -> Iterator[None]:
         raise _mapped(e) from e
 
 
-def _row_order(row: Tuple[int, Any, int, int, int, int]) -> Tuple[int, bool, Any, int]:
+def _row_order(row: Tuple[Any, ...]) -> Tuple[int, bool, Any, int]:
     return row[0], isinstance(row[1], str), row[1], row[2]
+
+
+def _by_version(event: StoredEvent) -> int:
+    return event.originator_version
+
+
+def _table_rows(sid: int, offset: int, evrows: List[Tuple[Any, int, int]]
+                ) -> List[Tuple[Any, ...]]:
+    """The index rows of one record: one per aggregate, ``(stream, key, last version,
+    first version, event count, record offset, byte position of its first event)``."""
+    if len(evrows) == 1:
+        k, v, pos = evrows[0]
+        return [(sid, k, v, v, 1, offset, pos)]
+    groups: Dict[Any, List[int]] = {}
+    for k, v, pos in evrows:
+        g = groups.get(k)
+        if g is None:
+            groups[k] = [v, v, 1, pos]
+        else:
+            g[0] = max(g[0], v)
+            g[1] = min(g[1], v)
+            g[2] += 1
+    return [(sid, k, g[0], g[1], g[2], offset, g[3]) for k, g in groups.items()]
 
 
 class _IndexMismatch(Exception):
@@ -317,38 +347,82 @@ class _IndexMismatch(Exception):
 
 # ---- the store: one Storage, one index, one lock -----------------------------------------
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (stream INTEGER PRIMARY KEY, next_offset INTEGER,"
     " head BLOB, next_id INTEGER, rows INTEGER)",
-    "CREATE TABLE IF NOT EXISTS events (stream INTEGER, key, version INTEGER,"
-    " offset INTEGER, id INTEGER, pos INTEGER, PRIMARY KEY (stream, key, version))"
+    # One row per aggregate per record (see _table_rows): 1 B-tree insert per call of
+    # one aggregate, however many events it has.
+    "CREATE TABLE IF NOT EXISTS events (stream INTEGER, key, last INTEGER, first INTEGER,"
+    " count INTEGER, offset INTEGER, pos INTEGER, PRIMARY KEY (stream, key, last))"
     " WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS recs (stream INTEGER, first_id INTEGER, offset INTEGER,"
     " PRIMARY KEY (stream, first_id)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS tracking (stream INTEGER, app TEXT, id INTEGER,"
     " PRIMARY KEY (stream, app)) WITHOUT ROWID",
 ]
-_FLUSH_RECORDS = 1000  # rows buffered in Python are written every this many records ...
-_COMMIT_RECORDS = 1000  # the writer commits its index every this many records ...
-_COMMIT_SECONDS = 1.0  # ... or this often, and on close
+_FLUSH_RECORDS = 1000  # the index writer wakes when this many records are buffered ...
+_COMMIT_SECONDS = 1.0  # ... or this long after its last write, and on close
+_CATCH_UP_RECORDS = 20000  # opening a stream writes its new tail in steps of this many
+_LOAD_ALL_MISSES = 256  # after this many lookups of unknown keys, load all keys at once
+_DB_CACHE_KIB = 16 * 1024  # SQLite page cache of the writer: random B-tree inserts
 _READ_CHUNK = 64 * 1024
 _CACHE_BYTES = 8 << 20  # payloads of records read by select_events, least recently used out
 
 
-class _StreamState:
-    __slots__ = ("stream_id", "indexed", "next_id", "rows", "error")
+def _has_version(known: Any, v: int) -> bool:
+    """Whether ``v`` is among ``known``: an int n (exactly 1..n), a set, or ``None``."""
+    if type(known) is int:
+        return 1 <= v <= known
+    return known is not None and v in known
 
-    def __init__(self, stream_id: int, indexed: int, next_id: int, rows: int) -> None:
+
+def _add_version(known: Any, v: int) -> Any:
+    """``known`` with ``v`` added, as compact as possible (see :func:`_has_version`)."""
+    if known is None:
+        return 1 if v == 1 else {v}
+    if type(known) is int:
+        if v == known + 1:
+            return v
+        known = set(range(1, known + 1))
+    known.add(v)
+    return known
+
+
+class _StreamState:
+    """What this process knows of one stream: authoritative, in memory.
+
+    ``keys`` maps an index key to its versions (see :func:`_has_version`) for every key
+    whose versions have been looked at since the stream was loaded: it always holds all of
+    that key's versions in records before ``indexed``. When ``complete`` it holds every key
+    of the stream (the stream was new or rebuilt here, or all keys were loaded), so an
+    absent key has no events; otherwise an absent key is looked up in the index file.
+    """
+
+    __slots__ = ("stream_id", "indexed", "next_id", "rows", "error", "keys", "complete",
+                 "misses")
+
+    def __init__(self, stream_id: int, indexed: int, next_id: int, rows: int,
+                 complete: bool) -> None:
         self.error: Optional[str] = None  # the stream holds a record this module cannot use
         self.stream_id = stream_id
-        self.indexed = indexed  # offset of the first record not yet in the index
+        self.indexed = indexed  # offset of the first record not yet indexed (in memory)
         self.next_id = next_id  # notification id of the next event
-        self.rows = rows  # rows of `events` for this stream
+        self.rows = rows  # events of the stream in records before `indexed`
+        self.keys: Dict[Any, Any] = {}
+        self.complete = complete
+        self.misses = 0
+
+
+_MISSING = object()
 
 
 class _Store:
-    """A data directory (or a MemoryStorage) with its index, shared by the recorders."""
+    """A data directory (or a MemoryStorage) with its index, shared by the recorders.
+
+    ``lock`` (an RLock) serialises the recorders' calls and every use of the SQLite
+    connection.
+    """
 
     def __init__(self, path: str, *, read_only: bool, fsync: bool,
                  storage_kwargs: Dict[str, int], poll_interval: float) -> None:
@@ -363,16 +437,15 @@ class _Store:
         self.streams: Dict[int, _StreamState] = {}
         self.listeners: Dict[Event, int] = {}
         self._poller: Optional[threading.Thread] = None
-        self._pending = 0
-        self._last_commit = time.monotonic()
-        self._in_txn = False
-        # Rows of new records, buffered until a read needs them or _FLUSH_RECORDS records
-        # (one executemany instead of several statements per insert).
-        self._buf_events: List[Tuple[int, Any, int, int, int, int]] = []
+        self._last_write = time.monotonic()
+        # Rows of new records, not yet in the index file (written behind, in one
+        # transaction with the watermark of the streams they belong to).
+        self._buf_events: List[Tuple[Any, ...]] = []
         self._buf_recs: List[Tuple[int, int, int]] = []
-        self._buf_keys: Set[Tuple[int, Any, int]] = set()
         self._buf_tracking: Dict[Tuple[int, str], int] = {}
         self._buf_records = 0
+        self._dirty: Set[int] = set()  # streams whose watermark moved since the last write
+        self._tracking: Dict[Tuple[int, str], Optional[int]] = {}  # known tracking ids
         self._payloads: OrderedDict[Tuple[int, int], bytes] = OrderedDict()
         self._cached_bytes = 0
         with _engine_errors():
@@ -414,6 +487,7 @@ class _Store:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(f"PRAGMA cache_size=-{_DB_CACHE_KIB}")
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version not in (0, _SCHEMA_VERSION):
                     raise sqlite3.DatabaseError(f"schema version {version}, expected "
@@ -425,6 +499,7 @@ class _Store:
                 db = self._connect(self.index_path)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(f"PRAGMA cache_size=-{_DB_CACHE_KIB}")
         for stmt in _SCHEMA:
             db.execute(stmt)
         db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
@@ -446,19 +521,24 @@ class _Store:
         """Throw the whole index away (it is a cache) and start again from the records."""
         _log.warning("kimberlite.eventsourcing index of %s dropped and rebuilt: %s",
                      self.path, why)
-        try:
-            self.db.close()
-        except sqlite3.Error:
-            pass
-        self._in_txn = False
-        self._pending = 0
-        self._clear_buffers()
-        self._payloads.clear()
-        self._cached_bytes = 0
-        self.streams.clear()
-        if self.index_path is not None and not self.read_only:
-            self._remove_index_files()
-        self.db = self._open_index()
+        with self.lock:
+            try:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            try:
+                self.db.close()
+            except sqlite3.Error:
+                pass
+            self._clear_buffers()
+            self._tracking.clear()
+            self._payloads.clear()
+            self._cached_bytes = 0
+            self.streams.clear()
+            if self.index_path is not None and not self.read_only:
+                self._remove_index_files()
+            self.db = self._open_index()
 
     def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Call ``fn`` under the lock; if the index proves bad, rebuild it and call again."""
@@ -475,49 +555,89 @@ class _Store:
                 self._reset_index(e)
                 raise DatabaseError(f"kimberlite index keeps failing: {e}") from e
 
-    def _begin(self) -> None:
-        if not self._in_txn:
-            self.db.execute("BEGIN")
-            self._in_txn = True
+    def _query(self, sql: str, params: Sequence[Any]) -> List[Any]:
+        """One read of the index file (caller: ``lock``)."""
+        return self.db.execute(sql, params).fetchall()
 
     def _clear_buffers(self) -> None:
         self._buf_events = []
         self._buf_recs = []
-        self._buf_keys = set()
         self._buf_tracking = {}
         self._buf_records = 0
+        self._dirty = set()
 
-    def flush(self) -> None:
-        """Write the buffered rows into the index (inside the open transaction)."""
-        if not self._buf_records:
-            return
-        self._begin()
+    # -- writing the index behind ---------------------------------------------------------
+
+    def _take(self) -> Optional[Tuple[Any, ...]]:
+        """The buffered rows and the watermarks they bring the index to (caller: ``lock``).
+
+        A watermark is ``(stream, indexed, chain hash of record indexed - 1, next id,
+        rows)``: written in the same transaction as the rows, so that the index file is
+        never ahead of what it holds.
+        """
+        if not self._dirty:
+            return None
+        metas = []
+        with _engine_errors():
+            for sid in self._dirty:
+                st = self.streams.get(sid)
+                if st is None:
+                    continue
+                head = None
+                if st.indexed:
+                    if self.storage.next_offset(sid) == st.indexed:
+                        head = self.storage.latest_chain_hash(sid)
+                    else:  # part of a tail being indexed
+                        head = self.storage.read_records(sid, st.indexed - 1,
+                                                         1)[0].compute_hash()
+                metas.append((sid, st.indexed, head, st.next_id, st.rows))
+        batch = (self._buf_events, self._buf_recs, self._buf_tracking, metas)
+        self._clear_buffers()
+        return batch
+
+    def _write(self, batch: Tuple[Any, ...]) -> None:
+        """Write one batch and its watermarks in one transaction (caller: ``lock``)."""
+        events, recs, tracking, metas = batch
+        db = self.db
+        db.execute("BEGIN")
         try:
             # In key order, a batch of B-tree inserts touches each page once, not at random.
-            self._buf_events.sort(key=_row_order)
-            self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", self._buf_events)
-            self.db.executemany("INSERT INTO recs VALUES (?,?,?)", self._buf_recs)
-            self.db.executemany("INSERT OR REPLACE INTO tracking VALUES (?,?,?)",
-                                [(sid, app, nid)
-                                 for (sid, app), nid in self._buf_tracking.items()])
-        except sqlite3.IntegrityError as e:  # rows the index should not hold: rebuild it
-            raise _IndexMismatch(f"index rows conflict with new records: {e}") from e
-        finally:
-            self._clear_buffers()
+            try:
+                events.sort()
+            except TypeError:  # UUID and text keys: bytes and str do not compare
+                events.sort(key=_row_order)
+            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?)", events)
+            db.executemany("INSERT INTO recs VALUES (?,?,?)", recs)
+            db.executemany("INSERT OR REPLACE INTO tracking VALUES (?,?,?)",
+                           [(sid, app, nid) for (sid, app), nid in tracking.items()])
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?,?,?,?)", metas)
+            db.execute("COMMIT")
+        except BaseException as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(e, sqlite3.IntegrityError):  # rows the index should not hold
+                raise _IndexMismatch(f"index rows conflict with new records: {e}") from e
+            raise
 
-    def commit(self) -> None:
-        """Write the index's meta rows and commit (the writer; a no-op for readers)."""
-        self.flush()
-        if not self._in_txn or self.read_only:
-            return
-        for st in self.streams.values():
-            head = self.storage.latest_chain_hash(st.stream_id) if st.indexed else None
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?,?,?,?)",
-                            (st.stream_id, st.indexed, head, st.next_id, st.rows))
-        self.db.execute("COMMIT")
-        self._in_txn = False
-        self._pending = 0
-        self._last_commit = time.monotonic()
+    def flush(self) -> None:
+        """Write everything buffered into the index file now (caller: ``lock``)."""
+        batch = self._take()
+        self._last_write = time.monotonic()
+        if batch is not None:
+            self._write(batch)
+
+    commit = flush
+
+    def _written_behind(self) -> None:
+        """Rows were buffered: write them when there are enough, or a second has passed.
+
+        Synchronously, under the lock: a writer thread was tried and measured no faster
+        (SQLite's B-tree inserts need the CPU the appends use, and the thread's GIL
+        hand-offs cost the insert path more than they saved; docs/EVENTSOURCING.md).
+        """
+        if self._buf_records >= _FLUSH_RECORDS or (
+                time.monotonic() - self._last_write >= _COMMIT_SECONDS):
+            self.flush()
 
     def _check_open(self) -> None:
         if self.closed:
@@ -540,11 +660,11 @@ class _Store:
     def _load(self, sid: int) -> _StreamState:
         with _engine_errors():
             n = self.storage.next_offset(sid)
-        row = self.db.execute("SELECT next_offset, head, next_id, rows FROM meta"
-                              " WHERE stream=?", (sid,)).fetchone()
+        found = self._query("SELECT next_offset, head, next_id, rows FROM meta"
+                            " WHERE stream=?", (sid,))
         st: Optional[_StreamState] = None
-        if row is not None:
-            off, head, next_id, rows = row
+        if found:
+            off, head, next_id, rows = found[0]
             why = None
             if off > n:
                 why = f"it covers {off} records, the stream has {n}"
@@ -554,15 +674,16 @@ class _Store:
                 if rec.compute_hash() != head:
                     why = f"the chain hash of record {off - 1} differs"
             if why is None:
-                st = _StreamState(sid, off, next_id, rows)
+                st = _StreamState(sid, off, next_id, rows, complete=rows == 0)
             else:
                 _log.warning("kimberlite.eventsourcing index of stream %d in %s is stale "
                              "(%s); rebuilding it", sid, self.path, why)
         if st is None:
-            self._begin()
+            self.db.execute("BEGIN")
             for table in ("meta", "events", "recs", "tracking"):
                 self.db.execute(f"DELETE FROM {table} WHERE stream=?", (sid,))
-            st = _StreamState(sid, 0, 1, 0)
+            self.db.execute("COMMIT")
+            st = _StreamState(sid, 0, 1, 0, complete=True)
         self.streams[sid] = st
         self._catch_up(st)
         return st
@@ -586,43 +707,109 @@ class _Store:
                                 f"{self.path!r} is not usable by kimberlite.eventsourcing "
                                 f"({e}); the events before it stay readable by kimberlite")
                     raise DataError(st.error) from e
-                self._buffer(st, rec.offset, rows, tracking)
-                if self._buf_records >= _FLUSH_RECORDS:
+                for k, v, _ in rows:
+                    if _has_version(self._versions(st, k), v):
+                        raise _IndexMismatch(f"record {rec.offset} of stream "
+                                             f"{st.stream_id} repeats an indexed event")
+                assert rec.offset == st.indexed
+                self._add_rows(st, rows, tracking)
+                if self._buf_records >= _CATCH_UP_RECORDS:
                     self.flush()
-        if not self.read_only:
-            self.maybe_commit()
+        self._written_behind()
 
-    def _buffer(self, st: _StreamState, offset: int, rows: List[Tuple[Any, int, int]],
-                tracking: Optional[Tracking]) -> None:
-        """Account for one more record of the stream; its index rows go to the buffers."""
-        sid, first = st.stream_id, st.next_id
+    def _versions(self, st: _StreamState, key: Any) -> Any:
+        """The known versions of ``key`` (``None``: none), looked up in the file if needed."""
+        known = st.keys.get(key, _MISSING)
+        if known is not _MISSING:
+            return known
+        if st.complete:
+            return None
+        st.misses += 1
+        if st.misses > _LOAD_ALL_MISSES:
+            self._load_all_keys(st)
+            return st.keys.get(key)
+        known = None
+        for row in self._query("SELECT last, first, count, offset FROM events"
+                               " WHERE stream=? AND key=? ORDER BY last",
+                               (st.stream_id, key)):
+            known = self._add_row_versions(st, key, known, *row)
+        st.keys[key] = known
+        return known
+
+    def _add_row_versions(self, st: _StreamState, key: Any, known: Any, last: int,
+                          first: int, count: int, offset: int) -> Any:
+        """``known`` with the versions of one row of the index file added."""
+        if count == last - first + 1:  # contiguous: no need to read the record
+            if known is None and first == 1:
+                return last
+            if type(known) is int and first == known + 1:
+                return last
+            versions: Sequence[int] = range(first, last + 1)
+        else:
+            try:
+                rows = _scan_record(self._read_payload(st.stream_id, offset))[2]
+            except DataError as e:
+                raise _IndexMismatch(f"record {offset} of stream {st.stream_id}: {e}") from e
+            versions = [v for k, v, _ in rows if k == key]
+            if len(versions) != count or min(versions) != first or max(versions) != last:
+                raise _IndexMismatch(f"record {offset} does not hold the indexed events")
+        for v in versions:
+            known = _add_version(known, v)
+        return known
+
+    def _load_all_keys(self, st: _StreamState) -> None:
+        """Make ``st.keys`` complete: one pass over the stream's rows in the index file.
+
+        Keys already known are kept (they are complete and may hold versions the file
+        does not have yet); every other key has all its versions in the file.
+        """
+        keys = st.keys
+        loaded: Dict[Any, Any] = {}
+        rows = self.db.execute("SELECT key, last, first, count, offset FROM events"
+                               " WHERE stream=? ORDER BY key, last",
+                               (st.stream_id,)).fetchall()
+        for k, last, first, count, offset in rows:
+            if k not in keys:
+                loaded[k] = self._add_row_versions(st, k, loaded.get(k), last, first, count,
+                                                   offset)
+        loaded.update(keys)
+        st.keys = loaded
+        st.complete = True
+
+    def _add_rows(self, st: _StreamState, rows: List[Tuple[Any, int, int]],
+                  tracking: Optional[Tracking]) -> None:
+        """Account for record ``st.indexed`` in memory (``rows``: its events' keys,
+        versions and positions); its index rows are buffered for the writer."""
+        sid = st.stream_id
         if rows:
-            self._buf_events.extend([(sid, k, v, offset, first + i, pos)
-                                     for i, (k, v, pos) in enumerate(rows)])
-            self._buf_keys.update([(sid, k, v) for k, v, _ in rows])
-            self._buf_recs.append((sid, first, offset))
+            self._buf_events += _table_rows(sid, st.indexed, rows)
+            self._buf_recs.append((sid, st.next_id, st.indexed))
+            keys = st.keys
+            for k, v, _ in rows:
+                known = keys.get(k)
+                if known is None and v == 1:
+                    keys[k] = 1
+                elif type(known) is int and v == known + 1:
+                    keys[k] = v
+                else:
+                    keys[k] = _add_version(known, v)
+            st.next_id += len(rows)
+            st.rows += len(rows)
         if tracking is not None:
-            self._buf_tracking[(sid, tracking.application_name)] = tracking.notification_id
-        st.next_id += len(rows)
-        st.rows += len(rows)
-        st.indexed = offset + 1
+            key = (sid, tracking.application_name)
+            self._buf_tracking[key] = self._tracking[key] = tracking.notification_id
+        st.indexed += 1
         self._buf_records += 1
-        self._pending += 1
-
-    def maybe_commit(self) -> None:
-        if self._buf_records >= _FLUSH_RECORDS:
-            self.flush()
-        if self._pending >= _COMMIT_RECORDS or (
-                self._pending and time.monotonic() - self._last_commit >= _COMMIT_SECONDS):
-            self.commit()
+        self._dirty.add(sid)
 
     def _tracking_id(self, sid: int, app: str) -> Optional[int]:
-        nid = self._buf_tracking.get((sid, app))
-        if nid is not None:
-            return nid
-        row = self.db.execute("SELECT id FROM tracking WHERE stream=? AND app=?",
-                              (sid, app)).fetchone()
-        return None if row is None else int(row[0])
+        key = (sid, app)
+        nid = self._tracking.get(key, _MISSING)
+        if nid is _MISSING:
+            found = self._query("SELECT id FROM tracking WHERE stream=? AND app=?",
+                                (sid, app))
+            nid = self._tracking[key] = None if not found else int(found[0][0])
+        return cast(Optional[int], nid)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -633,25 +820,26 @@ class _Store:
                                    "(KIMBERLITE_READ_ONLY); it cannot record events")
         if not stored_events and tracking is None:
             return []
-        st = self.stream(sid)
-        first = st.next_id
-        payload, positions = _encode(first, stored_events, tracking)  # DataError first
-        # Optimistic concurrency, checked before anything is written.
-        keys = [_key(s.originator_id) for s in stored_events]
-        by_key: Dict[Any, List[int]] = {}
-        for key, s in zip(keys, stored_events):
-            by_key.setdefault(key, []).append(s.originator_version)
-        for key, versions in by_key.items():
-            clash = len(set(versions)) < len(versions)
-            if not clash and self._buf_keys:
-                clash = any((sid, key, v) in self._buf_keys for v in versions)
-            if not clash:
-                lo, hi = min(versions), max(versions)
-                found = self.db.execute(
-                    "SELECT version FROM events WHERE stream=? AND key=? AND version"
-                    " BETWEEN ? AND ?", (sid, key, lo, hi)).fetchall()
-                clash = bool(found) and not {r[0] for r in found}.isdisjoint(versions)
+        st = self.streams.get(sid)
+        if st is None or st.error is not None:
+            st = self.stream(sid)
+        first, offset = st.next_id, st.indexed
+        # Encoding checks the values (DataError first) and yields the index rows.
+        payload, rows = _encode(first, stored_events, tracking, True)
+        # Optimistic concurrency, checked in memory before anything is written.
+        keys = st.keys
+        seen: Optional[Set[Tuple[Any, int]]] = set() if len(rows) > 1 else None
+        for key, v, _ in rows:
+            known = keys.get(key, _MISSING)
+            if known is _MISSING:
+                known = self._versions(st, key)
+            clash = known is not None and (1 <= v <= known if type(known) is int
+                                           else v in known)
+            if seen is not None:
+                clash = clash or (key, v) in seen
+                seen.add((key, v))
             if clash:
+                versions = [r[1] for r in rows if r[0] == key]
                 raise IntegrityError(
                     f"stored event already recorded, or twice in one call: originator_id "
                     f"{key if isinstance(key, str) else UUID(bytes=key)}, versions "
@@ -664,17 +852,16 @@ class _Store:
                     f"{tracking.application_name!r} is not greater than the recorded "
                     f"{recorded}; nothing of this call was written")
         try:
-            self.storage.append_batch(sid, [payload], expected_offset=st.indexed,
+            self.storage.append_batch(sid, [payload], expected_offset=offset,
                                       fsync=self.fsync)
         except (_kerr.StorageError, ValueError) as e:
             raise _mapped(e) from e
         # The record is stored: from here on nothing may report failure to the caller.
-        self._buffer(st, st.indexed, [(k, s.originator_version, pos) for k, s, pos
-                                      in zip(keys, stored_events, positions)], tracking)
+        self._add_rows(st, rows, tracking)
         try:
-            self.maybe_commit()
-        except (sqlite3.Error, _IndexMismatch) as e:  # the index only: rebuilt on next use
-            self._reset_index(e)
+            self._written_behind()
+        except (sqlite3.Error, _IndexMismatch, DatabaseError) as e:
+            self._reset_index(e)  # the index only: rebuilt from the records on next use
         if self.listeners:
             self.notify(sid)
         return list(range(first, first + len(stored_events)))
@@ -707,37 +894,61 @@ class _Store:
     def select_events(self, sid: int, originator_id: Any, gt: Optional[int],
                       lte: Optional[int], desc: bool, limit: Optional[int]
                       ) -> List[StoredEvent]:
-        self.stream(sid)
-        self.flush()
+        st = self.stream(sid)
         key = _key(originator_id)
-        sql = "SELECT version, offset, pos FROM events WHERE stream=? AND key=?"
+        if st.complete and key not in st.keys:
+            return []  # no such aggregate: no need to write the buffered rows first
+        if limit is not None and limit == 0:
+            return []
+        if limit is not None and limit < 0:
+            limit = None  # as SQL's LIMIT -1, which the index used to pass on
+        self.flush()
+        # Rows whose version range meets (gt, lte], in the order events are returned:
+        # every row after the current one holds versions beyond its bound (`first` going
+        # up, or `last` going down), which says when `limit` events are certainly found.
+        sql = "SELECT first, last, count, offset, pos FROM events WHERE stream=? AND key=?"
         params: List[Any] = [sid, key]
         if gt is not None:
-            sql += " AND version>?"
+            sql += " AND last>?"
             params.append(gt)
         if lte is not None:
-            sql += " AND version<=?"
+            sql += " AND first<=?"
             params.append(lte)
-        sql += " ORDER BY version DESC" if desc else " ORDER BY version"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        rows = self.db.execute(sql, params).fetchall()
-        payloads: Dict[int, bytes] = {}
-        out = []
-        for version, offset, pos in rows:
-            payload = payloads.get(offset)
-            if payload is None:
-                payload = payloads[offset] = self._read_payload(sid, offset)
-            try:
-                ev = _event_at(payload, pos)[0]
-            except (DataError, struct.error, IndexError, UnicodeError, ValueError) as e:
-                raise _IndexMismatch(f"no event at byte {pos} of record {offset}: {e}"
-                                     ) from e
-            if ev.originator_version != version or _key(ev.originator_id) != key:
-                raise _IndexMismatch(f"record {offset} does not hold the indexed event")
-            out.append(ev)
-        return out
+        sql += " ORDER BY last DESC" if desc else " ORDER BY first"
+        out: List[StoredEvent] = []
+        for first, last, count, offset, pos in self._query(sql, params):
+            if limit is not None and len(out) >= limit:
+                out.sort(key=_by_version, reverse=desc)
+                edge = out[limit - 1].originator_version
+                if (edge > last) if desc else (edge < first):
+                    break
+            out += self._events_of(sid, key, first, last, count, offset, pos, gt, lte)
+        out.sort(key=_by_version, reverse=desc)
+        return out if limit is None else out[:limit]
+
+    def _events_of(self, sid: int, key: Any, first: int, last: int, count: int,
+                   offset: int, pos: int, gt: Optional[int], lte: Optional[int]
+                   ) -> List[StoredEvent]:
+        """The events of one index row, confirmed against the record, within (gt, lte]."""
+        payload = self._read_payload(sid, offset)
+        found = []
+        try:
+            head = True
+            while pos < len(payload):
+                ev, pos = _event_at(payload, pos)
+                if _key(ev.originator_id) == key:
+                    found.append(ev)
+                elif head:
+                    break
+                head = False
+        except (DataError, struct.error, IndexError, UnicodeError, ValueError) as e:
+            raise _IndexMismatch(f"no event at byte {pos} of record {offset}: {e}") from e
+        versions = [e.originator_version for e in found]
+        if (len(found) != count or min(versions, default=None) != first
+                or max(versions, default=None) != last):
+            raise _IndexMismatch(f"record {offset} does not hold the indexed events")
+        return [e for e in found if (gt is None or e.originator_version > gt)
+                and (lte is None or e.originator_version <= lte)]
 
     def select_notifications(self, sid: int, start: Optional[int], limit: int,
                              stop: Optional[int], topics: Sequence[str],
@@ -750,9 +961,9 @@ class _Store:
         last = st.next_id - 1 if stop is None else min(stop, st.next_id - 1)
         if first > last or limit <= 0:
             return []
-        row = self.db.execute("SELECT offset, first_id FROM recs WHERE stream=? AND"
-                              " first_id<=? ORDER BY first_id DESC LIMIT 1",
-                              (sid, first)).fetchone()
+        found = self._query("SELECT offset, first_id FROM recs WHERE stream=? AND"
+                            " first_id<=? ORDER BY first_id DESC LIMIT 1", (sid, first))
+        row = found[0] if found else None
         if row is None:
             raise _IndexMismatch(f"no record indexed for notification id {first}")
         offset, expect_first = row
@@ -841,8 +1052,8 @@ class _Store:
             try:
                 if not self.read_only:
                     try:
-                        self.commit()
-                    except sqlite3.Error as e:
+                        self.flush()
+                    except (sqlite3.Error, _IndexMismatch, DatabaseError) as e:
                         _log.warning("kimberlite.eventsourcing index not saved: %s", e)
                 self.db.close()
             finally:

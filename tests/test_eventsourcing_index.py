@@ -1,0 +1,181 @@
+"""kimberlite.eventsourcing's in-memory view and its index written behind: duplicate checks
+and select_events agree with a plain model for any versions (irregular ones included),
+before and after a reopen, on the slow path (keys looked up in the index file) and after
+all keys are loaded; the index file never holds rows beyond its watermark."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+
+import pytest
+
+pytest.importorskip("eventsourcing", reason="pip install 'kimberlite-storage[eventsourcing]'")
+
+from eventsourcing.persistence import IntegrityError, StoredEvent  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import kimberlite.eventsourcing as kes  # noqa: E402
+from kimberlite.eventsourcing import KimberliteFactory  # noqa: E402
+
+AGGS = [uuid.UUID(int=7), "text-id", str(uuid.UUID(int=9))]
+
+
+def factory(path):
+    return KimberliteFactory({"KIMBERLITE_PATH": str(path), "KIMBERLITE_FSYNC": "n"})
+
+
+def ev(agg, version):
+    return StoredEvent(originator_id=agg, originator_version=version, topic="t",
+                       state=f"{agg}/{version}".encode())
+
+
+def check_against_model(rec, model, queries):
+    for agg in AGGS:
+        assert [e.originator_version for e in rec.select_events(agg)] == sorted(model[agg])
+        assert all(e.state == f"{agg}/{e.originator_version}".encode()
+                   for e in rec.select_events(agg))
+    for agg, gt, lte, desc, limit in queries:
+        want = sorted((v for v in model[AGGS[agg]] if (gt is None or v > gt)
+                       and (lte is None or v <= lte)), reverse=desc)
+        if limit is not None:
+            want = want[:limit]
+        got = rec.select_events(AGGS[agg], gt=gt, lte=lte, desc=desc, limit=limit)
+        assert [e.originator_version for e in got] == want
+
+
+calls_strategy = st.lists(  # calls of (aggregate, version) pairs; clashes are expected
+    st.lists(st.tuples(st.integers(0, 2), st.integers(-2, 25)), min_size=1, max_size=6),
+    min_size=1, max_size=25)
+queries_strategy = st.lists(
+    st.tuples(st.integers(0, 2), st.none() | st.integers(-3, 26),
+              st.none() | st.integers(-3, 26), st.booleans(), st.none() | st.integers(0, 5)),
+    max_size=12)
+
+
+@given(calls=calls_strategy, queries=queries_strategy, load_all=st.booleans())
+def test_duplicates_and_selects_agree_with_a_model(calls, queries, load_all, monkeypatch):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "data")
+        model = {a: set() for a in AGGS}
+        f = factory(path)
+        rec = f.application_recorder()
+        for call in calls:
+            pairs = [(AGGS[a], v) for a, v in call]
+            clash = len(set(pairs)) < len(pairs) or any(v in model[a] for a, v in pairs)
+            if clash:
+                with pytest.raises(IntegrityError):
+                    rec.insert_events([ev(a, v) for a, v in pairs])
+            else:
+                rec.insert_events([ev(a, v) for a, v in pairs])
+                for a, v in pairs:
+                    model[a].add(v)
+        check_against_model(rec, model, queries)
+        f.close()
+        # Reopened: nothing is in memory yet; keys are looked up in the index file one by
+        # one, or all loaded at the first lookup.
+        monkeypatch.setattr(kes, "_LOAD_ALL_MISSES", 0 if load_all else 10**9)
+        f = factory(path)
+        rec = f.application_recorder()
+        assert not f.store.stream(f.stream_id).complete or not any(model.values())
+        for a in AGGS:
+            for v in model[a]:
+                with pytest.raises(IntegrityError):
+                    rec.insert_events([ev(a, v)])
+        check_against_model(rec, model, queries)
+        new = {a: max(model[a], default=0) + 1 for a in AGGS}
+        rec.insert_events([ev(a, v) for a, v in new.items()])
+        for a, v in new.items():
+            model[a].add(v)
+        check_against_model(rec, model, queries)
+        f.close()
+
+
+def test_reopened_store_loads_all_keys_after_enough_lookups(tmp_path, monkeypatch):
+    monkeypatch.setattr(kes, "_LOAD_ALL_MISSES", 5)
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    old = [uuid.uuid4() for _ in range(20)]
+    for a in old:
+        rec.insert_events([ev(a, 1), ev(a, 2), ev(a, 4)])  # not contiguous: record read
+    f.close()
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    state = f.store.stream(f.stream_id)
+    for i in range(5):
+        rec.insert_events([ev(uuid.uuid4(), 1)])
+        assert not state.complete
+    rec.insert_events([ev(uuid.uuid4(), 1)])  # the 6th unknown key: all keys loaded
+    assert state.complete and len(state.keys) == 26
+    for a in old:
+        for v in (1, 2, 4):
+            with pytest.raises(IntegrityError):
+                rec.insert_events([ev(a, v)])
+        rec.insert_events([ev(a, 3)])
+        assert [e.originator_version for e in rec.select_events(a)] == [1, 2, 3, 4]
+    f.close()
+
+
+def test_rows_are_written_behind_with_their_watermark(tmp_path):
+    # Read the index file from another connection while rows are written behind the
+    # inserts: every committed state covers exactly the records below its watermark.
+    path = tmp_path / "d"
+    f = factory(path)
+    rec = f.application_recorder()
+    db_path = os.path.join(path, "eventsourcing", "index.sqlite3")
+    seen = set()
+    deadline = time.monotonic() + 60
+    for i in range(3 * kes._FLUSH_RECORDS):
+        rec.insert_events([ev(uuid.uuid4(), 1), ev(uuid.uuid4(), 1)])
+        if i % 250 == 0 or i == 3 * kes._FLUSH_RECORDS - 1:
+            while True:  # the last check waits for the index to be written
+                db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+                try:
+                    db.execute("BEGIN")
+                    meta = db.execute("SELECT next_offset, next_id FROM meta WHERE stream=1"
+                                      ).fetchone()
+                    recs = db.execute("SELECT count(*), max(offset) FROM recs WHERE stream=1"
+                                      ).fetchone()
+                    rows = db.execute("SELECT count(*) FROM events WHERE stream=1"
+                                      ).fetchone()[0]
+                finally:
+                    db.close()
+                if meta is not None:
+                    assert recs == (meta[0], meta[0] - 1)
+                    assert rows == 2 * meta[0] and meta[1] == 2 * meta[0] + 1
+                    seen.add(meta[0])
+                if i < 3 * kes._FLUSH_RECORDS - 1 or (meta and meta[0] >= 2000):
+                    break
+                assert time.monotonic() < deadline, "the index was never written"
+                time.sleep(0.05)
+    assert len(seen) >= 2  # written behind, in several transactions, before close
+    f.close()
+
+
+def test_an_index_write_failing_after_the_append_still_reports_success(tmp_path,
+                                                                      monkeypatch, caplog):
+    # The record is stored before the index is written: a failing index write must not
+    # turn a stored call into an error; the index is rebuilt from the records instead.
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    a = uuid.uuid4()
+    assert rec.insert_events([ev(a, 1)]) == [1]
+    real = kes._Store._write
+
+    def failing(self, batch):
+        raise sqlite3.OperationalError("disk I/O error (injected)")
+
+    monkeypatch.setattr(kes._Store, "_write", failing)
+    monkeypatch.setattr(kes, "_FLUSH_RECORDS", 1)
+    assert rec.insert_events([ev(a, 2)]) == [2]
+    assert any("injected" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(kes._Store, "_write", real)
+    assert [e.originator_version for e in rec.select_events(a)] == [1, 2]
+    with pytest.raises(IntegrityError):
+        rec.insert_events([ev(a, 2)])
+    assert rec.insert_events([ev(a, 3)]) == [3]
+    f.close()
