@@ -226,7 +226,7 @@ def test_repair_in_memory_matches_disk(backend):
     assert r.next_offset == 7 and r.bytes_moved > 0 and r.quarantined
     assert all(".torn-" in os.path.basename(name) for name, _ in r.quarantined)
     assert r.bytes_moved == sum(size for _, size in r.quarantined)
-    head = _codec.head_hash(events[:7])
+    head = codec.head_hash(events[:7])
     assert s.verify(1) == (7, head)
     assert s.append_batch(1, [b"after"]) == 8
     assert s.read_from(1) == events[:7] + [b"after"]
