@@ -202,4 +202,9 @@ void kmb_events_discard(kmb_storage_object *self);
  * _io_calls) to a Storage type, as method descriptors. 0 or -1. */
 int kmb_testing_methods_add(PyTypeObject *tp);
 
+/* py_fork.c: add _fork_prepare/_fork_parent/_fork_child to a storage type; enter a new
+ * storage in kimberlite._fork's registry (0, or -1 with an exception set). */
+int kmb_fork_methods_add(PyTypeObject *tp);
+int kmb_storage_track_for_fork(kmb_storage_object *self);
+
 #endif

@@ -126,7 +126,6 @@ static PyObject *storage_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int storage_track_for_fork(StorageObject *self);
 
 /* Common tail of both __init__: open with the GIL released, then adopt the storage, and
  * enter it in the at-fork registry. */
@@ -150,7 +149,7 @@ static int storage_adopt(StorageObject *self, const char *path, const kmb_option
     self->read_only = in_force->read_only != 0;
     self->max_segment_size = in_force->max_segment_size;
     self->max_event_size = in_force->max_event_size;
-    return storage_track_for_fork(self);
+    return kmb_storage_track_for_fork(self);
 }
 
 static int storage_init(StorageObject *self, PyObject *args, PyObject *kwds)
@@ -772,59 +771,6 @@ static PyObject *storage_exit(StorageObject *self, PyObject *args)
     Py_RETURN_FALSE;
 }
 
-/* ---- fork() ---------------------------------------------------------------------------
- * The at-fork protocol of storage.h, driven by kimberlite/_fork.py (os.register_at_fork
- * over a WeakSet of live storages, each added by storage_adopt). Private: not for
- * applications.
- */
-
-PyDoc_STRVAR(fork_prepare_doc,
-"_fork_prepare($self)\n--\n\n"
-"PRIVATE (kimberlite._fork). Before os.fork(): wait for the engine call in progress on\n"
-"this storage, then hold its lock until _fork_parent or _fork_child.");
-
-static PyObject *storage_fork_prepare(StorageObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (self->st == NULL) Py_RETURN_NONE;
-    /* Without the GIL: a thread inside the engine may need it (a read hands its chunks to
-     * Python under the engine lock) before it can let go of the engine lock. */
-    Py_BEGIN_ALLOW_THREADS
-    kmb_storage_fork_prepare(self->st);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(fork_parent_doc,
-"_fork_parent($self)\n--\n\nPRIVATE (kimberlite._fork). After os.fork(), in the parent.");
-
-static PyObject *storage_fork_parent(StorageObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (self->st != NULL) kmb_storage_fork_parent(self->st);
-    Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(fork_child_doc,
-"_fork_child($self)\n--\n\n"
-"PRIVATE (kimberlite._fork). After os.fork(), in the child: release the lock, forget the\n"
-"parent's hashing thread, and drop an inherited writer's lock descriptor.");
-
-static PyObject *storage_fork_child(StorageObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (self->st != NULL) kmb_storage_fork_child(self->st);
-    Py_RETURN_NONE;
-}
-
-/* Add a new storage to the at-fork registry (kimberlite._fork.track). */
-static int storage_track_for_fork(StorageObject *self)
-{
-    PyObject *mod = PyImport_ImportModule("kimberlite._fork");
-    if (mod == NULL) return -1;
-    PyObject *r = PyObject_CallMethod(mod, "track", "O", (PyObject *)self);
-    Py_DECREF(mod);
-    if (r == NULL) return -1;
-    Py_DECREF(r);
-    return 0;
-}
 
 /* The verifiable-log methods (py_tree.c). */
 PyDoc_STRVAR(tree_root_doc,
@@ -883,9 +829,6 @@ static PyMethodDef storage_methods[] = {
     {"close", (PyCFunction)storage_close, METH_NOARGS, close_doc},
     {"__enter__", (PyCFunction)storage_enter, METH_NOARGS, enter_doc},
     {"__exit__", (PyCFunction)storage_exit, METH_VARARGS, exit_doc},
-    {"_fork_prepare", (PyCFunction)storage_fork_prepare, METH_NOARGS, fork_prepare_doc},
-    {"_fork_parent", (PyCFunction)storage_fork_parent, METH_NOARGS, fork_parent_doc},
-    {"_fork_child", (PyCFunction)storage_fork_child, METH_NOARGS, fork_child_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1004,5 +947,7 @@ int kmb_storage_types_init(PyObject *module, kmb_module_state *st)
     if (kmb_add_type(module, &storage_spec, &st->storage_type) < 0) return -1;
     if (kmb_add_type(module, &memory_storage_spec, &st->memory_storage_type) < 0) return -1;
     if (kmb_testing_methods_add(st->storage_type) < 0) return -1;
-    return kmb_testing_methods_add(st->memory_storage_type);
+    if (kmb_testing_methods_add(st->memory_storage_type) < 0) return -1;
+    if (kmb_fork_methods_add(st->storage_type) < 0) return -1;
+    return kmb_fork_methods_add(st->memory_storage_type);
 }
