@@ -185,9 +185,9 @@ static int write_batch_inline(kmb_storage *st, stream_state *s, seg_state *g,
  * synced after the batch is written, which covers its earlier data too. Nothing of the
  * batch is written yet, so a failure here leaves the stream as it was.
  */
-static int make_durable(kmb_storage *st, stream_state *s)
+int make_durable(kmb_storage *st, stream_state *s, int with_active)
 {
-    for (size_t k = 0; k + 1 < s->nsegs; k++) {
+    for (size_t k = 0; k + (with_active ? 0 : 1) < s->nsegs; k++) {
         seg_state *g = &s->segs[k];
         if (!g->unsynced || g->pending) continue;
         int rc = st->backend->sync(st->backend, s->id, g->number);
@@ -303,7 +303,7 @@ static int stream_for_append(kmb_storage *st, uint64_t stream, size_t count,
     rc = make_active_file(st, s, fsync); /* after a rotation whose file failed */
     if (rc) return rc;
     if (fsync) {
-        rc = make_durable(st, s);
+        rc = make_durable(st, s, 0);
         if (rc) return rc;
     }
     *out = s;

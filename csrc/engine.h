@@ -284,6 +284,12 @@ void tree_free(struct kmb_tree *t);
 /* ---------------------------------------------------------------- append.c */
 
 int cut_back(kmb_storage *st, stream_state *s);
+/*
+ * Sync what earlier fsync=False appends (or an earlier process) left unsynced in s: the
+ * sealed segments' data, the active segment's too when with_active, and the names of files
+ * created without a sync.
+ */
+int make_durable(kmb_storage *st, stream_state *s, int with_active);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

@@ -133,6 +133,18 @@ PyObject *kmb_hash_to_py(const uint8_t h[KMB_HASH_SIZE], int has)
     return PyBytes_FromStringAndSize((const char *)h, KMB_HASH_SIZE);
 }
 
+int kmb_type_add_methods(PyTypeObject *tp, PyMethodDef *defs)
+{
+    for (PyMethodDef *def = defs; def->ml_name != NULL; def++) {
+        PyObject *descr = PyDescr_NewMethod(tp, def);
+        if (descr == NULL) return -1;
+        int rc = PyObject_SetAttrString((PyObject *)tp, def->ml_name, descr);
+        Py_DECREF(descr);
+        if (rc < 0) return -1;
+    }
+    return 0;
+}
+
 int kmb_add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot)
 {
     PyObject *tp = PyType_FromModuleAndSpec(module, spec, NULL);

@@ -142,6 +142,10 @@ PyObject *kmb_hash_to_py(const uint8_t h[KMB_HASH_SIZE], int has);
  * component of spec->name and keep a strong reference in *slot. 0 or -1. */
 int kmb_add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot);
 
+/* Add methods to a (heap) type after it was made: the private methods kept in their own
+ * files (py_testing.c, py_fork.c). 0, or -1 with an exception set. */
+int kmb_type_add_methods(PyTypeObject *tp, PyMethodDef *defs);
+
 int kmb_storage_types_init(PyObject *module, kmb_module_state *st);
 int kmb_index_type_init(PyObject *module, kmb_module_state *st);
 int kmb_record_type_init(PyObject *module, kmb_module_state *st);

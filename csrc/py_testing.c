@@ -203,12 +203,5 @@ static PyMethodDef testing_methods[] = {
 
 int kmb_testing_methods_add(PyTypeObject *tp)
 {
-    for (PyMethodDef *def = testing_methods; def->ml_name != NULL; def++) {
-        PyObject *descr = PyDescr_NewMethod(tp, def);
-        if (descr == NULL) return -1;
-        int rc = PyObject_SetAttrString((PyObject *)tp, def->ml_name, descr);
-        Py_DECREF(descr);
-        if (rc < 0) return -1;
-    }
-    return 0;
+    return kmb_type_add_methods(tp, testing_methods);
 }

@@ -280,23 +280,6 @@ int kmb_storage_consistency_proof(kmb_storage *st, uint64_t stream, uint64_t old
     return rc;
 }
 
-/* Make every record of s durable (what an fsync=1 append makes durable first, and more). */
-static int sync_locked(kmb_storage *st, stream_state *s)
-{
-    for (size_t k = 0; k < s->nsegs; k++) {
-        seg_state *g = &s->segs[k];
-        if (!g->unsynced || g->pending) continue;
-        int rc = st->backend->sync(st->backend, s->id, g->number);
-        if (rc) return with_stream(st, rc, s->id, g->number);
-        g->unsynced = 0;
-    }
-    if (s->dir_unsynced && st->backend->sync_dir) {
-        int rc = st->backend->sync_dir(st->backend, s->id);
-        if (rc) return with_stream(st, rc, s->id, s->segs[s->nsegs - 1].number);
-    }
-    s->dir_unsynced = 0;
-    return KMB_OK;
-}
 
 static int readonly_error(const char *what)
 {
@@ -312,7 +295,7 @@ int kmb_storage_sync(kmb_storage *st, uint64_t stream)
     if (st->opts.read_only)
         rc = readonly_error("sync");
     else if ((rc = get_stream(st, stream, &s)) == KMB_OK && s)
-        rc = sync_locked(st, s);
+        rc = make_durable(st, s, 1);
     leave(st);
     return rc;
 }
@@ -338,7 +321,7 @@ int kmb_storage_durable_root(kmb_storage *st, uint64_t stream, uint8_t out[KMB_M
         rc = damaged_error(st, s);
         goto out;
     }
-    rc = sync_locked(st, s);
+    rc = make_durable(st, s, 1);
     if (rc == KMB_OK) rc = tree_sync(st, s);
     if (rc == KMB_OK) {
         kmb_merkle_range_root(&s->tree->range, out);
