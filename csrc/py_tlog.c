@@ -22,6 +22,7 @@
 #include "kimberlite/note.h"
 #include "kimberlite/sign.h"
 #include "kimberlite/tile.h"
+#include "py_kimberlite.h" /* kmb_get_buffer */
 
 #define HS KMB_MERKLE_HASH_SIZE
 
@@ -62,32 +63,11 @@ static PyObject *tlog_raise(int rc)
 
 /* ---- argument helpers --------------------------------------------------------------------- */
 
-static int get_buffer(PyObject *obj, Py_buffer *view, const char *what)
-{
-    if (PyUnicode_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a bytes-like object, not str", what);
-        return -1;
-    }
-    if (!PyObject_CheckBuffer(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a bytes-like object, not %.100s", what,
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) == 0) return 0;
-    /* A strided buffer: take a contiguous copy that the view keeps alive. */
-    PyErr_Clear();
-    PyObject *copy = PyMemoryView_GetContiguous(obj, PyBUF_READ, 'C');
-    if (copy == NULL) return -1;
-    int rc = PyObject_GetBuffer(copy, view, PyBUF_SIMPLE);
-    Py_DECREF(copy);
-    return rc;
-}
-
 /* A 32-byte hash: TypeError for a non-buffer, ValueError for another length. */
 static int get_hash(PyObject *obj, uint8_t out[HS], const char *what)
 {
     Py_buffer v;
-    if (get_buffer(obj, &v, what) < 0) return -1;
+    if (kmb_get_buffer(obj, &v, what) < 0) return -1;
     if (v.len != HS) {
         PyErr_Format(PyExc_ValueError, "%s must be %d bytes, got %zd", what, HS, v.len);
         PyBuffer_Release(&v);
@@ -203,7 +183,7 @@ static PyObject *tlog_leaf_hash(PyObject *module, PyObject *data)
 {
     (void)module;
     Py_buffer v;
-    if (get_buffer(data, &v, "entry") < 0) return NULL;
+    if (kmb_get_buffer(data, &v, "entry") < 0) return NULL;
     uint8_t out[HS];
     if (v.len > TLOG_GIL_THRESHOLD) {
         Py_BEGIN_ALLOW_THREADS
@@ -592,7 +572,7 @@ static PyObject *tlog_open_checkpoint(PyObject *module, PyObject *const *args, P
         if (want_origin == NULL) return NULL;
     }
     Py_buffer view;
-    if (get_buffer(args[0], &view, "note") < 0) return NULL;
+    if (kmb_get_buffer(args[0], &view, "note") < 0) return NULL;
     PyObject *result = NULL;
     kmb_note *n = NULL;
     kmb_checkpoint cp;
@@ -626,7 +606,7 @@ static PyObject *tlog_parse_checkpoint(PyObject *module, PyObject *note)
 {
     (void)module;
     Py_buffer view;
-    if (get_buffer(note, &view, "note") < 0) return NULL;
+    if (kmb_get_buffer(note, &view, "note") < 0) return NULL;
     kmb_note *n = NULL;
     kmb_checkpoint cp;
     int rc = kmb_note_parse(&n, view.buf, (size_t)view.len);
