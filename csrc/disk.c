@@ -180,6 +180,33 @@ static int get_fd(disk_backend *d, uint64_t stream, uint32_t seg, int create, in
     return KMB_OK;
 }
 
+/* Append one item of `size` bytes to a growing array (a directory listing). */
+static int list_push(void **items, size_t *n, size_t *cap, size_t size, const void *item)
+{
+    if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        void *p = realloc(*items, ncap * size);
+        if (!p) return kmb_error_set(KMB_ENOMEM, 0, "out of memory listing a directory");
+        *items = p;
+        *cap = ncap;
+    }
+    memcpy((char *)*items + *n * size, item, size);
+    (*n)++;
+    return KMB_OK;
+}
+
+/* End a listing: on rc, free the items and return rc; else sort them in place. */
+static int list_finish(void *items, size_t n, size_t size, int (*cmp)(const void *, const void *),
+                       int rc)
+{
+    if (rc) {
+        free(items);
+        return rc;
+    }
+    if (n) qsort(items, n, size, cmp);
+    return KMB_OK;
+}
+
 /* Whether the directory `name` of the data directory holds any segment file. */
 static int holds_segment(disk_backend *d, const char *name)
 {
@@ -203,7 +230,7 @@ static int disk_list_streams(kmb_backend *b, uint64_t **out, size_t *count)
     *count = 0;
     DIR *dir = opendir(d->root);
     if (!dir) return io_error(errno, d->root, "cannot list data directory");
-    uint64_t *ids = NULL;
+    void *ids = NULL;
     size_t n = 0, cap = 0;
     int rc = KMB_OK;
     struct dirent *ent;
@@ -221,24 +248,12 @@ static int disk_list_streams(kmb_backend *b, uint64_t **out, size_t *count)
         struct stat st;
         if (n2 < 0 || (size_t)n2 >= sizeof(path)) continue;
         if (lstat(path, &st) != 0 && !holds_segment(d, ent->d_name)) continue;
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            uint64_t *p = realloc(ids, ncap * sizeof(*ids));
-            if (!p) {
-                rc = kmb_error_set(KMB_ENOMEM, 0, "out of memory listing streams");
-                break;
-            }
-            ids = p;
-            cap = ncap;
-        }
-        ids[n++] = id;
+        rc = list_push(&ids, &n, &cap, sizeof(id), &id);
+        if (rc) break;
     }
     closedir(dir);
-    if (rc) {
-        free(ids);
-        return rc;
-    }
-    if (n) qsort(ids, n, sizeof(*ids), cmp_u64);
+    rc = list_finish(ids, n, sizeof(uint64_t), cmp_u64, rc);
+    if (rc) return rc;
     *out = ids;
     *count = n;
     return KMB_OK;
@@ -271,30 +286,18 @@ static int disk_list_segments(kmb_backend *b, uint64_t stream, uint32_t **out, s
         }
         return io_error(err, path, "cannot list stream directory");
     }
-    uint32_t *segs = NULL;
+    void *segs = NULL;
     size_t n = 0, cap = 0;
     struct dirent *ent;
     while ((ent = readdir(dir)) != NULL) {
         uint32_t seg;
         if (!kmb_segment_name_parse(ent->d_name, &seg)) continue;
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            uint32_t *p = realloc(segs, ncap * sizeof(*segs));
-            if (!p) {
-                rc = kmb_error_set(KMB_ENOMEM, 0, "out of memory listing segments");
-                break;
-            }
-            segs = p;
-            cap = ncap;
-        }
-        segs[n++] = seg;
+        rc = list_push(&segs, &n, &cap, sizeof(seg), &seg);
+        if (rc) break;
     }
     closedir(dir);
-    if (rc) {
-        free(segs);
-        return rc;
-    }
-    if (n) qsort(segs, n, sizeof(*segs), cmp_u32);
+    rc = list_finish(segs, n, sizeof(uint32_t), cmp_u32, rc);
+    if (rc) return rc;
     *out = segs;
     *count = n;
     return KMB_OK;
