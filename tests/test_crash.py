@@ -137,9 +137,18 @@ def test_sigkill_at_random_moments(tmp_path):
         try:
             first = p.stdout.readline()
             assert first.strip() == "ready", first + p.stderr.read()
+            # Let 0-3 batches be acknowledged first, then kill at a random moment: the
+            # count, not a fixed sleep, keeps the test meaningful on a loaded machine.
+            seen, want, t0 = [], rng.randrange(4), time.monotonic()
+            while sum(x.startswith("A ") for x in seen) < want and time.monotonic() - t0 < 30:
+                line = p.stdout.readline()
+                if not line:
+                    break
+                seen.append(line)
             time.sleep(rng.uniform(0.0, 0.06))
             os.kill(p.pid, signal.SIGKILL)
             out, err = _finish(p)
+            out = "".join(seen) + out
         finally:
             if p.poll() is None:
                 p.kill()
