@@ -240,3 +240,49 @@ def test_fork_with_a_live_pool_and_no_thread_outlives_close(tmp_path):
                        text=True, timeout=120, env=child_env())
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------- memory
+
+BUILD_GIB = r"""
+import sys, kimberlite as km
+s = km.Storage(sys.argv[1])
+ev = bytes(range(256)) * 256                      # 64 KiB
+for i in range(64):                               # 64 batches of 256 events: 1 GiB
+    s.append_batch(1, [ev] * 256, fsync=False)
+s.close()
+"""
+
+READ_GIB = r"""
+import resource, sys, kimberlite as km
+s = km.Storage(sys.argv[1], read_only=True, read_threads=int(sys.argv[2]))
+n = s.next_offset(1)
+list(s.read_from(1, n - 2))                        # loads the stream; starts nothing big
+# the resident size now (not the peak so far, which an import may have raised)
+with open("/proc/self/status") as f:
+    base = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+count = total = 0
+for ev in s.iter_from(1):
+    count += 1
+    total += len(ev)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(count, total, (peak - base) * 1024)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 3])
+def test_iterating_a_gib_stream_keeps_peak_rss_growth_under_32_mib(tmp_path, threads):
+    """Issue 11: peak RSS growth reading 1 GiB with iter_from < 32 MiB (ru_maxrss at the
+    end against the resident size before), inline and with a pool. No timing is asserted."""
+    path = str(tmp_path / "gib")
+    if not os.path.exists(path):
+        p = subprocess.run([sys.executable, "-c", BUILD_GIB, path], capture_output=True,
+                           text=True, timeout=600, env=child_env())
+        assert p.returncode == 0, p.stderr
+    p = subprocess.run([sys.executable, "-c", READ_GIB, path, str(threads)],
+                       capture_output=True, text=True, timeout=600, env=child_env())
+    assert p.returncode == 0, p.stderr
+    count, total, growth = map(int, p.stdout.split())
+    assert (count, total) == (64 * 256, 1 << 30)
+    assert growth < 32 << 20, f"peak RSS grew by {growth / (1 << 20):.1f} MiB"
