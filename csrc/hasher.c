@@ -1,18 +1,21 @@
 /*
- * hasher.c — the storage's hashing worker (hasher.h).
+ * hasher.c — the storage's hashing pool (hasher.h).
  *
- * SHA-256 is most of the cost of every append, read and verify, and the chain makes it
- * sequential within a batch. Large operations therefore hand the hashing to a worker
- * thread of their storage (started on first need, joined by kmb_storage_close) so that it
- * runs on a second core while the calling thread does the rest: reading, copying, CRCs,
- * writing. The caller posts one job, does its own work, and waits for the job's progress
- * (`done`) only where it needs the hashes: a read or verify never acts on a record before
- * its link has been compared.
+ * SHA-256 is most of the cost of every append, read and verify. Large operations hand it
+ * to the pool's threads (started on first need, joined by kmb_storage_close) so that it
+ * runs on other cores while the calling thread does the rest: reading, copying, CRCs,
+ * writing. An append's chain is sequential (each hash needs the one before), so thread 0
+ * alone chains it; a read's records hash independently (each from its own stored
+ * prev_hash), so every thread and the caller claim blocks of the same chunk. The caller
+ * posts one job, does its own work, and waits for the job's progress (`done`) only where
+ * it needs the hashes: a read or verify never acts on a record before its link has been
+ * compared, in order, by the caller.
  *
- * Fallback: the caller hashes inline whenever the worker would not help — on a process
- * limited to one CPU, when the thread cannot be started, and for a few operations after
- * the worker stalled (the machine was too busy to give it a CPU of its own). Which
- * operations are large enough to hand off is the engine's decision (storage.c).
+ * Fallback: the caller hashes inline whenever the pool would not help — on a process
+ * limited to one CPU (unless the pool size was given explicitly), when no thread can be
+ * started, and for a few operations after the pool stalled (the machine was too busy to
+ * give it a CPU of its own). Which operations are large enough to hand off is the
+ * engine's decision (engine.h worker_use, pool_use).
  *
  * All state is in the kmb_hasher of one storage: no globals.
  */

@@ -6,8 +6,10 @@
  * offset), hashed, linked (each record's prev_hash against the hash of the record before
  * it), and only then delivered. Each record's hash depends only on its own bytes (its
  * stored prev_hash is what the link check compares), so checking and hashing are shared
- * between this thread and the worker, block by block; only the comparisons, made here
- * once the chunk is done, follow the chain.
+ * between this thread and the pool's threads (read_threads - 1 of them), block by block;
+ * only the comparisons, made here once the chunk is done, follow the chain: a chunk's
+ * first record links to the previous chunk's last hash (r->running), so the first bad
+ * offset is the inline reader's whatever thread hashed what.
  */
 #include <inttypes.h>
 #include <stdlib.h>
