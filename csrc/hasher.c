@@ -119,18 +119,21 @@ static uint64_t now_ns(void)
  * sleeps: the jobs of one large operation come every few hundred microseconds, and a
  * thread that sleeps between them wakes late and, woken by the caller, tends to be put on
  * the caller's own CPU — they would then take turns instead of working side by side.
- * Every thread takes every job once (by generation); a read job is shared by all of them,
- * an append's chain is run by thread 0 and ended at once by the others. The last thread to
- * end a job ends it for the caller (has_job = 0).
+ * Every thread sees every job once (by generation); a read job is shared by all of them
+ * (active = nthreads), an append's chain belongs to thread 0 alone (active = 1): the others
+ * skip it and go back to sleep without lingering, so a large append keeps one core busy,
+ * not all of them. The last thread to end a job ends it for the caller (has_job = 0).
  */
 static void *worker_main(void *arg)
 {
     kmb_pool_thread *self = arg;
     kmb_hasher *w = self->h;
     unsigned seen = 0;
+    int linger = 1;
     for (;;) {
         uint64_t t0 = 0;
-        for (unsigned spin = 1; atomic_load(&w->gen) == seen && !atomic_load(&w->quit); spin++) {
+        for (unsigned spin = 1;
+             linger && atomic_load(&w->gen) == seen && !atomic_load(&w->quit); spin++) {
             if ((spin & 63) == 0) {
                 if (!t0)
                     t0 = now_ns();
@@ -149,12 +152,14 @@ static void *worker_main(void *arg)
         seen = atomic_load(&w->gen);
         kmb_hash_job job = w->job;
         pthread_mutex_unlock(&w->mu);
+        linger = !job.events || self->index == 0;
+        if (!linger) continue; /* an append's chain: thread 0's */
         if (self->index == 0)
             atomic_store_explicit(&w->cpu, sched_getcpu(), memory_order_relaxed);
         if (!job.events) {
             size_t n = kmb_hash_job_run(&job, w);
             atomic_fetch_add_explicit(&w->helped, n, memory_order_relaxed);
-        } else if (self->index == 0) {
+        } else {
             kmb_hash_job_run(&job, w);
         }
         pthread_mutex_lock(&w->mu);
@@ -286,7 +291,7 @@ void kmb_hasher_post(kmb_hasher *w, const kmb_hash_job *job)
     atomic_store(&w->done, 0);
     atomic_store(&w->claim, 0);
     atomic_store(&w->cancel, 0);
-    atomic_store(&w->active, w->nthreads);
+    atomic_store(&w->active, job->events ? 1u : w->nthreads);
     atomic_store(&w->has_job, 1);
     atomic_fetch_add(&w->gen, 1);
     pthread_cond_broadcast(&w->cv_job);
