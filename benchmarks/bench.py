@@ -18,6 +18,13 @@ stalls a shared VM adds to writes of new data):
   lmdb     py-lmdb, when installed: key = (stream, offset) big-endian, value = payload
   hash     the hashing limit: the SHA-256 chain alone over the same number of events of the
            same size, timed in C (benchmarks/hashlimit.c, compiled here with cc -lcrypto)
+  hash_par the parallel hashing limit (reads and verify): the same hashes, each record from
+           its stored prev_hash, split over as many threads as kimberlite's read pool has
+           (--threads, else its default: one per CPU, at most 8), timed in C the same way
+
+Pool size: --threads N pins kimberlite's read pool (KIMBERLITE_READ_THREADS=N for every
+process of the run) and the parallel limit to N threads; --scaling adds a table of verify
+and read_from of 16 KiB events with pools of 1, 2, ... up to the CPUs of the process.
 
 Scenarios (--scenarios, comma separated; default all):
 
@@ -25,7 +32,8 @@ Scenarios (--scenarios, comma separated; default all):
   fsync    the same batch with fsync=True, against (the batch with fsync=False + one
            fdatasync of a plain file of the same size written just before it)
   read     read_from of a whole stream (every record verified by kimberlite and pure)
-  verify   verify of a whole stream (kimberlite and pure; sqlite/lmdb have no equivalent)
+  verify   verify of a whole stream (kimberlite and pure; lmdb, which has no checks, scans
+           every value of the stream through a cursor: its closest equivalent)
   tail     read of the last 10 events of a stream of 1,000 and of --big-n events
   open     open a --big-n event store in a new process and read its tail (timed inside the
            process, import excluded; the whole process's wall time is reported apart)
@@ -80,6 +88,7 @@ LABEL = {
     "sqlite3": "sqlite3",
     "lmdb": "lmdb",
     "hash": "hash limit",
+    "hash_par": "parallel hash limit",
 }
 STREAM = 1
 MB = 1e6
@@ -166,6 +175,8 @@ def environment(tmp_info: dict) -> dict:
         "lmdb_library": ".".join(map(str, lmdb.version())) if lmdb else None,
         "tmpdir": tmp_info,
         "loadavg_start": os.getloadavg(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "read_threads": kimberlite.MemoryStorage().read_threads,
     }
     return meta
 
@@ -371,12 +382,27 @@ class LmdbImpl:
                 out.append(v)
         return out
 
+    def verify(self):
+        """lmdb checks nothing: its closest equivalent is a scan of every value."""
+        n = 0
+        with self.env.begin(buffers=True) as txn:
+            cur = txn.cursor()
+            if cur.set_range(self.KEY.pack(STREAM, 0)):
+                end = self.KEY.pack(STREAM + 1, 0)
+                for k, _v in cur:
+                    if bytes(k) >= end:
+                        break
+                    n += 1
+        return (n, None)
+
     def next_offset(self) -> int:
         return self.next
 
     def close(self) -> None:
         self.env.close()
 
+
+VERIFIERS = ("kimberlite", "pure", "lmdb")  # rows of the verify scenario
 
 FACTORIES = {
     "kimberlite": KimberliteImpl,
@@ -406,7 +432,7 @@ class HashLimit:
             libs = [f for f in out if f.startswith("-l")] or libs
         except (OSError, subprocess.CalledProcessError):
             pass
-        cmd = [cc, "-O2", *cflags, "-o", exe, src, *libs]
+        cmd = [cc, "-O2", *cflags, "-o", exe, src, *libs, "-lpthread"]
         try:
             subprocess.run(cmd, capture_output=True, text=True, check=True)
             self.exe = exe
@@ -416,10 +442,13 @@ class HashLimit:
             print(f"warning: cannot build hashlimit.c, no hashing limit: {self.error}",
                   file=sys.stderr)
 
-    def ns_per_event(self, size: int, count: int, reps: int = 3) -> float | None:
+    def ns_per_event(self, size: int, count: int, reps: int = 3,
+                     threads: int = 0) -> float | None:
+        """The chain limit; with threads, the parallel limit on that many threads."""
         if not self.exe:
             return None
-        out = subprocess.run([self.exe, str(size), str(count), str(reps)],
+        extra = [str(threads)] if threads else []
+        out = subprocess.run([self.exe, str(size), str(count), str(reps), *extra],
                              capture_output=True, text=True, check=True).stdout
         vals = [float(line.split()[1]) for line in out.splitlines()
                 if line.startswith("ns_per_event")]
@@ -592,7 +621,7 @@ def scenario_read_verify(args, tmp, impls, hashlim, results, data, which):
         n = sum(len(b) for b in batches) + len(warm)
         expected_head = None
         objs = {}
-        todo = impls if "read" in which else [i for i in impls if i in ("kimberlite", "pure")]
+        todo = impls if "read" in which else [i for i in impls if i in VERIFIERS]
         for impl in todo:
             path = fresh_dir(tmp, f"read-{impl}")
             build_store(impl, path, batches, warm).close()
@@ -614,13 +643,14 @@ def scenario_read_verify(args, tmp, impls, hashlim, results, data, which):
             del got
         for scen in which:
             if scen == "verify":
-                vimpls = [i for i in objs if i in ("kimberlite", "pure")]
+                vimpls = [i for i in objs if i in VERIFIERS]
             else:
                 vimpls = list(objs)
             if not vimpls:
                 continue
             ev_s = {i: [] for i in vimpls}
             ev_s["hash"] = []
+            ev_s["hash_par"] = []
             print(f"  {scen} {size} B x {n} events", flush=True)
             for r in range(args.runs):
                 for impl in order_for(r, vimpls):
@@ -637,22 +667,72 @@ def scenario_read_verify(args, tmp, impls, hashlim, results, data, which):
                         if scen == "read":
                             assert len(got) == n
                         else:
-                            assert got[0] == n and (expected_head is None
+                            assert got[0] == n and (expected_head is None or impl == "lmdb"
                                                     or got[1] == expected_head)
                         del got
                         best = dt if best is None else min(best, dt)
                     ev_s[impl].append(n / best)
                 ns = hashlim.ns_per_event(size, n)
                 ev_s["hash"].append(1e9 / ns if ns else None)
-            if not any(ev_s["hash"]):
-                del ev_s["hash"]
+                ns = hashlim.ns_per_event(size, n, threads=args.pool)
+                ev_s["hash_par"].append(1e9 / ns if ns else None)
+            for k in ("hash", "hash_par"):
+                if not any(ev_s[k]):
+                    del ev_s[k]
             summ = summarise(ev_s, True)
-            results.add(scenario=scen, size=size, variant=None, metric="events/s",
+            results.add(scenario=scen, threads=args.pool, size=size, variant=None, metric="events/s",
                         higher_is_better=True, events=n, runs=ev_s, **summ,
                         mb_s={k: v * size / MB for k, v in summ["median"].items()})
         for impl, obj in objs.items():
             obj.close()
             drop(os.path.join(tmp, f"read-{impl}"))
+
+
+def scenario_scaling(args, tmp, hashlim, results, data):
+    """verify and read_from of 16 KiB events with read pools of 1, 2, ... CPUs."""
+    size = 16384
+    if size in data:
+        batches, warm = data[size]
+    else:
+        n = events_per_run(size, args)
+        batches = make_batches(size, n, args.batch, seed=1)
+        warm = make_batches(size, args.batch, args.batch, seed=2)[0]
+    n = sum(len(b) for b in batches) + len(warm)
+    path = fresh_dir(tmp, "scaling")
+    build_store("kimberlite", path, batches, warm).close()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for threads in range(1, max(cpus, 1) + 1):
+        st = kimberlite.Storage(path, read_only=True, read_threads=threads)
+        st.read_from(STREAM, 0)  # loads the stream, starts the pool
+        ev_s = {"verify": [], "read": [], "hash": [], "hash_par": []}
+        print(f"  scaling: {threads} thread(s), 16 KiB x {n} events", flush=True)
+        for _ in range(args.runs):
+            for what in ("verify", "read"):
+                best = None
+                for _ in range(args.inner):
+                    with quiet_gc():
+                        t0 = time.perf_counter()
+                        got = st.verify(STREAM) if what == "verify" else st.read_from(STREAM, 0)
+                        dt = time.perf_counter() - t0
+                    del got
+                    best = dt if best is None else min(best, dt)
+                ev_s[what].append(n / best)
+            ns = hashlim.ns_per_event(size, n)
+            ev_s["hash"].append(1e9 / ns if ns else None)
+            ns = hashlim.ns_per_event(size, n, threads=threads)
+            ev_s["hash_par"].append(1e9 / ns if ns else None)
+        st.close()
+        med = {k: median(v) for k, v in ev_s.items() if v and all(v)}
+        ratios = {}
+        for what in ("verify", "read"):
+            for lim in ("hash", "hash_par"):
+                if lim in med:
+                    ratios[f"{what}/{lim}"] = paired_ratio(ev_s[what], ev_s[lim], True)
+        results.add(scenario="scaling", size=size, variant=f"{threads}", threads=threads,
+                    metric="events/s", higher_is_better=True, events=n, runs=ev_s,
+                    median=med, ratios=ratios,
+                    mb_s={k: v * size / MB for k, v in med.items()})
+    drop(path)
 
 
 # ---- the big store: built (and RSS measured) in a subprocess per peer
@@ -903,6 +983,33 @@ def targets(results: Results, args) -> list[dict]:
     if v16:
         add("verify-16384", "verify 16 KiB >= 80% of the hashing limit",
             v16["ratios"].get("hash"), 0.8, ">=", pct)
+    # issue #11
+    a1k = results.find("append", 1024, "fsync=False")
+    if a100:
+        add("append-100", "append 100 B >= 80% of the hashing limit",
+            a100["ratios"].get("hash"), 0.8, ">=", pct)
+    if a1k:
+        add("append-1024", "append 1 KiB >= 95% of the hashing limit",
+            a1k["ratios"].get("hash"), 0.95, ">=", pct)
+    if a16:
+        add("append-16384", "append 16 KiB >= 95% of the hashing limit",
+            a16["ratios"].get("hash"), 0.95, ">=", pct)
+    r1k = results.find("read", 1024)
+    if r16:
+        add("read-16384", "read_from 16 KiB >= 0.9x lmdb", r16["ratios"].get("lmdb"), 0.9, ">=", x)
+        add("read-16384", "read_from 16 KiB >= 1.3x sqlite3", r16["ratios"].get("sqlite3"), 1.3,
+            ">=", x)
+    if r1k:
+        add("read-1024", "read_from 1 KiB >= 1.0x lmdb", r1k["ratios"].get("lmdb"), 1.0, ">=", x)
+    if r100:
+        add("read-100", "read_from 100 B >= 2x lmdb", r100["ratios"].get("lmdb"), 2.0, ">=", x)
+    if v16:
+        add("verify-16384", "verify 16 KiB >= 180% of the single-core chain limit",
+            v16["ratios"].get("hash"), 1.8, ">=", pct)
+    op11 = results.find("open", args.big_size, "inside")
+    if op11:
+        add("open-inside", f"open + tail of {args.big_n:,} events <= 2x lmdb's time",
+            op11["ratios"].get("lmdb"), 0.5, ">=", lambda v: f"{1 / v:.2f}x lmdb's time")
     ts = results.find("tail_scale", args.big_size, f"{args.big_n}/1000")
     if ts:
         add("tail_scale", f"last-10 read on {args.big_n:,} events <= 2x the same on 1,000",
@@ -1008,20 +1115,26 @@ def ratio_cell(row, peer):
     v = row["ratios"].get(peer)
     if v is None:
         return "—"
-    if peer == "hash":
+    if peer in ("hash", "hash_par"):
         return f"{100 * v:.0f}%"
     return f"{v:.2f}x"
 
 
 def markdown(meta, results: Results, tgts, args, impls) -> str:
     peers = [p for p in impls if p != "kimberlite"]
-    has_hash = any("hash" in r["median"] for r in results.rows)
+    rows = [r for r in results.rows if r["scenario"] != "scaling"]
+    has_hash = any("hash" in r["median"] for r in rows)
+    has_par = any("hash_par" in r["median"] for r in rows)
     cols = ["scenario", "kimberlite"] + [LABEL[p] for p in peers]
     if has_hash:
         cols.append("hash limit")
+    if has_par:
+        cols.append(f"parallel limit ({args.pool} threads)")
     cols += [f"vs {LABEL[p]}" for p in peers]
     if has_hash:
         cols.append("% of hash limit")
+    if has_par:
+        cols.append("% of parallel limit")
     cols.append("target / met?")
     by_row = {}
     for t in tgts:
@@ -1046,17 +1159,21 @@ def markdown(meta, results: Results, tgts, args, impls) -> str:
     lines.append("")
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(cols) - 2) + ["---"]) + "|")
-    for row in results.rows:
+    for row in rows:
         cells = [row_title(row, args), fmt_cell(row, "kimberlite")]
         cells += [fmt_cell(row, p) for p in peers]
         if has_hash:
             cells.append(fmt_cell(row, "hash"))
+        if has_par:
+            cells.append(fmt_cell(row, "hash_par"))
         if row["scenario"] == "tail_scale":  # each column is that peer's own ratio
             cells += ["—" for p in peers]
         else:
             cells += [ratio_cell(row, p) for p in peers]
         if has_hash:
             cells.append(ratio_cell(row, "hash"))
+        if has_par:
+            cells.append(ratio_cell(row, "hash_par"))
         ts = by_row.get(row_key(row), [])
         if row["scenario"] == "open" and row.get("python_import_kimberlite_s"):
             extra = (f"`python -c 'import kimberlite'` alone: "
@@ -1072,8 +1189,25 @@ def markdown(meta, results: Results, tgts, args, impls) -> str:
                     for t in ts]
         cells.append("; ".join([extra.rstrip("; ")] + verdicts if extra else verdicts))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    scaling = [r for r in results.rows if r["scenario"] == "scaling"]
+    if scaling:
+        lines.append("")
+        lines.append(f"Scaling: verify and read_from of 16 KiB × {scaling[0]['events']:,} events "
+                     "by read pool size (`--threads`; the caller is one of the threads):")
+        lines.append("")
+        lines.append("| threads | verify | read_from | chain limit (1 core) | parallel limit | "
+                     "verify % of chain limit | verify % of parallel limit | "
+                     "read % of parallel limit |")
+        lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in scaling:
+            med, rat = r["median"], r["ratios"]
+            mbs = lambda k: f"{med[k] * 16384 / MB:,.0f} MB/s" if k in med else "—"  # noqa: E731
+            pc = lambda k: f"{100 * rat[k]:.0f}%" if rat.get(k) else "—"  # noqa: E731
+            lines.append(f"| {r['threads']} | {mbs('verify')} | {mbs('read')} | {mbs('hash')} | "
+                         f"{mbs('hash_par')} | {pc('verify/hash')} | {pc('verify/hash_par')} | "
+                         f"{pc('read/hash_par')} |")
     lines.append("")
-    lines.append("Targets (issue #4):")
+    lines.append("Targets (issues #4 and #11):")
     lines.append("")
     lines.append("| target | measured | met? |")
     lines.append("|---|---:|---|")
@@ -1086,7 +1220,11 @@ def markdown(meta, results: Results, tgts, args, impls) -> str:
     lines.append("")
     lines.append("Notes: sqlite3 and lmdb do not verify anything on read (no CRC, no chain); "
                  "kimberlite and the pure-Python peer check every record returned. The hashing "
-                 "limit is the SHA-256 chain alone, in C, over the same number of events. "
+                 "limit is the SHA-256 chain alone, in C, over the same number of events: "
+                 "appends cannot beat it, since each hash needs the one before. Reads and "
+                 "verify know every record's stored prev_hash, so their limit is the parallel "
+                 f"one: the same hashes split over {args.pool} threads (kimberlite's read pool "
+                 "size in this run). lmdb's verify is a scan of every value (it has no checks). "
                  "Reads are from a warm page cache.")
     return "\n".join(lines) + "\n"
 
@@ -1099,10 +1237,10 @@ def plot(results: Results, impls, path: str, meta: dict | None = None) -> str | 
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    series = [i for i in impls] + ["hash"]
+    series = [i for i in impls] + ["hash", "hash_par"]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     style = {"kimberlite": ("o-", 2.5), "pure": ("s--", 1.5), "sqlite3": ("^--", 1.5),
-             "lmdb": ("v--", 1.5), "hash": ("k:", 1.5)}
+             "lmdb": ("v--", 1.5), "hash": ("k:", 1.5), "hash_par": ("k-.", 1.2)}
     for row_i, scen in enumerate(("append", "read")):
         rows = sorted([r for r in results.rows if r["scenario"] == scen], key=lambda r: r["size"])
         if not rows:
@@ -1187,6 +1325,11 @@ def parse_args(argv=None):
     p.add_argument("--tail-calls", type=int, default=500,
                    help="last-10 reads per stream per round, in 10 blocks alternating between "
                         "the small and the big stream (a round keeps the median block)")
+    p.add_argument("--threads", type=int, help="pin kimberlite's read pool to N threads "
+                   "(KIMBERLITE_READ_THREADS=N) and the parallel limit to N threads; default: "
+                   "kimberlite's own choice (one per CPU, at most 8)")
+    p.add_argument("--scaling", action="store_true", help="add the scaling table: verify and "
+                   "read_from of 16 KiB events with pools of 1, 2, ... up to the CPUs")
     p.add_argument("--tmpdir", help="parent directory for data (default: the system temp dir "
                    "if it is on a real disk)")
     p.add_argument("--keep", action="store_true", help="keep the data directories")
@@ -1205,11 +1348,16 @@ def parse_args(argv=None):
         p.error(f"unknown scenario(s): {', '.join(sorted(bad))}")
     args.peers = [s for s in args.peers.split(",") if s]
     args.big_peers = [s for s in args.big_peers.split(",") if s]
+    if args.threads is not None and not 1 <= args.threads <= 64:
+        p.error("--threads must be from 1 to 64")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:  # every Storage of the run, subprocesses included
+        os.environ["KIMBERLITE_READ_THREADS"] = str(args.threads)
+    args.pool = kimberlite.MemoryStorage().read_threads
     impls = ["kimberlite"] + [p for p in args.peers if p in FACTORIES and p != "kimberlite"]
     if "lmdb" in impls and lmdb is None:
         print("note: lmdb is not installed (pip install lmdb): skipping the lmdb peer",
@@ -1233,6 +1381,8 @@ def main(argv=None) -> int:
         rv = [s for s in ("read", "verify") if s in args.scenarios]
         if rv:
             scenario_read_verify(args, tmp, impls, hashlim, results, data, rv)
+        if args.scaling:
+            scenario_scaling(args, tmp, hashlim, results, data)
         data.clear()
         big = [s for s in ("rss", "tail", "open") if s in args.scenarios]
         if big:

@@ -10,8 +10,14 @@
  * (what csrc/chain.c calls), over N distinct events of S bytes, and prints the time per
  * event. Nothing else is timed: no CRC, no copy, no I/O, no Python.
  *
- *     cc -O2 -o hashlimit hashlimit.c -lcrypto
- *     ./hashlimit SIZE COUNT [REPS]
+ *     cc -O2 -o hashlimit hashlimit.c -lcrypto -lpthread
+ *     ./hashlimit SIZE COUNT [REPS [THREADS]]
+ *
+ * With THREADS, the *parallel* limit instead: what verified reads and verify can reach on
+ * THREADS cores. A reader knows each record's stored prev_hash, so record i's hash
+ * SHA-256(prev_hash_i || payload_i) does not wait for record i-1's: the COUNT events are
+ * split into THREADS equal ranges, each hashed by its own thread (this one included), and
+ * the wall time from a common start to the last thread's end is what is reported.
  *
  * Output: one line per repetition, "ns_per_event <float>", then "head <hex>" (the head hash,
  * so the work cannot be optimised away and can be cross-checked against the engine's).
@@ -22,6 +28,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +44,53 @@ static double now_ns(void)
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
+/* One thread's range of the parallel limit: records [i0, i1), each with its own prev. */
+typedef struct range {
+    const uint8_t *buf;
+    size_t size, slots, i0, i1;
+    uint8_t last[SHA256_DIGEST_LENGTH];
+    pthread_barrier_t *start;
+} range;
+
+static void *hash_range(void *arg)
+{
+    range *r = arg;
+    pthread_barrier_wait(r->start);
+    uint8_t prev[SHA256_DIGEST_LENGTH] = {0};
+    for (size_t i = r->i0; i < r->i1; i++) {
+        const uint8_t *p = r->buf + (i % r->slots) * r->size;
+        prev[i % SHA256_DIGEST_LENGTH] ^= (uint8_t)i; /* a distinct stored prev_hash each */
+        SHA256_CTX ctx;
+        SHA256_Init(&ctx);
+        SHA256_Update(&ctx, prev, sizeof(prev));
+        if (r->size > 0) SHA256_Update(&ctx, p, r->size);
+        SHA256_Final(r->last, &ctx);
+    }
+    return NULL;
+}
+
+/* The parallel limit: ns per event with `threads` threads. */
+static double parallel_ns(const uint8_t *buf, size_t size, size_t slots, size_t count,
+                          int threads, uint8_t head[SHA256_DIGEST_LENGTH])
+{
+    range rs[64];
+    pthread_t tid[64];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)threads);
+    for (int t = 0; t < threads; t++) {
+        rs[t] = (range){buf, size, slots, count * (size_t)t / (size_t)threads,
+                        count * (size_t)(t + 1) / (size_t)threads, {0}, &start};
+        if (t > 0) pthread_create(&tid[t], NULL, hash_range, &rs[t]);
+    }
+    double t0 = now_ns(); /* the others wait at the barrier for this thread */
+    hash_range(&rs[0]);
+    for (int t = 1; t < threads; t++) pthread_join(tid[t], NULL);
+    double t1 = now_ns();
+    pthread_barrier_destroy(&start);
+    memcpy(head, rs[threads - 1].last, SHA256_DIGEST_LENGTH);
+    return (t1 - t0) / (double)count;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -46,8 +100,9 @@ int main(int argc, char **argv)
     size_t size = strtoull(argv[1], NULL, 10);
     size_t count = strtoull(argv[2], NULL, 10);
     int reps = argc > 3 ? atoi(argv[3]) : 3;
-    if (count == 0 || reps <= 0) {
-        fprintf(stderr, "COUNT and REPS must be positive\n");
+    int threads = argc > 4 ? atoi(argv[4]) : 0;
+    if (count == 0 || reps <= 0 || threads < 0 || threads > 64) {
+        fprintf(stderr, "COUNT and REPS must be positive, THREADS from 1 to 64\n");
         return 2;
     }
     size_t slots = count;
@@ -67,7 +122,9 @@ int main(int argc, char **argv)
         buf[i] = (uint8_t)x;
     }
     uint8_t head[SHA256_DIGEST_LENGTH];
-    for (int r = 0; r < reps; r++) {
+    for (int r = 0; threads > 0 && r < reps; r++)
+        printf("ns_per_event %.3f\n", parallel_ns(buf, size, slots, count, threads, head));
+    for (int r = 0; threads == 0 && r < reps; r++) {
         double t0 = now_ns();
         for (size_t i = 0; i < count; i++) {
             const uint8_t *p = buf + (i % slots) * size;

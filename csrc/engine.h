@@ -136,7 +136,12 @@ struct kmb_storage {
     window win;       /* scanning window, reused */
     uint8_t *rbuf;    /* single-record reads, reused */
     size_t rbuf_cap;
-    kmb_hasher worker; /* the hashing worker (hasher.c), started on first need */
+    kmb_hasher worker; /* the hashing pool (hasher.c), started on first need */
+    /* The parallel reader's tuning (kmb_storage_set_read_tuning; defaults at open). */
+    uint64_t par_min;   /* reads of this many bytes or more use the pool */
+    size_t read_chunk;  /* bytes read and checked at a time (READ_CHUNK) */
+    size_t par_block;   /* records a thread claims at a time; 0 = about 8 KiB of them */
+    int helpers_only;   /* the caller leaves the checking to the pool (tests) */
     rchunk chunks[READ_CHUNKS]; /* the reader's buffers, reused */
     uint8_t *hashes;   /* a pipelined append's hashes, reused */
     size_t hashes_cap;
@@ -173,6 +178,16 @@ static inline void describe(kmb_storage *st, uint64_t stream, uint32_t seg, char
 static inline int worker_use(kmb_storage *st, uint64_t bytes)
 {
     if (bytes < WORKER_MIN_BYTES) return 0;
+    return kmb_hasher_ready(&st->worker);
+}
+
+/*
+ * Whether a read or verify of `bytes` should share its checking with the pool: only with
+ * read_threads of 2 or more, for reads of at least par_min bytes.
+ */
+static inline int pool_use(kmb_storage *st, uint64_t bytes)
+{
+    if (st->opts.read_threads < 2 || bytes < st->par_min) return 0;
     return kmb_hasher_ready(&st->worker);
 }
 

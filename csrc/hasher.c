@@ -1,18 +1,21 @@
 /*
- * hasher.c — the storage's hashing worker (hasher.h).
+ * hasher.c — the storage's hashing pool (hasher.h).
  *
- * SHA-256 is most of the cost of every append, read and verify, and the chain makes it
- * sequential within a batch. Large operations therefore hand the hashing to a worker
- * thread of their storage (started on first need, joined by kmb_storage_close) so that it
- * runs on a second core while the calling thread does the rest: reading, copying, CRCs,
- * writing. The caller posts one job, does its own work, and waits for the job's progress
- * (`done`) only where it needs the hashes: a read or verify never acts on a record before
- * its link has been compared.
+ * SHA-256 is most of the cost of every append, read and verify. Large operations hand it
+ * to the pool's threads (started on first need, joined by kmb_storage_close) so that it
+ * runs on other cores while the calling thread does the rest: reading, copying, CRCs,
+ * writing. An append's chain is sequential (each hash needs the one before), so thread 0
+ * alone chains it; a read's records hash independently (each from its own stored
+ * prev_hash), so every thread and the caller claim blocks of the same chunk. The caller
+ * posts one job, does its own work, and waits for the job's progress (`done`) only where
+ * it needs the hashes: a read or verify never acts on a record before its link has been
+ * compared, in order, by the caller.
  *
- * Fallback: the caller hashes inline whenever the worker would not help — on a process
- * limited to one CPU, when the thread cannot be started, and for a few operations after
- * the worker stalled (the machine was too busy to give it a CPU of its own). Which
- * operations are large enough to hand off is the engine's decision (storage.c).
+ * Fallback: the caller hashes inline whenever the pool would not help — on a process
+ * limited to one CPU (unless the pool size was given explicitly), when no thread can be
+ * started, and for a few operations after the pool stalled (the machine was too busy to
+ * give it a CPU of its own). Which operations are large enough to hand off is the
+ * engine's decision (engine.h worker_use, pool_use).
  *
  * All state is in the kmb_hasher of one storage: no globals.
  */
@@ -112,17 +115,25 @@ static uint64_t now_ns(void)
 }
 
 /*
- * The worker's loop. Between jobs it lingers, spinning, for WORKER_LINGER_NS before it
+ * A thread's loop. Between jobs it lingers, spinning, for WORKER_LINGER_NS before it
  * sleeps: the jobs of one large operation come every few hundred microseconds, and a
  * thread that sleeps between them wakes late and, woken by the caller, tends to be put on
- * the caller's own CPU — the two would then take turns instead of working side by side.
+ * the caller's own CPU — they would then take turns instead of working side by side.
+ * Every thread sees every job once (by generation); a read job is shared by all of them
+ * (active = nthreads), an append's chain belongs to thread 0 alone (active = 1): the others
+ * skip it and go back to sleep without lingering, so a large append keeps one core busy,
+ * not all of them. The last thread to end a job ends it for the caller (has_job = 0).
  */
 static void *worker_main(void *arg)
 {
-    kmb_hasher *w = arg;
+    kmb_pool_thread *self = arg;
+    kmb_hasher *w = self->h;
+    unsigned seen = 0;
+    int linger = 1;
     for (;;) {
         uint64_t t0 = 0;
-        for (unsigned spin = 1; !atomic_load(&w->has_job) && !atomic_load(&w->quit); spin++) {
+        for (unsigned spin = 1;
+             linger && atomic_load(&w->gen) == seen && !atomic_load(&w->quit); spin++) {
             if ((spin & 63) == 0) {
                 if (!t0)
                     t0 = now_ns();
@@ -132,38 +143,70 @@ static void *worker_main(void *arg)
             cpu_relax();
         }
         pthread_mutex_lock(&w->mu);
-        while (!atomic_load(&w->has_job) && !atomic_load(&w->quit))
+        while (atomic_load(&w->gen) == seen && !atomic_load(&w->quit))
             pthread_cond_wait(&w->cv_job, &w->mu);
         if (atomic_load(&w->quit)) {
             pthread_mutex_unlock(&w->mu);
             return NULL;
         }
+        seen = atomic_load(&w->gen);
         kmb_hash_job job = w->job;
         pthread_mutex_unlock(&w->mu);
-        atomic_store_explicit(&w->cpu, sched_getcpu(), memory_order_relaxed);
-        kmb_hash_job_run(&job, w);
+        linger = !job.events || self->index == 0;
+        if (!linger) continue; /* an append's chain: thread 0's */
+        if (self->index == 0)
+            atomic_store_explicit(&w->cpu, sched_getcpu(), memory_order_relaxed);
+        if (!job.events) {
+            size_t n = kmb_hash_job_run(&job, w);
+            atomic_fetch_add_explicit(&w->helped, n, memory_order_relaxed);
+        } else {
+            kmb_hash_job_run(&job, w);
+        }
         pthread_mutex_lock(&w->mu);
-        atomic_store(&w->has_job, 0);
-        pthread_cond_broadcast(&w->cv_done);
+        if (atomic_fetch_sub(&w->active, 1) == 1) {
+            atomic_store(&w->has_job, 0);
+            pthread_cond_broadcast(&w->cv_done);
+        }
         pthread_mutex_unlock(&w->mu);
     }
 }
 
-/* Start the worker if this process has none yet (also after a fork). 0 if it cannot. */
+unsigned kmb_pool_default_size(void)
+{
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) != 0) return 1;
+    int n = CPU_COUNT(&cpus);
+    if (n < 1) return 1;
+    return n > KMB_POOL_DEFAULT_CAP ? KMB_POOL_DEFAULT_CAP : (unsigned)n;
+}
+
+void kmb_hasher_configure(kmb_hasher *w, unsigned threads, int forced)
+{
+    if (threads < 1) threads = 1;
+    if (threads > KMB_POOL_MAX) threads = KMB_POOL_MAX;
+    w->want = threads;
+    w->forced = forced;
+}
+
+/* Start the threads if this process has none yet (also after a fork). 0 if it cannot. */
 static int worker_start(kmb_hasher *w)
 {
     pid_t pid = getpid();
     if (w->pid == pid) return 1;
     if (w->single_cpu_pid == pid) return 0;
+    unsigned want = w->want ? w->want : 1;
+    int forced = w->forced;
     cpu_set_t cpus;
     CPU_ZERO(&cpus);
-    if (sched_getaffinity(0, sizeof(cpus), &cpus) != 0 || CPU_COUNT(&cpus) < 2) {
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) != 0 || (CPU_COUNT(&cpus) < 2 && !forced)) {
         w->single_cpu_pid = pid; /* one CPU: a second thread could only get in the way */
         return 0;
     }
-    /* Never started, or started by the parent of a fork: the thread is not in this process. */
+    /* Never started, or started by the parent of a fork: the threads are not in this process. */
     memset(w, 0, sizeof(*w));
-    /* (w->single_cpu_pid is 0 again: this process has more than one CPU) */
+    w->want = want;
+    w->forced = forced;
     if (pthread_mutex_init(&w->mu, NULL) != 0) return 0;
     if (pthread_cond_init(&w->cv_job, NULL) != 0) {
         pthread_mutex_destroy(&w->mu);
@@ -174,13 +217,19 @@ static int worker_start(kmb_hasher *w)
         pthread_mutex_destroy(&w->mu);
         return 0;
     }
-    /* Signals stay with the application's threads: the worker blocks them all. */
+    /* Signals stay with the application's threads: the pool blocks them all. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&w->thread, NULL, worker_main, w);
+    for (unsigned i = 0; i < want; i++) {
+        w->threads[i].h = w;
+        w->threads[i].index = i;
+        if (pthread_create(&w->threads[i].thread, NULL, worker_main, &w->threads[i]) != 0)
+            break;
+        w->nthreads++;
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
+    if (w->nthreads == 0) {
         pthread_cond_destroy(&w->cv_done);
         pthread_cond_destroy(&w->cv_job);
         pthread_mutex_destroy(&w->mu);
@@ -211,9 +260,11 @@ void kmb_hasher_stop(kmb_hasher *w)
     if (w->pid != getpid()) return; /* none here; a parent's after fork is not ours to join */
     pthread_mutex_lock(&w->mu);
     atomic_store(&w->quit, 1);
-    pthread_cond_signal(&w->cv_job);
+    pthread_cond_broadcast(&w->cv_job);
     pthread_mutex_unlock(&w->mu);
-    pthread_join(w->thread, NULL);
+    for (unsigned i = 0; i < w->nthreads; i++) pthread_join(w->threads[i].thread, NULL);
+    w->nthreads = 0;
+    atomic_store(&w->quit, 0);
     pthread_cond_destroy(&w->cv_done);
     pthread_cond_destroy(&w->cv_job);
     pthread_mutex_destroy(&w->mu);
@@ -231,7 +282,7 @@ void kmb_hasher_post(kmb_hasher *w, const kmb_hash_job *job)
     if (cpu >= 0 && cpu == atomic_load_explicit(&w->cpu, memory_order_relaxed)) {
         cpu_set_t m = w->allowed;
         CPU_CLR(cpu, &m);
-        if (CPU_COUNT(&m) > 0) pthread_setaffinity_np(w->thread, sizeof(m), &m);
+        if (CPU_COUNT(&m) > 0) pthread_setaffinity_np(w->threads[0].thread, sizeof(m), &m);
         atomic_store_explicit(&w->cpu, -1, memory_order_relaxed);
     }
     pthread_mutex_lock(&w->mu);
@@ -240,8 +291,10 @@ void kmb_hasher_post(kmb_hasher *w, const kmb_hash_job *job)
     atomic_store(&w->done, 0);
     atomic_store(&w->claim, 0);
     atomic_store(&w->cancel, 0);
+    atomic_store(&w->active, job->events ? 1u : w->nthreads);
     atomic_store(&w->has_job, 1);
-    pthread_cond_signal(&w->cv_job);
+    atomic_fetch_add(&w->gen, 1);
+    pthread_cond_broadcast(&w->cv_job);
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -282,7 +335,14 @@ int kmb_hasher_stalled(kmb_hasher *w, uint64_t waited)
     return 1;
 }
 
-void kmb_hasher_forget(kmb_hasher *w) { memset(w, 0, sizeof(*w)); }
+void kmb_hasher_forget(kmb_hasher *w)
+{
+    unsigned want = w->want;
+    int forced = w->forced;
+    memset(w, 0, sizeof(*w));
+    w->want = want;
+    w->forced = forced;
+}
 
 void kmb_hasher_backoff(kmb_hasher *w) { w->backoff = WORKER_BACKOFF_OPS; }
 

@@ -1,15 +1,17 @@
 /*
- * hasher.h — the storage's hashing worker: a helper thread that computes SHA-256 chain
- * hashes while the calling thread reads, copies, checksums and writes (internal; see
- * hasher.c for why it exists and its fallback rules).
+ * hasher.h — the storage's hashing pool: helper threads that compute SHA-256 chain hashes
+ * (and check reads' CRCs) while the calling thread reads, copies, checksums and writes
+ * (internal; see hasher.c for why it exists and its fallback rules).
  *
  * One kmb_hasher lives inside each kmb_storage; there is no global state. A zeroed
- * kmb_hasher is valid and has no thread: the thread starts on first need
- * (kmb_hasher_ready) and is joined by kmb_hasher_stop.
+ * kmb_hasher is valid and has no thread; kmb_hasher_configure sets how many threads it may
+ * have, they start on first need (kmb_hasher_ready) and are joined by kmb_hasher_stop.
+ * A read job is shared by every thread of the pool and the caller; an append's chain (a
+ * sequence) is run by thread 0 alone.
  *
  * Threads: every kmb_hasher_* function is called by the thread that owns the operation
  * (in the engine, one holding the storage's mutex), never by two threads at once; the
- * hasher's own thread is the only other party. It holds at most one job at a time.
+ * pool's own threads are the only other parties. It holds at most one job at a time.
  * Errors: none are reported. A hasher that cannot start says so (kmb_hasher_ready
  * returns 0) and the caller hashes inline.
  *
@@ -35,6 +37,11 @@
  * The reader also uses it to tell a hasher that has no CPU of its own.
  */
 #define KMB_HASHER_SPIN_NS 50000u
+
+/* The most threads a pool can have (the read_threads option is capped at KMB_POOL_MAX + 1). */
+#define KMB_POOL_MAX 63
+/* The default cap: a pool sized from the CPUs has at most this many threads, caller included. */
+#define KMB_POOL_DEFAULT_CAP 8
 
 /* The verdict of a read job on each record (kmb_hash_job.status). */
 enum { KMB_CHECK_OK = 0, KMB_CHECK_BAD_CRC = 1, KMB_CHECK_BAD_OFFSET = 2 };
@@ -67,39 +74,70 @@ typedef struct kmb_hash_job {
     size_t block;
 } kmb_hash_job;
 
-/* The worker thread and its state. Fields are the hasher's own: use the functions. */
-typedef struct kmb_hasher {
+struct kmb_hasher;
+
+/* One thread of the pool: its index (0 runs appends' chains) and its pool. */
+typedef struct kmb_pool_thread {
+    struct kmb_hasher *h;
+    unsigned index;
     pthread_t thread;
-    pid_t pid;            /* process that started the thread; 0 when there is none */
+} kmb_pool_thread;
+
+/* The pool and its state. Fields are the hasher's own: use the functions. */
+typedef struct kmb_hasher {
+    unsigned want;        /* threads to start (kmb_hasher_configure); survives stop/forget */
+    int forced;           /* start them even on one CPU (an explicit pool size) */
+    unsigned nthreads;    /* threads running (in process `pid`) */
+    kmb_pool_thread threads[KMB_POOL_MAX];
+    pid_t pid;            /* process that started the threads; 0 when there are none */
     pid_t single_cpu_pid; /* process found to run on one CPU: no worker there */
     unsigned backoff;     /* operations to do without the worker after it stalled */
     cpu_set_t allowed;    /* the CPUs the process may use */
-    atomic_int cpu;       /* the CPU the worker last started a job on */
+    atomic_int cpu;       /* the CPU thread 0 last started a job on */
     pthread_mutex_t mu;
     pthread_cond_t cv_job;  /* a job was posted, or quit */
     pthread_cond_t cv_done; /* progress (when someone waits) or the job ended */
-    atomic_int has_job;     /* written under mu; the lingering worker reads it without */
+    atomic_int has_job;     /* written under mu; the lingering workers read it without */
+    atomic_uint gen;        /* bumped by every post: a thread takes each generation once */
+    atomic_uint active;     /* threads that have not yet ended the current job */
     atomic_int quit;
     kmb_hash_job job;
     atomic_size_t done;  /* items of the current job that are finished */
     atomic_size_t claim; /* reads: the next item nobody has claimed */
     atomic_int waiting; /* the caller sleeps on cv_done */
     atomic_int cancel;  /* the caller gave up on the job */
+    atomic_size_t helped; /* read items checked by the pool's threads, ever (for tests) */
 } kmb_hasher;
 
 /*
- * Whether an operation may use the hasher now: 1 if so (its thread is running, started
+ * Set the pool size: `threads` helper threads (at least 1, at most KMB_POOL_MAX); `forced`
+ * starts them even when the process may use one CPU only (otherwise that falls back to
+ * inline work). Takes effect when the threads next start: call it before first use (or
+ * after kmb_hasher_stop). A zeroed hasher behaves as configured with (1, 0).
+ */
+void kmb_hasher_configure(kmb_hasher *h, unsigned threads, int forced);
+
+/*
+ * The number of threads, caller included, that a pool sized from the CPUs would use for
+ * reads: the CPUs this process may use (sched_getaffinity), at most KMB_POOL_DEFAULT_CAP;
+ * 1 when they cannot be read.
+ */
+unsigned kmb_pool_default_size(void);
+
+/*
+ * Whether an operation may use the hasher now: 1 if so (its threads are running, started
  * here if this process has none yet, also after a fork); 0 while it backs off after a
- * stall (each such call counts one operation without it), on a single CPU, or if the
- * thread cannot be started. The caller decides first whether the operation is large
+ * stall (each such call counts one operation without it), on a single CPU (unless
+ * forced), or if no thread can be started (a pool that starts fewer threads than asked
+ * works with those). The caller decides first whether the operation is large
  * enough to be worth it.
  */
 int kmb_hasher_ready(kmb_hasher *h);
 
 /*
- * Stop and join the thread, and release what kmb_hasher_ready set up; nothing if this
- * process never started one (a parent's thread after a fork is not ours to join). No job
- * may be in progress. The hasher can be made ready again afterwards.
+ * Stop and join the threads, and release what kmb_hasher_ready set up; nothing if this
+ * process never started any (a parent's threads after a fork are not ours to join). No
+ * job may be in progress. The hasher can be made ready again afterwards.
  */
 void kmb_hasher_stop(kmb_hasher *h);
 
@@ -130,9 +168,9 @@ uint64_t kmb_hasher_wait(kmb_hasher *h, size_t need);
 int kmb_hasher_stalled(kmb_hasher *h, uint64_t waited);
 
 /*
- * In the child of a fork(): forget the parent's thread (it does not exist here; its mutex
- * may even have been held by it at the fork) without touching it. The hasher is then as if
- * zeroed: a new thread starts on first need. No job may be in progress (the engine calls
+ * In the child of a fork(): forget the parent's threads (they do not exist here; the mutex
+ * may even have been held by one of them at the fork) without touching them. The hasher is
+ * then as if zeroed but keeps its configuration: new threads start on first need. No job may be in progress (the engine calls
  * it with the storage's mutex held since before the fork).
  */
 void kmb_hasher_forget(kmb_hasher *h);

@@ -4,6 +4,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "kimberlite/sys/faults.h"
@@ -116,4 +117,30 @@ int kmb_storage_replace_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t
 out:
     leave(st);
     return rc;
+}
+
+/* ---------------------------------------------------------------- the parallel reader */
+
+int kmb_storage_set_read_tuning(kmb_storage *st, uint64_t min_bytes, size_t chunk_bytes,
+                                size_t block, int helpers_only)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    st->par_min = min_bytes ? min_bytes : WORKER_MIN_BYTES;
+    st->read_chunk = chunk_bytes ? chunk_bytes : READ_CHUNK;
+    st->par_block = block;
+    st->helpers_only = helpers_only != 0;
+    leave(st);
+    return KMB_OK;
+}
+
+int kmb_storage_read_stats(kmb_storage *st, uint64_t *helped, unsigned *threads)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    if (helped)
+        *helped = st->worker.pid == getpid() ? (uint64_t)atomic_load(&st->worker.helped) : 0;
+    if (threads) *threads = st->opts.read_threads;
+    leave(st);
+    return KMB_OK;
 }

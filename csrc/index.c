@@ -181,6 +181,37 @@ int kmb_index_decode(kmb_index *out, const void *data, size_t len)
     return KMB_OK;
 }
 
+int kmb_index_adopt(kmb_index *out, uint8_t *data, size_t len)
+{
+    const uint16_t probe = 1;
+    int little = *(const uint8_t *)&probe == 1;
+    uint64_t n = 0;
+    kmb_index_truncate(out, 0);
+    if (!little || data == NULL || check_header(data, (uint64_t)len, &n) != KMB_OK || n == 0) {
+        int rc = kmb_index_decode(out, data, len); /* reports the error, or decodes */
+        free(data);
+        return rc;
+    }
+    size_t body = len - KMB_INDEX_TRAILER_SIZE;
+    uint32_t stored = kmb_load_u32le(data + body);
+    uint32_t actual = kmb_crc32(data, body);
+    if (stored != actual) {
+        free(data);
+        return kmb_error_set(KMB_EINDEX, 0,
+                             "offset index CRC mismatch: stored 0x%08" PRIx32
+                             ", computed 0x%08" PRIx32 " (%s)",
+                             stored, actual, REBUILD_HINT);
+    }
+    /* The entries are u64 little-endian, as the host's: slide them to the (malloc-aligned)
+     * start of the buffer and use it as is. */
+    memmove(data, data + kmb_idx_entry_at(0), (size_t)n * sizeof(uint64_t));
+    free(out->positions);
+    out->positions = (uint64_t *)(void *)data;
+    out->count = (size_t)n;
+    out->capacity = len / sizeof(uint64_t); /* the buffer holds len bytes */
+    return KMB_OK;
+}
+
 /* Record an I/O failure on `path` (errno preserved for StorageIOError). */
 static int io_error(int err, const char *what, const char *path)
 {

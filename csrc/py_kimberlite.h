@@ -162,6 +162,7 @@ typedef struct {
     int read_only;
     uint64_t max_segment_size;
     uint64_t max_event_size;
+    unsigned read_threads; /* in force (kmb_options.read_threads after open) */
     PyObject *path;     /* str, or None for MemoryStorage */
     pthread_mutex_t events_mu;
     kmb_event_node *events_head;

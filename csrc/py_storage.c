@@ -84,6 +84,24 @@ static int storage_size_option(PyObject *obj, const char *name, uint64_t *out)
     return 0;
 }
 
+/* read_threads: None (automatic: 0) or an int from 1 to KMB_MAX_READ_THREADS. */
+static int storage_threads_option(PyObject *obj, unsigned *out)
+{
+    if (obj == NULL || obj == Py_None) return 0;
+    uint64_t v = 0;
+    if (kmb_int_to_u64(obj, "read_threads", 1, &v) < 0 || v < 1 || v > KMB_MAX_READ_THREADS) {
+        if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError,
+                         "read_threads must be an int from 1 to %u, or None (one per CPU, "
+                         "at most 8), got %R", KMB_MAX_READ_THREADS, obj);
+        }
+        return -1;
+    }
+    *out = (unsigned)v;
+    return 0;
+}
+
 /* None -> UINT64_MAX (no limit); otherwise a non-negative int of any size. */
 static int storage_max_bytes(PyObject *obj, uint64_t *out)
 {
@@ -149,16 +167,19 @@ static int storage_adopt(StorageObject *self, const char *path, const kmb_option
     self->read_only = in_force->read_only != 0;
     self->max_segment_size = in_force->max_segment_size;
     self->max_event_size = in_force->max_event_size;
+    self->read_threads = in_force->read_threads;
     return kmb_storage_track_for_fork(self);
 }
 
 static int storage_init(StorageObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"path", "max_segment_size", "max_event_size", "read_only", NULL};
-    PyObject *path_bytes = NULL, *mss = NULL, *mes = NULL;
+    static char *kwlist[] = {"path", "max_segment_size", "max_event_size", "read_only",
+                             "read_threads", NULL};
+    PyObject *path_bytes = NULL, *mss = NULL, *mes = NULL, *rt = NULL;
     int read_only = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$OOp:Storage", kwlist,
-                                     PyUnicode_FSConverter, &path_bytes, &mss, &mes, &read_only))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$OOpO:Storage", kwlist,
+                                     PyUnicode_FSConverter, &path_bytes, &mss, &mes, &read_only,
+                                     &rt))
         return -1;
     int rc = -1;
     kmb_options opts;
@@ -166,6 +187,7 @@ static int storage_init(StorageObject *self, PyObject *args, PyObject *kwds)
     opts.read_only = read_only;
     if (storage_size_option(mss, "max_segment_size", &opts.max_segment_size) < 0) goto cleanup;
     if (storage_size_option(mes, "max_event_size", &opts.max_event_size) < 0) goto cleanup;
+    if (storage_threads_option(rt, &opts.read_threads) < 0) goto cleanup;
     PyObject *path_str = PyUnicode_DecodeFSDefaultAndSize(PyBytes_AS_STRING(path_bytes),
                                                           PyBytes_GET_SIZE(path_bytes));
     if (path_str == NULL) goto cleanup;
@@ -183,14 +205,15 @@ cleanup:
 
 static int memory_storage_init(StorageObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"max_segment_size", "max_event_size", NULL};
-    PyObject *mss = NULL, *mes = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$OO:MemoryStorage", kwlist, &mss, &mes))
+    static char *kwlist[] = {"max_segment_size", "max_event_size", "read_threads", NULL};
+    PyObject *mss = NULL, *mes = NULL, *rt = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$OOO:MemoryStorage", kwlist, &mss, &mes, &rt))
         return -1;
     kmb_options opts;
     kmb_options_init(&opts);
     if (storage_size_option(mss, "max_segment_size", &opts.max_segment_size) < 0) return -1;
     if (storage_size_option(mes, "max_event_size", &opts.max_event_size) < 0) return -1;
+    if (storage_threads_option(rt, &opts.read_threads) < 0) return -1;
     if (storage_adopt(self, NULL, &opts) < 0) return -1;
     self->is_memory = 1;
     return 0;
@@ -855,6 +878,11 @@ static PyObject *storage_get_max_event_size(StorageObject *self, void *Py_UNUSED
     return PyLong_FromUnsignedLongLong(self->max_event_size);
 }
 
+static PyObject *storage_get_read_threads(StorageObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLong(self->read_threads);
+}
+
 static PyObject *storage_get_closed(StorageObject *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->st == NULL || self->closed);
@@ -871,6 +899,10 @@ static PyGetSetDef storage_getset[] = {
      PyDoc_STR("Size in bytes at or above which the active segment is sealed."), NULL},
     {"max_event_size", (getter)storage_get_max_event_size, NULL,
      PyDoc_STR("Largest event accepted, in bytes."), NULL},
+    {"read_threads", (getter)storage_get_read_threads, NULL,
+     PyDoc_STR("Threads, the caller's included, that check and hash a large read or "
+               "verify (the read_threads option, KIMBERLITE_READ_THREADS, or the CPUs)."),
+     NULL},
     {"closed", (getter)storage_get_closed, NULL, PyDoc_STR("True once close() was called."),
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -884,7 +916,8 @@ static PyMemberDef storage_members[] = {
 /* ---- types ------------------------------------------------------------------------------ */
 
 PyDoc_STRVAR(storage_doc,
-"Storage(path, *, max_segment_size=268435456, max_event_size=67108864, read_only=False)\n"
+"Storage(path, *, max_segment_size=268435456, max_event_size=67108864, read_only=False,\n"
+"        read_threads=None)\n"
 "--\n\n"
 "An append-only, tamper-evident event log in a data directory.\n\n"
 "Events (byte strings) are appended to numbered streams; every record carries a CRC-32\n"
@@ -893,6 +926,9 @@ PyDoc_STRVAR(storage_doc,
 "exclusive lock on it (a second writer gets LockedError). read_only=True takes no lock,\n"
 "never writes and sees the records complete when each call begins; the directory must\n"
 "exist (StorageIOError otherwise).\n\n"
+"read_threads: threads (this one included) that check and hash large reads and verify;\n"
+"None means $KIMBERLITE_READ_THREADS if set, else one per CPU the process may use, at\n"
+"most 8; 1 checks inline.\n\n"
 "Use it as a context manager, or call close(). Safe to share between threads; the GIL\n"
 "is released during file I/O, syncing, hashing and checksumming.");
 
@@ -917,7 +953,8 @@ static PyType_Spec storage_spec = {
 };
 
 PyDoc_STRVAR(memory_storage_doc,
-"MemoryStorage(*, max_segment_size=268435456, max_event_size=67108864)\n--\n\n"
+"MemoryStorage(*, max_segment_size=268435456, max_event_size=67108864, read_threads=None)\n"
+"--\n\n"
 "An event log kept in memory, for tests: the same methods, records, hashes, offsets,\n"
 "segment accounting and errors as Storage, without files. fsync is accepted and\n"
 "ignored; path is None and read_only False.");

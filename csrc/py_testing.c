@@ -189,12 +189,55 @@ static PyObject *storage_io_calls(StorageObject *self, PyObject *Py_UNUSED(ignor
     return Py_BuildValue("(KK)", (unsigned long long)calls, (unsigned long long)faults);
 }
 
+PyDoc_STRVAR(set_read_tuning_doc,
+"_set_read_tuning($self, /, min_bytes=0, chunk_bytes=0, block=0, helpers_only=False)\n--\n\n"
+"FOR TESTS ONLY. Make small reads take the parallel reader's path: reads of min_bytes or\n"
+"more use the pool, chunk_bytes are checked at a time, threads claim `block` records at a\n"
+"time, and with helpers_only the caller leaves every record to the pool (0 = default).");
+
+static PyObject *storage_set_read_tuning(StorageObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"min_bytes", "chunk_bytes", "block", "helpers_only", NULL};
+    unsigned long long min_bytes = 0;
+    Py_ssize_t chunk = 0, block = 0;
+    int helpers_only = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Knnp:_set_read_tuning", kwlist, &min_bytes,
+                                     &chunk, &block, &helpers_only))
+        return NULL;
+    if (chunk < 0 || block < 0) {
+        PyErr_SetString(PyExc_ValueError, "chunk_bytes and block must not be negative");
+        return NULL;
+    }
+    if (kmb_storage_check_open(self) < 0) return NULL;
+    int rc = kmb_storage_set_read_tuning(self->st, (uint64_t)min_bytes, (size_t)chunk,
+                                         (size_t)block, helpers_only);
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(read_stats_doc,
+"_read_stats($self)\n--\n\n"
+"FOR TESTS ONLY. (helped, read_threads): records the pool's threads checked since they\n"
+"started in this process, and the read_threads in force.");
+
+static PyObject *storage_read_stats(StorageObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (kmb_storage_check_open(self) < 0) return NULL;
+    uint64_t helped = 0;
+    unsigned threads = 0;
+    int rc = kmb_storage_read_stats(self->st, &helped, &threads);
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
+    return Py_BuildValue("(KI)", (unsigned long long)helped, threads);
+}
+
 #define KW_METHOD(name, fn, doc) \
     {name, (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS, doc}
 
 static PyMethodDef testing_methods[] = {
     KW_METHOD("_set_fault", storage_set_fault, set_fault_doc),
     {"_io_calls", (PyCFunction)storage_io_calls, METH_NOARGS, io_calls_doc},
+    KW_METHOD("_set_read_tuning", storage_set_read_tuning, set_read_tuning_doc),
+    {"_read_stats", (PyCFunction)storage_read_stats, METH_NOARGS, read_stats_doc},
     {"_segment_bytes", (PyCFunction)storage_segment_bytes, METH_VARARGS, segment_bytes_doc},
     {"_replace_segment_bytes", (PyCFunction)storage_replace_segment_bytes, METH_VARARGS,
      replace_segment_bytes_doc},

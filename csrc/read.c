@@ -6,8 +6,10 @@
  * offset), hashed, linked (each record's prev_hash against the hash of the record before
  * it), and only then delivered. Each record's hash depends only on its own bytes (its
  * stored prev_hash is what the link check compares), so checking and hashing are shared
- * between this thread and the worker, block by block; only the comparisons, made here
- * once the chunk is done, follow the chain.
+ * between this thread and the pool's threads (read_threads - 1 of them), block by block;
+ * only the comparisons, made here once the chunk is done, follow the chain: a chunk's
+ * first record links to the previous chunk's last hash (r->running), so the first bad
+ * offset is the inline reader's whatever thread hashed what.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -144,7 +146,7 @@ static int read_chunk(reader *r, rchunk *c)
     size_t lim = g->ix.count - i0 < r->left ? g->ix.count : i0 + r->left;
     uint64_t start = g->ix.positions[i0];
     size_t i1 = i0 + 1;
-    while (i1 < lim && rec_end(g, i1) - start <= READ_CHUNK) i1++;
+    while (i1 < lim && rec_end(g, i1) - start <= st->read_chunk) i1++;
     /*
      * The first chunk of a read needs the hash of the record before it. When that record is
      * in the same segment it comes with the chunk: one read instead of three.
@@ -183,7 +185,7 @@ static int read_chunk(reader *r, rchunk *c)
     return KMB_OK;
 }
 
-static kmb_hash_job chunk_job(rchunk *c)
+static kmb_hash_job chunk_job(const reader *r, rchunk *c)
 {
     kmb_hash_job j;
     memset(&j, 0, sizeof(j));
@@ -198,6 +200,7 @@ static kmb_hash_job chunk_job(rchunk *c)
     /* Claim about 8 KiB of records at a time: few atomic operations for small records. */
     uint64_t bytes = j.end - j.pos[0];
     j.block = (size_t)((UINT64_C(8192) * c->count) / (bytes + 1)) + 1;
+    if (r->st->par_block) j.block = r->st->par_block;
     return j;
 }
 
@@ -205,7 +208,7 @@ static kmb_hash_job chunk_job(rchunk *c)
 static void chunk_start(reader *r, rchunk *c)
 {
     if (!r->use_worker) return;
-    kmb_hash_job job = chunk_job(c);
+    kmb_hash_job job = chunk_job(r, c);
     kmb_hasher_post(&r->st->worker, &job);
     r->busy = 1;
 }
@@ -213,12 +216,17 @@ static void chunk_start(reader *r, rchunk *c)
 /* Check and hash chunk c: claim blocks alongside the worker, or do it all here. */
 static void chunk_finish(reader *r, rchunk *c)
 {
-    kmb_hash_job job = chunk_job(c);
+    kmb_hash_job job = chunk_job(r, c);
     if (!r->busy) {
         kmb_hash_job_run(&job, NULL);
         return;
     }
     kmb_hasher *w = &r->st->worker;
+    if (r->st->helpers_only) { /* tests: the pool's threads check every record */
+        kmb_hasher_wait(w, c->count);
+        r->busy = 0;
+        return;
+    }
     size_t mine = kmb_hash_job_run(&job, w);
     uint64_t waited = kmb_hasher_wait(w, c->count);
     r->busy = 0;
@@ -328,7 +336,7 @@ static void reader_init(reader *r, kmb_storage *st, stream_state *s, uint64_t fr
     r->left = n;
     r->fn = fn;
     r->ctx = ctx;
-    r->use_worker = worker_use(st, bytes);
+    r->use_worker = pool_use(st, bytes);
 }
 
 /* ---------------------------------------------------------------- read and read_each */

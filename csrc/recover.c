@@ -373,7 +373,10 @@ static int load_stored_index(kmb_storage *st, stream_state *s, seg_state *g, uin
     int rc = st->backend->load_index(st->backend, s->id, g->number, max_len, &data, &len);
     if (rc == KMB_OK && len > max_len)
         rc = kmb_error_set(KMB_EINDEX, 0, "index larger than its segment could need");
-    if (rc == KMB_OK) rc = kmb_index_decode(&g->ix, data, len);
+    if (rc == KMB_OK) {
+        rc = kmb_index_adopt(&g->ix, data, len); /* takes data */
+        data = NULL;
+    }
     free(data);
     return rc;
 }

@@ -138,6 +138,36 @@ void kmb_options_init(kmb_options *opts)
     opts->max_segment_size = KMB_DEFAULT_MAX_SEGMENT_SIZE;
     opts->max_event_size = KMB_DEFAULT_MAX_EVENT_SIZE;
     opts->read_only = 0;
+    opts->read_threads = 0;
+}
+
+/*
+ * The read_threads in force: the option, else KIMBERLITE_READ_THREADS, else the CPUs (an
+ * explicit number is *forced: used even on fewer CPUs). KMB_EINVAL for a bad variable.
+ */
+static int resolve_read_threads(unsigned opt, unsigned *out, int *forced)
+{
+    *forced = 1;
+    if (opt) {
+        *out = opt;
+        return KMB_OK;
+    }
+    const char *env = getenv(KMB_READ_THREADS_ENV);
+    if (env && *env) {
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(env, &end, 10);
+        if (errno || *end || env[0] == '-' || env[0] == '+' || v < 1 || v > KMB_MAX_READ_THREADS)
+            return kmb_error_set(KMB_EINVAL, 0,
+                                 "environment variable " KMB_READ_THREADS_ENV "=%.40s is not "
+                                 "a number of threads from 1 to %u; fix or unset it",
+                                 env, KMB_MAX_READ_THREADS);
+        *out = (unsigned)v;
+        return KMB_OK;
+    }
+    *forced = 0;
+    *out = kmb_pool_default_size();
+    return KMB_OK;
 }
 
 /* A backend this engine can use: its version, and every required callback present. */
@@ -176,7 +206,12 @@ static int check_options(const kmb_options *opts)
         return kmb_error_set(KMB_EINVAL, 0, "max_segment_size must be positive");
     if (opts && opts->max_event_size == 0)
         return kmb_error_set(KMB_EINVAL, 0, "max_event_size must be positive");
-    return KMB_OK;
+    if (opts && opts->read_threads > KMB_MAX_READ_THREADS)
+        return kmb_error_set(KMB_EINVAL, 0, "read_threads must be from 1 to %u (or 0: automatic)",
+                             KMB_MAX_READ_THREADS);
+    unsigned n;
+    int forced;
+    return resolve_read_threads(opts ? opts->read_threads : 0, &n, &forced);
 }
 
 int kmb_storage_open_backend(kmb_storage **out, kmb_backend *backend, const kmb_options *opts)
@@ -193,6 +228,8 @@ int kmb_storage_open_backend(kmb_storage **out, kmb_backend *backend, const kmb_
     if (opts) o = *opts;
     if (o.max_event_size > UINT32_MAX) o.max_event_size = UINT32_MAX;
     o.read_only = backend->read_only;
+    int forced;
+    (void)resolve_read_threads(o.read_threads, &o.read_threads, &forced); /* checked above */
     kmb_storage *st = calloc(1, sizeof(*st));
     if (!st) {
         backend->free(backend);
@@ -207,6 +244,14 @@ int kmb_storage_open_backend(kmb_storage **out, kmb_backend *backend, const kmb_
     st->opts = o;
     st->pid = getpid();
     st->fork_guard = !o.read_only && (backend->flags & KMB_BACKEND_PROCESS_BOUND);
+    /*
+     * The pool: read_threads - 1 threads beside the caller; at least one, which appends
+     * use for their chain whatever read_threads says (on two CPUs or more).
+     */
+    kmb_hasher_configure(&st->worker, o.read_threads > 1 ? o.read_threads - 1 : 1,
+                         forced && o.read_threads > 1);
+    st->par_min = WORKER_MIN_BYTES;
+    st->read_chunk = READ_CHUNK;
     *out = st;
     return KMB_OK;
 }

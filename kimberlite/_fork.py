@@ -9,7 +9,7 @@ Every ``Storage`` and ``MemoryStorage`` enters a registry of weak references whe
   the engine at the moment of the fork, and the child never inherits a lock held by a
   thread that does not exist there;
 - after, in the parent: release them all;
-- after, in the child: release them, forget the parent's hashing thread (a new one starts
+- after, in the child: release them, forget the parent's hashing threads (new ones start
   on need), and make each inherited writer close its copy of the lock file descriptor, so
   that the parent's ``close()`` releases the directory even while the child lives. An
   inherited writer still refuses every call in the child; read-only and memory storages

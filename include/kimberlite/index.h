@@ -80,6 +80,15 @@ int kmb_index_encode(const kmb_index *ix, uint8_t **out, size_t *len);
 int kmb_index_decode(kmb_index *out, const void *data, size_t len);
 
 /*
+ * kmb_index_decode, taking ownership of `data` (malloc'd, `len` bytes) in every case: on a
+ * little-endian host the entries are moved to the start of the buffer, which becomes the
+ * index's positions (no second allocation or copy of a large index); elsewhere, or when
+ * that is not possible, it is decoded and freed. Same errors as kmb_index_decode; `data`
+ * is freed on error too.
+ */
+int kmb_index_adopt(kmb_index *out, uint8_t *data, size_t len);
+
+/*
  * Write the index to `path`: to "path.tmp" first, then renamed over `path`, so a reader
  * sees the old or the new file, never a mixture. Not synced (an index is a cache).
  * KMB_EIO (errno, path set) or KMB_ENOMEM.

@@ -47,7 +47,18 @@ typedef struct kmb_options {
     uint64_t max_segment_size; /* > 0; default KMB_DEFAULT_MAX_SEGMENT_SIZE */
     uint64_t max_event_size;   /* > 0; default KMB_DEFAULT_MAX_EVENT_SIZE; capped at 2**32-1 */
     int read_only;             /* disk only: no lock, no writes */
+    /*
+     * Threads that check and hash a large read or verify, the caller included (see
+     * kmb_storage_read_each): 0 = automatic (the environment variable KIMBERLITE_READ_THREADS
+     * if set, else the CPUs the process may use, at most 8; 1 on one CPU), 1 = inline on the
+     * caller, N (at most KMB_MAX_READ_THREADS) = the caller and N-1 pool threads, even on
+     * fewer CPUs. kmb_storage_options reports the number in force.
+     */
+    unsigned read_threads;
 } kmb_options;
+
+#define KMB_MAX_READ_THREADS 64u
+#define KMB_READ_THREADS_ENV "KIMBERLITE_READ_THREADS"
 
 /* Records returned by kmb_storage_read: payloads point into `buffer`. */
 typedef struct kmb_read_result {
@@ -317,6 +328,20 @@ int kmb_storage_replace_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t
                                       const void *data, size_t len);
 
 /*
+ * Testing hooks for the parallel reader (not for applications): make small reads take the
+ * pool's path. min_bytes: reads and segments of at least this many bytes use the pool
+ * (0 = the default, 256 KiB); chunk_bytes: bytes read and checked at a time (0 = 256 KiB);
+ * block: records claimed at a time by a thread (0 = about 8 KiB of records); helpers_only:
+ * the caller leaves every record to the pool's threads and never backs off. The pool size
+ * stays the read_threads option's. kmb_storage_read_stats gives the records the pool's
+ * threads have checked since they started in this process (*helped) and the read_threads in
+ * force (*threads); either may be NULL. Errors: KMB_ECLOSED.
+ */
+int kmb_storage_set_read_tuning(kmb_storage *st, uint64_t min_bytes, size_t chunk_bytes,
+                                size_t block, int helpers_only);
+int kmb_storage_read_stats(kmb_storage *st, uint64_t *helped, unsigned *threads);
+
+/*
  * fork() support: an at-fork protocol, in the manner of pthread_atfork(3). The library
  * registers nothing itself (no global state): the application (the Python binding does it
  * with os.register_at_fork) calls, for every storage it has open and not yet freed,
@@ -328,8 +353,8 @@ int kmb_storage_replace_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t
  *                              Python GIL) while it waits;
  *   kmb_storage_fork_parent    after fork() in the parent: releases the mutex;
  *   kmb_storage_fork_child     after fork() in the child: releases the mutex, forgets the
- *                              parent's hashing thread (it does not exist in the child; a
- *                              new one starts on first need), and, for a disk writer,
+ *                              parent's hashing threads (they do not exist in the child;
+ *                              new ones start on first need), and, for a disk writer,
  *                              closes the child's copy of the lock file descriptor, so that
  *                              the lock is released when the parent closes its writer
  *                              whether the child lives on or not (flock belongs to the open

@@ -164,6 +164,48 @@ TEST(index_decode_rejects_every_single_bit_flip)
     free(buf);
 }
 
+TEST(index_adopt_matches_decode_takes_the_buffer_and_rejects_bit_flips)
+{
+    static const size_t sizes[] = {0, 1, 3, 1000};
+    for (size_t s = 0; s < 4; s++) {
+        kmb_index ix, back;
+        CHECK(make_index(&ix, sizes[s]));
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        CHECK_EQ_INT(kmb_index_encode(&ix, &buf, &len), KMB_OK);
+        CHECK(make_index(&back, 5)); /* previous entries are replaced */
+        int rc = kmb_index_adopt(&back, buf, len); /* owns buf now */
+        int same = rc == KMB_OK && back.count == ix.count &&
+                   (ix.count == 0 || memcmp(back.positions, ix.positions, 8 * ix.count) == 0);
+        /* the adopted index grows like any other */
+        same = same && kmb_index_append(&back, 1u << 30) == KMB_OK && back.count == ix.count + 1;
+        kmb_index_free(&ix);
+        kmb_index_free(&back);
+        CHECKF(same, "size %zu rc=%d", sizes[s], rc);
+    }
+    kmb_index ix, out;
+    CHECK(make_index(&ix, 12));
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(kmb_index_encode(&ix, &buf, &len), KMB_OK);
+    kmb_index_free(&ix);
+    int bad = 0;
+    for (size_t bit = 0; bit < len * 8 && !bad; bit++) {
+        uint8_t *copy = malloc(len);
+        CHECK(copy != NULL);
+        memcpy(copy, buf, len);
+        copy[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        CHECK(make_index(&out, 2));
+        int rc = kmb_index_adopt(&out, copy, len); /* frees copy on error */
+        if (rc != KMB_EINDEX || out.count != 0) {
+            kt_fail(__FILE__, __LINE__, "bit %zu: rc=%d count=%zu", bit, rc, out.count);
+            bad = 1;
+        }
+        kmb_index_free(&out);
+    }
+    free(buf);
+}
+
 TEST(index_decode_rejects_every_truncation_and_extension)
 {
     kmb_index ix, out;

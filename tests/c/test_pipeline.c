@@ -305,3 +305,44 @@ TEST(large_read_and_verify_find_an_altered_payload_by_the_next_link)
     free(v);
     free(data);
 }
+
+/* A pool of four (forced, on any number of CPUs) with tiny chunks and blocks reads and
+ * verifies a small stream exactly as the inline reader does, and its threads do the work. */
+TEST(read_pool_of_four_on_small_reads_matches_the_inline_reader)
+{
+    events e;
+    CHECK(make_events(&e, 300, 200, 77));
+    kmb_storage *st[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        kmb_options o;
+        kmb_options_init(&o);
+        o.read_threads = k ? 4 : 1;
+        CHECK_EQ_INT(kmb_storage_open_memory(&st[k], &o), KMB_OK);
+        CHECK_EQ_INT(kmb_storage_append(st[k], 1, e.v, e.n, NULL, 0, NULL), KMB_OK);
+    }
+    CHECK_EQ_INT(kmb_storage_options(st[1])->read_threads, 4);
+    CHECK_EQ_INT(kmb_storage_set_read_tuning(st[1], 1, 700, 1, 1), KMB_OK);
+    kmb_read_result r[2];
+    memset(r, 0, sizeof(r));
+    uint8_t head[2][KMB_HASH_SIZE];
+    int ok = 1;
+    for (int k = 0; k < 2; k++) {
+        ok = ok && kmb_storage_read(st[k], 1, 0, KMB_NO_LIMIT, &r[k]) == KMB_OK;
+        ok = ok && kmb_storage_verify(st[k], 1, NULL, NULL, head[k], NULL) == KMB_OK;
+    }
+    ok = ok && r[0].count == e.n && r[1].count == e.n &&
+         r[0].payload_bytes == r[1].payload_bytes &&
+         memcmp(r[0].buffer, r[1].buffer, (size_t)r[0].payload_bytes) == 0 &&
+         memcmp(head[0], head[1], KMB_HASH_SIZE) == 0;
+    uint64_t helped = 0;
+    unsigned threads = 0;
+    ok = ok && kmb_storage_read_stats(st[1], &helped, &threads) == KMB_OK;
+    for (int k = 0; k < 2; k++) {
+        kmb_read_result_free(&r[k]);
+        kmb_storage_free(st[k]);
+    }
+    free_events(&e);
+    CHECK(ok);
+    CHECKF(helped >= 2 * 300 && threads == 4, "helped %llu threads %u",
+           (unsigned long long)helped, threads);
+}
