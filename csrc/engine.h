@@ -281,6 +281,10 @@ int read_each_locked(kmb_storage *st, stream_state *s, uint64_t from, uint64_t m
 /* Release a stream's Merkle tree (s->tree; NULL is ignored). */
 void tree_free(struct kmb_tree *t);
 
+/* flush/close: catch s's tree up (if this process built one) and save its tree data. Errors
+ * are ignored (the tree data is a cache); the thread's last error is left as it was. */
+void tree_flush(kmb_storage *st, stream_state *s);
+
 /* ---------------------------------------------------------------- append.c */
 
 int cut_back(kmb_storage *st, stream_state *s);

@@ -1,5 +1,5 @@
 /*
- * tree.c — each stream's RFC 9162 Merkle tree (SPEC §6), integrated lazily.
+ * tree.c — each stream's RFC 9162 Merkle tree (SPEC §6), integrated lazily, cached on disk.
  *
  * The entries of a stream's tree are its records' chain hashes hash_0 … hash_{n-1}. Appends
  * do nothing for the tree: when a root or a proof is asked for, the tree catches up from the
@@ -10,10 +10,26 @@
  *
  * In memory (s->tree, freed with the stream's state): the compact range of the integrated
  * leaves, and the perfect nodes of every level that is a multiple of STORE_STEP (level 0 —
- * the leaf hashes — then 4, 8, …): 32 + 32/16 + … ≈ 34 bytes per record. A node of another
- * level is recomputed from at most 2**(STORE_STEP-1) stored nodes (at most 7 node hashes),
- * so roots and proofs cost O(log n) hashes after the catch-up. Nothing is persisted: a new
- * process rebuilds the tree on first use (one read of the stream), which docs/TLOG.md says.
+ * the leaf hashes — then 5, 10, …): 32 + 32/32 + … ≈ 33 bytes per record. A node of another
+ * level is recomputed from at most 2**(STORE_STEP-1) stored nodes (at most 15 node hashes),
+ * so roots and proofs cost O(log n) hashes after the catch-up.
+ *
+ * The tree data (treedata.h; docs/FORMAT.md §12) keeps the same nodes through the backend
+ * (tree_size, load_tree, save_tree): complete 256-node tiles, appended, and a frontier (each
+ * level's incomplete tile, the entry count n and the chain hash of entry n-1) rewritten after
+ * them. It is a cache, never trusted beyond what the records confirm:
+ *  - first use in a process loads only the header and the frontier (a few KB): a tree whose
+ *    levels hold nodes from each level's last tile on (`base`), enough for the compact range
+ *    and every later node. The tiles below are read when a proof or an older root needs
+ *    them (load_below), each checked (level, index, CRC).
+ *  - n must not exceed the stream's records, and the chain hash of entry n-1 must be the one
+ *    the records have (the head, or record n's prev_hash, which the catch-up compares): a
+ *    chain hash commits to every record before it, so the tree data describes these records.
+ *  - anything wrong (missing, short, a bad magic, CRC or length, n too large, another
+ *    history, a read error) drops it: the tree is rebuilt from the records and the next save
+ *    rewrites the whole file. Never an error for the caller.
+ * Saves happen after a catch-up and on flush/close, never on the append path; a read-only
+ * storage never saves. What a save leaves after a crash is checked like anything else.
  *
  * Staleness: the tree is dropped with the stream's state (reloads, repairs, the testing
  * hooks' rewrites), rebuilt when the stream has fewer records than it, and checked against
@@ -25,19 +41,26 @@
 
 #include "engine.h"
 #include "kimberlite/merkle.h"
+#include "kimberlite/treedata.h"
 
-#define STORE_STEP 4 /* levels kept: multiples of this */
-#define STORED_LEVELS (KMB_MERKLE_MAX_HEIGHT / STORE_STEP + 1)
+#define STORE_STEP KMB_TREEDATA_STEP /* levels kept: multiples of this */
+#define STORED_LEVELS KMB_TREEDATA_LEVELS
+#define HS KMB_MERKLE_HASH_SIZE
+#define TILE_N KMB_TREEDATA_TILE_NODES
 
 typedef struct node_array {
-    uint8_t (*h)[KMB_MERKLE_HASH_SIZE];
-    uint64_t count, cap;
+    uint8_t (*h)[HS];
+    uint64_t base;        /* index of h[0]: the nodes below are only in the tree data */
+    uint64_t count, cap;  /* nodes held: base … base + count - 1 */
 } node_array;
 
 struct kmb_tree {
     kmb_merkle_range range;            /* leaves integrated: range.size */
     node_array levels[STORED_LEVELS];  /* levels[k]: the perfect nodes of level k*STORE_STEP */
     uint8_t last[KMB_HASH_SIZE];       /* hash_{range.size - 1}: compared with the head */
+    int partial;                       /* some level's base > 0 (loaded from the tree data) */
+    int data_known;                    /* the stored tree data is the one described below */
+    uint64_t data_n;                   /* its entry count (its tiles: T(data_n)) */
 };
 
 void tree_free(struct kmb_tree *t)
@@ -47,38 +70,49 @@ void tree_free(struct kmb_tree *t)
     free(t);
 }
 
+/* Forget every node (the tree is rebuilt from genesis); the stored data is rewritten. */
 static void tree_reset(struct kmb_tree *t)
 {
-    for (size_t k = 0; k < STORED_LEVELS; k++) t->levels[k].count = 0;
+    for (size_t k = 0; k < STORED_LEVELS; k++) t->levels[k].count = t->levels[k].base = 0;
     kmb_merkle_range_init(&t->range);
+    t->partial = 0;
+    t->data_known = 0;
+}
+
+static int reserve(node_array *a, uint64_t want)
+{
+    if (want <= a->cap) return KMB_OK;
+    uint64_t cap = a->cap ? a->cap : 64;
+    while (cap < want) cap = cap > UINT64_MAX / 2 ? want : cap * 2;
+    if (cap > SIZE_MAX / HS) return oom();
+    void *p = realloc(a->h, (size_t)cap * HS);
+    if (!p) return oom();
+    a->h = p;
+    a->cap = cap;
+    return KMB_OK;
 }
 
 /* kmb_merkle_visit_fn: keep the completed nodes of the stored levels. */
-static int keep_node(void *ctx, unsigned level, uint64_t index,
-                     const uint8_t hash[KMB_MERKLE_HASH_SIZE])
+static int keep_node(void *ctx, unsigned level, uint64_t index, const uint8_t hash[HS])
 {
     struct kmb_tree *t = ctx;
     if (level % STORE_STEP) return KMB_OK;
     node_array *a = &t->levels[level / STORE_STEP];
-    if (index != a->count)
+    if (index != a->base + a->count)
         return kmb_error_set(KMB_ERROR, 0, "Merkle tree: node (%u, %" PRIu64 ") out of order",
                              level, index);
     if (a->count == a->cap) {
-        uint64_t cap = a->cap ? a->cap * 2 : 64;
-        if (cap > SIZE_MAX / KMB_MERKLE_HASH_SIZE) return oom();
-        void *p = realloc(a->h, (size_t)cap * KMB_MERKLE_HASH_SIZE);
-        if (!p) return oom();
-        a->h = p;
-        a->cap = cap;
+        int rc = reserve(a, a->count + 1);
+        if (rc) return rc;
     }
-    memcpy(a->h[a->count++], hash, KMB_MERKLE_HASH_SIZE);
+    memcpy(a->h[a->count++], hash, HS);
     return KMB_OK;
 }
 
 /* Integrate one entry (a chain hash) as the next leaf. */
 static int add_entry(struct kmb_tree *t, const uint8_t entry[KMB_HASH_SIZE])
 {
-    uint8_t leaf[KMB_MERKLE_HASH_SIZE];
+    uint8_t leaf[HS];
     kmb_merkle_leaf_hash(leaf, entry, KMB_HASH_SIZE);
     int rc = kmb_merkle_range_append(&t->range, leaf, keep_node, t);
     if (rc) return rc;
@@ -87,27 +121,202 @@ static int add_entry(struct kmb_tree *t, const uint8_t entry[KMB_HASH_SIZE])
 }
 
 /* kmb_merkle_node_fn over a kmb_tree: a stored node, or one made from stored ones. */
-static int tree_node(void *ctx, unsigned level, uint64_t index,
-                     uint8_t out[KMB_MERKLE_HASH_SIZE])
+static int tree_node(void *ctx, unsigned level, uint64_t index, uint8_t out[HS])
 {
     const struct kmb_tree *t = ctx;
     unsigned base = level - level % STORE_STEP, span_log = level % STORE_STEP;
     const node_array *a = &t->levels[base / STORE_STEP];
     uint64_t first = index << span_log, n = (uint64_t)1 << span_log;
-    if (first + n > a->count || first + n < first)
+    if (first + n > a->base + a->count || first + n < first || first < a->base)
         return kmb_error_set(KMB_ERROR, 0, "Merkle tree: node (%u, %" PRIu64 ") not integrated",
                              level, index);
-    uint8_t work[1 << (STORE_STEP - 1)][KMB_MERKLE_HASH_SIZE];
+    first -= a->base;
+    uint8_t work[1 << (STORE_STEP - 1)][HS];
     if (n == 1) {
-        memcpy(out, a->h[first], KMB_MERKLE_HASH_SIZE);
+        memcpy(out, a->h[first], HS);
         return KMB_OK;
     }
     for (uint64_t i = 0; i < n / 2; i++)
         kmb_merkle_node_hash(work[i], a->h[first + 2 * i], a->h[first + 2 * i + 1]);
     for (uint64_t w = n / 2; w > 1; w /= 2)
         for (uint64_t i = 0; i < w / 2; i++) kmb_merkle_node_hash(work[i], work[2 * i], work[2 * i + 1]);
-    memcpy(out, work[0], KMB_MERKLE_HASH_SIZE);
+    memcpy(out, work[0], HS);
     return KMB_OK;
+}
+
+/* ---------------------------------------------------------------- the tree data */
+
+static int has_tree_data(const kmb_storage *st)
+{
+    const kmb_backend *b = st->backend;
+    return b->tree_size && b->load_tree && b->save_tree;
+}
+
+/*
+ * Seed an empty tree from the stored frontier. 1 if it was usable (the tree then holds n
+ * entries with each level from its incomplete tile on), 0 if not (the tree stays empty).
+ * Whether entry n-1 is the records' is checked by the catch-up that follows.
+ */
+static int load_frontier(kmb_storage *st, stream_state *s, struct kmb_tree *t)
+{
+    kmb_backend *b = st->backend;
+    uint64_t len, n, want;
+    uint8_t hdr[KMB_TREEDATA_HEADER], foot[KMB_TREEDATA_FOOTER];
+    uint8_t *front = NULL;
+    int ok = 0;
+    if (b->tree_size(b, s->id, &len) != KMB_OK) goto out;
+    if (len < KMB_TREEDATA_HEADER + KMB_TREEDATA_FOOTER + HS) goto out;
+    if (b->load_tree(b, s->id, 0, hdr, sizeof(hdr)) || !kmb_treedata_header_ok(hdr)) goto out;
+    if (b->load_tree(b, s->id, len - sizeof(foot), foot, sizeof(foot))) goto out;
+    if (!kmb_treedata_footer_n(foot, &n) || n > s->next) goto out;
+    if (kmb_treedata_file_len(n, &want) || want != len) goto out;
+    size_t flen = (size_t)(HS + HS * kmb_treedata_frontier_nodes(n));
+    front = malloc(flen);
+    if (!front) goto out;
+    if (b->load_tree(b, s->id, len - sizeof(foot) - flen, front, flen)) goto out;
+    if (!kmb_treedata_frontier_ok(front, flen, foot)) goto out;
+    const uint8_t *p = front + HS;
+    for (unsigned k = 0; k < STORED_LEVELS; k++) {
+        node_array *a = &t->levels[k];
+        uint64_t have = n >> (k * STORE_STEP), cnt = have & (TILE_N - 1);
+        a->base = have - cnt;
+        a->count = 0;
+        if (cnt && reserve(a, cnt + TILE_N)) goto out;
+        if (cnt) memcpy(a->h, p, (size_t)cnt * HS);
+        a->count = cnt;
+        p += cnt * HS;
+        if (a->base) t->partial = 1;
+    }
+    if (kmb_merkle_range_load(&t->range, tree_node, t, n) != KMB_OK) goto out;
+    memcpy(t->last, front, HS);
+    t->data_known = 1;
+    t->data_n = n;
+    ok = 1;
+out:
+    free(front);
+    if (!ok) tree_reset(t);
+    kmb_error_clear();
+    return ok;
+}
+
+/*
+ * Load the stored tiles below each level's base (a tree seeded by load_frontier). 1 when
+ * the tree then holds every node, 0 when the tiles were not usable (the caller rebuilds).
+ */
+static int load_below(kmb_storage *st, stream_state *s, struct kmb_tree *t)
+{
+    kmb_backend *b = st->backend;
+    uint64_t need[STORED_LEVELS], tiles = 0, c = 0, index;
+    unsigned lvl = 0, level;
+    for (unsigned k = 0; k < STORED_LEVELS; k++) need[k] = t->levels[k].base / TILE_N;
+    uint8_t *buf = malloc(KMB_TREEDATA_TILE);
+    node_array fresh[STORED_LEVELS];
+    memset(fresh, 0, sizeof(fresh));
+    int ok = buf != NULL;
+    for (unsigned k = 0; ok && k < STORED_LEVELS; k++)
+        ok = reserve(&fresh[k], t->levels[k].base + t->levels[k].count + TILE_N) == KMB_OK;
+    uint64_t left = 0;
+    for (unsigned k = 0; k < STORED_LEVELS; k++) left += need[k];
+    if (!t->data_known) ok = 0; /* a save failed since: the stored tiles are unknown */
+    /* Tiles in canonical order, until every level has those below its base. */
+    while (ok && left && kmb_treedata_next_tile(t->data_n, &c, &lvl, &level, &index)) {
+        unsigned k = level / STORE_STEP;
+        uint64_t pos = KMB_TREEDATA_HEADER + tiles * (uint64_t)KMB_TREEDATA_TILE;
+        tiles++;
+        if (index >= need[k]) continue;
+        if (b->load_tree(b, s->id, pos, buf, KMB_TREEDATA_TILE) != KMB_OK ||
+            !kmb_treedata_tile_ok(buf, level, index) || fresh[k].count != index * TILE_N) {
+            ok = 0;
+            break;
+        }
+        memcpy(fresh[k].h[fresh[k].count], buf + KMB_TREEDATA_TILE_HEAD, (size_t)TILE_N * HS);
+        fresh[k].count += TILE_N;
+        left--;
+    }
+    for (unsigned k = 0; ok && k < STORED_LEVELS; k++) ok = fresh[k].count == need[k] * TILE_N;
+    if (ok) {
+        for (unsigned k = 0; k < STORED_LEVELS; k++) {
+            node_array *a = &t->levels[k];
+            if (a->count) memcpy(fresh[k].h[fresh[k].count], a->h, (size_t)a->count * HS);
+            fresh[k].count += a->count;
+            free(a->h);
+            *a = fresh[k];
+            fresh[k].h = NULL;
+        }
+        t->partial = 0;
+        /* The loaded nodes must give the compact range the frontier gave. */
+        kmb_merkle_range check;
+        ok = kmb_merkle_range_load(&check, tree_node, t, t->range.size) == KMB_OK &&
+             check.count == t->range.count &&
+             memcmp(check.hashes, t->range.hashes, (size_t)check.count * HS) == 0;
+    }
+    for (unsigned k = 0; k < STORED_LEVELS; k++) free(fresh[k].h);
+    free(buf);
+    kmb_error_clear();
+    return ok;
+}
+
+/*
+ * Write what the stored tree data lacks: the tiles completed since it was saved, then the
+ * frontier. Best effort: a failure leaves the data unknown (the next save rewrites it all)
+ * and is no error of the caller's (the tree in memory is right; the data is a cache).
+ */
+static void tree_save(kmb_storage *st, stream_state *s)
+{
+    struct kmb_tree *t = s->tree;
+    uint64_t n = t ? t->range.size : 0;
+    if (!t || n == 0 || st->opts.read_only || !has_tree_data(st)) return;
+    if (t->data_known && t->data_n == n) return;
+    int whole = !t->data_known || t->data_n > n;
+    if (whole && t->partial) return; /* cannot rewrite tiles it has not loaded */
+    uint64_t from = whole ? 0 : t->data_n, c, index, tiles = 0;
+    unsigned lvl, level;
+    /* Count the new tiles, then write them and the frontier in one buffer. */
+    kmb_treedata_cursor_after(from, &c, &lvl);
+    uint64_t c0 = c;
+    unsigned lvl0 = lvl;
+    while (kmb_treedata_next_tile(n, &c, &lvl, &level, &index)) {
+        const node_array *a = &t->levels[level / STORE_STEP];
+        if (index * TILE_N < a->base) return; /* not in memory (cannot happen) */
+        tiles++;
+    }
+    uint64_t flen = HS + HS * kmb_treedata_frontier_nodes(n);
+    uint64_t head = whole ? KMB_TREEDATA_HEADER : 0;
+    uint64_t len = head + tiles * KMB_TREEDATA_TILE + flen + KMB_TREEDATA_FOOTER;
+    if (len > SIZE_MAX) return;
+    uint8_t *buf = malloc((size_t)len), *p = buf;
+    if (!buf) return;
+    if (whole) {
+        kmb_treedata_put_header(p);
+        p += KMB_TREEDATA_HEADER;
+    }
+    c = c0;
+    lvl = lvl0;
+    while (kmb_treedata_next_tile(n, &c, &lvl, &level, &index)) {
+        const node_array *a = &t->levels[level / STORE_STEP];
+        kmb_treedata_put_tile(p, level, index, (const uint8_t (*)[HS])a->h[index * TILE_N - a->base]);
+        p += KMB_TREEDATA_TILE;
+    }
+    uint8_t *front = p;
+    memcpy(p, t->last, HS);
+    p += HS;
+    for (unsigned k = 0; k < STORED_LEVELS; k++) {
+        const node_array *a = &t->levels[k];
+        uint64_t have = n >> (k * STORE_STEP), cnt = have & (TILE_N - 1);
+        if (cnt) memcpy(p, a->h[have - cnt - a->base], (size_t)cnt * HS);
+        p += cnt * HS;
+    }
+    kmb_treedata_put_footer(p, n, front, (size_t)flen);
+    uint64_t pos = 0;
+    if (!whole) {
+        pos = KMB_TREEDATA_HEADER + kmb_treedata_tiles(t->data_n) * (uint64_t)KMB_TREEDATA_TILE;
+    }
+    kmb_error saved = *kmb_error_last();
+    int rc = st->backend->save_tree(st->backend, s->id, pos, buf, (size_t)len);
+    *kmb_error_mut() = saved;
+    free(buf);
+    t->data_known = rc == KMB_OK;
+    t->data_n = n;
 }
 
 /* ---------------------------------------------------------------- catching up */
@@ -126,24 +335,35 @@ typedef struct catch_up {
 static int take_records(void *ctx, const kmb_record *recs, size_t n)
 {
     catch_up *c = ctx;
+    struct kmb_tree *t = c->t;
     for (size_t j = 0; j < n; j++) {
         if (recs[j].offset != c->expect)
             return kmb_error_set(KMB_ERROR, 0, "Merkle tree: record %" PRIu64
                                  " delivered where %" PRIu64 " was expected",
                                  recs[j].offset, c->expect);
-        if (recs[j].offset == c->t->range.size && recs[j].offset > 0 &&
-            memcmp(recs[j].prev_hash, c->t->last, KMB_HASH_SIZE) != 0) {
+        if (recs[j].offset > t->range.size) {
+            int rc = add_entry(t, recs[j].prev_hash);
+            if (rc) return rc;
+        } else if (recs[j].offset == t->range.size && recs[j].offset > 0 &&
+                   memcmp(recs[j].prev_hash, t->last, KMB_HASH_SIZE) != 0) {
             c->stale = 1; /* the records before it are not those the tree was built from */
             return TREE_STALE;
-        }
-        if (recs[j].offset > c->t->range.size) {
-            int rc = add_entry(c->t, recs[j].prev_hash);
-            if (rc) return rc;
         }
         c->expect++;
     }
     kmb_record_hash(c->tail, &recs[n - 1]);
     c->have_tail = 1;
+    return KMB_OK;
+}
+
+/* Room for the nodes of `next` entries, so that the catch-up never reallocates. */
+static int reserve_for(struct kmb_tree *t, uint64_t next)
+{
+    for (unsigned k = 0; k < STORED_LEVELS; k++) {
+        node_array *a = &t->levels[k];
+        uint64_t total = next >> (k * STORE_STEP);
+        if (total > a->base && reserve(a, total - a->base)) return oom();
+    }
     return KMB_OK;
 }
 
@@ -153,6 +373,7 @@ static int tree_sync(kmb_storage *st, stream_state *s)
     if (!s->tree) {
         s->tree = calloc(1, sizeof(*s->tree));
         if (!s->tree) return oom();
+        if (has_tree_data(st) && s->next > 0) (void)load_frontier(st, s, s->tree);
     }
     struct kmb_tree *t = s->tree;
     uint64_t have = t->range.size;
@@ -161,16 +382,23 @@ static int tree_sync(kmb_storage *st, stream_state *s)
         tree_reset(t); /* the records changed under the tree: rebuild it from them */
         have = 0;
     }
-    if (have == s->next) return KMB_OK;
-    /* Read from the first record not integrated: its hash is its successor's prev_hash. */
+    if (have == s->next) {
+        tree_save(st, s);
+        return KMB_OK;
+    }
+    int rc = reserve_for(t, s->next);
+    if (rc) return rc;
+    /* Read from the first record not integrated: its hash is its successor's prev_hash, and
+     * its own prev_hash must be the tree's last entry. */
     catch_up c = {.t = t, .expect = have};
-    int rc = read_each_locked(st, s, c.expect, KMB_NO_LIMIT, take_records, &c);
+    rc = read_each_locked(st, s, c.expect, KMB_NO_LIMIT, take_records, &c);
     if (c.stale) {
         /* Records under the tree changed (another process rewrote them): start over. */
         tree_reset(t);
         memset(&c, 0, sizeof(c));
         c.t = t;
-        rc = read_each_locked(st, s, 0, KMB_NO_LIMIT, take_records, &c);
+        rc = reserve_for(t, s->next);
+        if (rc == KMB_OK) rc = read_each_locked(st, s, 0, KMB_NO_LIMIT, take_records, &c);
     }
     trim_chunks(st);
     if (rc == KMB_OK && c.expect != s->next)
@@ -180,8 +408,31 @@ static int tree_sync(kmb_storage *st, stream_state *s)
     if (rc == KMB_OK && s->has_head && memcmp(t->last, s->head, KMB_HASH_SIZE) != 0)
         rc = kmb_error_set(KMB_ECHAIN, 0, "stream %" PRIu64 ": the records read do not end "
                            "at the stream's head hash", s->id);
-    if (rc) tree_reset(t); /* never keep a partial or doubtful tree */
-    return rc;
+    if (rc) {
+        tree_reset(t); /* never keep a partial or doubtful tree */
+        return rc;
+    }
+    tree_save(st, s);
+    return KMB_OK;
+}
+
+/* Every node in memory (proofs and older roots need them): load the stored tiles below a
+ * seeded tree's bases, or rebuild the tree from the records if they are not usable. */
+static int tree_full(kmb_storage *st, stream_state *s)
+{
+    struct kmb_tree *t = s->tree;
+    if (!t->partial || load_below(st, s, t)) return KMB_OK;
+    tree_reset(t);
+    return tree_sync(st, s);
+}
+
+/* flush/close (storage.c): catch the trees in use up and save their data. Best effort. */
+void tree_flush(kmb_storage *st, stream_state *s)
+{
+    if (!s->tree || s->damaged || st->opts.read_only) return;
+    kmb_error saved = *kmb_error_last();
+    (void)tree_sync(st, s);
+    *kmb_error_mut() = saved;
 }
 
 /* ---------------------------------------------------------------- public */
@@ -225,7 +476,7 @@ int kmb_storage_tree_root(kmb_storage *st, uint64_t stream, uint64_t size,
         kmb_merkle_empty_root(out);
     } else if (size == next) {
         kmb_merkle_range_root(&s->tree->range, out);
-    } else {
+    } else if ((rc = tree_full(st, s)) == KMB_OK) {
         rc = kmb_merkle_tree_root(out, tree_node, s->tree, size);
     }
     if (rc == KMB_OK && size_out) *size_out = size;
@@ -248,7 +499,7 @@ int kmb_storage_inclusion_proof(kmb_storage *st, uint64_t stream, uint64_t index
         rc = kmb_error_set(KMB_EINVAL, 0,
                            "stream %" PRIu64 ": offset %" PRIu64 " is not below the tree size %"
                            PRIu64, stream, index, size);
-    } else {
+    } else if ((rc = tree_full(st, s)) == KMB_OK) {
         rc = kmb_merkle_inclusion_proof(out, count, tree_node, s->tree, index, size);
     }
     if (rc == KMB_OK && size_out) *size_out = size;
@@ -272,7 +523,7 @@ int kmb_storage_consistency_proof(kmb_storage *st, uint64_t stream, uint64_t old
                            "stream %" PRIu64 ": old_size %" PRIu64 " is out of range: it must "
                            "be at least 1 and at most new_size %" PRIu64,
                            stream, old_size, new_size);
-    } else {
+    } else if ((rc = tree_full(st, s)) == KMB_OK) {
         rc = kmb_merkle_consistency_proof(out, count, tree_node, s->tree, old_size, new_size);
     }
     if (rc == KMB_OK && size_out) *size_out = new_size;
