@@ -21,7 +21,8 @@
  *  - first use in a process loads only the header and the frontier (a few KB): a tree whose
  *    levels hold nodes from each level's last tile on (`base`), enough for the compact range
  *    and every later node. The tiles below are read when a proof or an older root needs
- *    them (load_below), each checked (level, index, CRC).
+ *    them, one tile at a time (load_tile, at its canonical position), each checked (level,
+ *    index, CRC).
  *  - n must not exceed the stream's records, and the chain hash of entry n-1 must be the one
  *    the records have (the head, or record n's prev_hash, which the catch-up compares): a
  *    chain hash commits to every record before it, so the tree data describes these records.
@@ -49,34 +50,46 @@
 #define TILE_N KMB_TREEDATA_TILE_NODES
 
 typedef struct node_array {
-    uint8_t (*h)[HS];
-    uint64_t base;        /* index of h[0]: the nodes below are only in the tree data */
-    uint64_t count, cap;  /* nodes held: base … base + count - 1 */
+    uint8_t (*h)[HS];     /* h[i]: node i of the level */
+    uint64_t count, cap;  /* nodes of the level integrated; room for */
+    uint64_t base;        /* below it, node i is only valid if its tile is loaded */
+    uint8_t *loaded;      /* bit k: tile k (< base / 256) read from the tree data */
 } node_array;
 
 struct kmb_tree {
     kmb_merkle_range range;            /* leaves integrated: range.size */
     node_array levels[STORED_LEVELS];  /* levels[k]: the perfect nodes of level k*STORE_STEP */
     uint8_t last[KMB_HASH_SIZE];       /* hash_{range.size - 1}: compared with the head */
-    int partial;                       /* some level's base > 0 (loaded from the tree data) */
+    int partial;                       /* some level's base > 0 (seeded from the tree data) */
     int data_known;                    /* the stored tree data is the one described below */
     uint64_t data_n;                   /* its entry count (its tiles: T(data_n)) */
+    int data_bad;                      /* a tile read on demand was not usable: rebuild */
+    kmb_storage *st;                   /* for reading tiles on demand (the tree's owner) */
+    uint64_t stream;
 };
 
 void tree_free(struct kmb_tree *t)
 {
     if (!t) return;
-    for (size_t k = 0; k < STORED_LEVELS; k++) free(t->levels[k].h);
+    for (size_t k = 0; k < STORED_LEVELS; k++) {
+        free(t->levels[k].h);
+        free(t->levels[k].loaded);
+    }
     free(t);
 }
 
 /* Forget every node (the tree is rebuilt from genesis); the stored data is rewritten. */
 static void tree_reset(struct kmb_tree *t)
 {
-    for (size_t k = 0; k < STORED_LEVELS; k++) t->levels[k].count = t->levels[k].base = 0;
+    for (size_t k = 0; k < STORED_LEVELS; k++) {
+        t->levels[k].count = t->levels[k].base = 0;
+        free(t->levels[k].loaded);
+        t->levels[k].loaded = NULL;
+    }
     kmb_merkle_range_init(&t->range);
     t->partial = 0;
     t->data_known = 0;
+    t->data_bad = 0;
 }
 
 static int reserve(node_array *a, uint64_t want)
@@ -98,7 +111,7 @@ static int keep_node(void *ctx, unsigned level, uint64_t index, const uint8_t ha
     struct kmb_tree *t = ctx;
     if (level % STORE_STEP) return KMB_OK;
     node_array *a = &t->levels[level / STORE_STEP];
-    if (index != a->base + a->count)
+    if (index != a->count)
         return kmb_error_set(KMB_ERROR, 0, "Merkle tree: node (%u, %" PRIu64 ") out of order",
                              level, index);
     if (a->count == a->cap) {
@@ -120,17 +133,24 @@ static int add_entry(struct kmb_tree *t, const uint8_t entry[KMB_HASH_SIZE])
     return KMB_OK;
 }
 
-/* kmb_merkle_node_fn over a kmb_tree: a stored node, or one made from stored ones. */
+static int load_tile(struct kmb_tree *t, unsigned k, uint64_t tile);
+
+/* kmb_merkle_node_fn over a kmb_tree: a stored node, or one made from stored ones; a tile
+ * below a level's base is read from the tree data first. */
 static int tree_node(void *ctx, unsigned level, uint64_t index, uint8_t out[HS])
 {
-    const struct kmb_tree *t = ctx;
+    struct kmb_tree *t = ctx;
     unsigned base = level - level % STORE_STEP, span_log = level % STORE_STEP;
-    const node_array *a = &t->levels[base / STORE_STEP];
+    node_array *a = &t->levels[base / STORE_STEP];
     uint64_t first = index << span_log, n = (uint64_t)1 << span_log;
-    if (first + n > a->base + a->count || first + n < first || first < a->base)
+    if (first + n > a->count || first + n < first)
         return kmb_error_set(KMB_ERROR, 0, "Merkle tree: node (%u, %" PRIu64 ") not integrated",
                              level, index);
-    first -= a->base;
+    for (uint64_t k = first / TILE_N; k * TILE_N < first + n && k * TILE_N < a->base; k++) {
+        if (a->loaded[k / 8] & (1u << (k % 8))) continue;
+        int rc = load_tile(t, base / STORE_STEP, k);
+        if (rc) return rc;
+    }
     uint8_t work[1 << (STORE_STEP - 1)][HS];
     if (n == 1) {
         memcpy(out, a->h[first], HS);
@@ -179,11 +199,18 @@ static int load_frontier(kmb_storage *st, stream_state *s, struct kmb_tree *t)
     for (unsigned k = 0; k < STORED_LEVELS; k++) {
         node_array *a = &t->levels[k];
         uint64_t have = n >> (k * STORE_STEP), cnt = have & (TILE_N - 1);
+        if (have == 0) continue;
+        /* Room for every node (calloc: pages below the base stay untouched until a tile is
+         * read into them) and a bitmap of the tiles read. */
+        uint64_t cap = have + TILE_N;
+        if (cap > SIZE_MAX / HS) goto out;
+        a->h = calloc((size_t)cap, HS);
+        a->loaded = calloc((size_t)((have / TILE_N) / 8 + 1), 1);
+        if (!a->h || !a->loaded) goto out;
+        a->cap = cap;
         a->base = have - cnt;
-        a->count = 0;
-        if (cnt && reserve(a, cnt + TILE_N)) goto out;
-        if (cnt) memcpy(a->h, p, (size_t)cnt * HS);
-        a->count = cnt;
+        memcpy(a->h[a->base], p, (size_t)cnt * HS);
+        a->count = have;
         p += cnt * HS;
         if (a->base) t->partial = 1;
     }
@@ -199,61 +226,29 @@ out:
     return ok;
 }
 
-/*
- * Load the stored tiles below each level's base (a tree seeded by load_frontier). 1 when
- * the tree then holds every node, 0 when the tiles were not usable (the caller rebuilds).
- */
-static int load_below(kmb_storage *st, stream_state *s, struct kmb_tree *t)
+/* Read tile `tile` of stored level k from the tree data into the level's nodes. On failure
+ * t->data_bad is set: the caller rebuilds the tree from the records. */
+static int load_tile(struct kmb_tree *t, unsigned k, uint64_t tile)
 {
-    kmb_backend *b = st->backend;
-    uint64_t need[STORED_LEVELS], tiles = 0, c = 0, index;
-    unsigned lvl = 0, level;
-    for (unsigned k = 0; k < STORED_LEVELS; k++) need[k] = t->levels[k].base / TILE_N;
+    kmb_backend *b = t->st->backend;
+    node_array *a = &t->levels[k];
+    unsigned level = k * STORE_STEP;
     uint8_t *buf = malloc(KMB_TREEDATA_TILE);
-    node_array fresh[STORED_LEVELS];
-    memset(fresh, 0, sizeof(fresh));
-    int ok = buf != NULL;
-    for (unsigned k = 0; ok && k < STORED_LEVELS; k++)
-        ok = reserve(&fresh[k], t->levels[k].base + t->levels[k].count + TILE_N) == KMB_OK;
-    uint64_t left = 0;
-    for (unsigned k = 0; k < STORED_LEVELS; k++) left += need[k];
-    if (!t->data_known) ok = 0; /* a save failed since: the stored tiles are unknown */
-    /* Tiles in canonical order, until every level has those below its base. */
-    while (ok && left && kmb_treedata_next_tile(t->data_n, &c, &lvl, &level, &index)) {
-        unsigned k = level / STORE_STEP;
-        uint64_t pos = KMB_TREEDATA_HEADER + tiles * (uint64_t)KMB_TREEDATA_TILE;
-        tiles++;
-        if (index >= need[k]) continue;
-        if (b->load_tree(b, s->id, pos, buf, KMB_TREEDATA_TILE) != KMB_OK ||
-            !kmb_treedata_tile_ok(buf, level, index) || fresh[k].count != index * TILE_N) {
-            ok = 0;
-            break;
-        }
-        memcpy(fresh[k].h[fresh[k].count], buf + KMB_TREEDATA_TILE_HEAD, (size_t)TILE_N * HS);
-        fresh[k].count += TILE_N;
-        left--;
-    }
-    for (unsigned k = 0; ok && k < STORED_LEVELS; k++) ok = fresh[k].count == need[k] * TILE_N;
+    int ok = buf && t->data_known;
+    uint64_t pos = KMB_TREEDATA_HEADER +
+                   kmb_treedata_tile_ordinal(level, tile) * (uint64_t)KMB_TREEDATA_TILE;
+    ok = ok && b->load_tree(b, t->stream, pos, buf, KMB_TREEDATA_TILE) == KMB_OK &&
+         kmb_treedata_tile_ok(buf, level, tile);
     if (ok) {
-        for (unsigned k = 0; k < STORED_LEVELS; k++) {
-            node_array *a = &t->levels[k];
-            if (a->count) memcpy(fresh[k].h[fresh[k].count], a->h, (size_t)a->count * HS);
-            fresh[k].count += a->count;
-            free(a->h);
-            *a = fresh[k];
-            fresh[k].h = NULL;
-        }
-        t->partial = 0;
-        /* The loaded nodes must give the compact range the frontier gave. */
-        kmb_merkle_range check;
-        ok = kmb_merkle_range_load(&check, tree_node, t, t->range.size) == KMB_OK &&
-             check.count == t->range.count &&
-             memcmp(check.hashes, t->range.hashes, (size_t)check.count * HS) == 0;
+        memcpy(a->h[tile * TILE_N], buf + KMB_TREEDATA_TILE_HEAD, (size_t)TILE_N * HS);
+        a->loaded[tile / 8] |= (uint8_t)(1u << (tile % 8));
     }
-    for (unsigned k = 0; k < STORED_LEVELS; k++) free(fresh[k].h);
     free(buf);
-    kmb_error_clear();
-    return ok;
+    if (ok) return KMB_OK;
+    t->data_bad = 1;
+    return kmb_error_set(KMB_ECORRUPT, 0, "stream %" PRIu64 ": tree data tile (%u, %" PRIu64
+                         ") not usable; the tree is rebuilt from the records", t->stream,
+                         level, tile);
 }
 
 /*
@@ -294,7 +289,7 @@ static void tree_save(kmb_storage *st, stream_state *s)
     lvl = lvl0;
     while (kmb_treedata_next_tile(n, &c, &lvl, &level, &index)) {
         const node_array *a = &t->levels[level / STORE_STEP];
-        kmb_treedata_put_tile(p, level, index, (const uint8_t (*)[HS])a->h[index * TILE_N - a->base]);
+        kmb_treedata_put_tile(p, level, index, (const uint8_t (*)[HS])a->h[index * TILE_N]);
         p += KMB_TREEDATA_TILE;
     }
     uint8_t *front = p;
@@ -303,7 +298,7 @@ static void tree_save(kmb_storage *st, stream_state *s)
     for (unsigned k = 0; k < STORED_LEVELS; k++) {
         const node_array *a = &t->levels[k];
         uint64_t have = n >> (k * STORE_STEP), cnt = have & (TILE_N - 1);
-        if (cnt) memcpy(p, a->h[have - cnt - a->base], (size_t)cnt * HS);
+        if (cnt) memcpy(p, a->h[have - cnt], (size_t)cnt * HS);
         p += cnt * HS;
     }
     kmb_treedata_put_footer(p, n, front, (size_t)flen);
@@ -361,8 +356,7 @@ static int reserve_for(struct kmb_tree *t, uint64_t next)
 {
     for (unsigned k = 0; k < STORED_LEVELS; k++) {
         node_array *a = &t->levels[k];
-        uint64_t total = next >> (k * STORE_STEP);
-        if (total > a->base && reserve(a, total - a->base)) return oom();
+        if (reserve(a, next >> (k * STORE_STEP))) return oom();
     }
     return KMB_OK;
 }
@@ -373,6 +367,8 @@ static int tree_sync(kmb_storage *st, stream_state *s)
     if (!s->tree) {
         s->tree = calloc(1, sizeof(*s->tree));
         if (!s->tree) return oom();
+        s->tree->st = st;
+        s->tree->stream = s->id;
         if (has_tree_data(st) && s->next > 0) (void)load_frontier(st, s, s->tree);
     }
     struct kmb_tree *t = s->tree;
@@ -416,13 +412,12 @@ static int tree_sync(kmb_storage *st, stream_state *s)
     return KMB_OK;
 }
 
-/* Every node in memory (proofs and older roots need them): load the stored tiles below a
- * seeded tree's bases, or rebuild the tree from the records if they are not usable. */
-static int tree_full(kmb_storage *st, stream_state *s)
+/* After a tile read on demand failed (t->data_bad): rebuild the tree from the records. */
+static int tree_rebuild(kmb_storage *st, stream_state *s, int rc)
 {
-    struct kmb_tree *t = s->tree;
-    if (!t->partial || load_below(st, s, t)) return KMB_OK;
-    tree_reset(t);
+    if (rc == KMB_OK || !s->tree->data_bad) return rc;
+    kmb_error_clear();
+    tree_reset(s->tree);
     return tree_sync(st, s);
 }
 
@@ -476,8 +471,10 @@ int kmb_storage_tree_root(kmb_storage *st, uint64_t stream, uint64_t size,
         kmb_merkle_empty_root(out);
     } else if (size == next) {
         kmb_merkle_range_root(&s->tree->range, out);
-    } else if ((rc = tree_full(st, s)) == KMB_OK) {
+    } else {
         rc = kmb_merkle_tree_root(out, tree_node, s->tree, size);
+        if (rc && (rc = tree_rebuild(st, s, rc)) == KMB_OK)
+            rc = kmb_merkle_tree_root(out, tree_node, s->tree, size);
     }
     if (rc == KMB_OK && size_out) *size_out = size;
     leave(st);
@@ -499,8 +496,10 @@ int kmb_storage_inclusion_proof(kmb_storage *st, uint64_t stream, uint64_t index
         rc = kmb_error_set(KMB_EINVAL, 0,
                            "stream %" PRIu64 ": offset %" PRIu64 " is not below the tree size %"
                            PRIu64, stream, index, size);
-    } else if ((rc = tree_full(st, s)) == KMB_OK) {
+    } else {
         rc = kmb_merkle_inclusion_proof(out, count, tree_node, s->tree, index, size);
+        if (rc && (rc = tree_rebuild(st, s, rc)) == KMB_OK)
+            rc = kmb_merkle_inclusion_proof(out, count, tree_node, s->tree, index, size);
     }
     if (rc == KMB_OK && size_out) *size_out = size;
     leave(st);
@@ -523,8 +522,11 @@ int kmb_storage_consistency_proof(kmb_storage *st, uint64_t stream, uint64_t old
                            "stream %" PRIu64 ": old_size %" PRIu64 " is out of range: it must "
                            "be at least 1 and at most new_size %" PRIu64,
                            stream, old_size, new_size);
-    } else if ((rc = tree_full(st, s)) == KMB_OK) {
+    } else {
         rc = kmb_merkle_consistency_proof(out, count, tree_node, s->tree, old_size, new_size);
+        if (rc && (rc = tree_rebuild(st, s, rc)) == KMB_OK)
+            rc = kmb_merkle_consistency_proof(out, count, tree_node, s->tree, old_size,
+                                              new_size);
     }
     if (rc == KMB_OK && size_out) *size_out = new_size;
     leave(st);

@@ -93,6 +93,19 @@ int kmb_treedata_tile_ok(const uint8_t *tile, unsigned level, uint64_t index)
     return get_u32(tile + KMB_TREEDATA_TILE - 4) == kmb_crc32(tile, KMB_TREEDATA_TILE - 4);
 }
 
+uint64_t kmb_treedata_tile_ordinal(unsigned level, uint64_t index)
+{
+    /* Tiles completed by fewer leaves than this one's c, and those of the levels up to its
+     * own completed by c itself; minus one for itself. */
+    unsigned shift = level + KMB_TREEDATA_TILE_LOG;
+    uint64_t c = (index + 1) << shift, before = 0;
+    for (unsigned L = 0; L + KMB_TREEDATA_TILE_LOG < 64; L += KMB_TREEDATA_STEP) {
+        unsigned sh = L + KMB_TREEDATA_TILE_LOG;
+        before += L <= level ? c >> sh : (c - 1) >> sh;
+    }
+    return before - 1;
+}
+
 void kmb_treedata_cursor_after(uint64_t from, uint64_t *c, unsigned *lvl)
 {
     *c = from >> KMB_TREEDATA_TILE_LOG << KMB_TREEDATA_TILE_LOG;

@@ -79,6 +79,10 @@ int kmb_treedata_tile_ok(const uint8_t *tile, unsigned level, uint64_t index);
 int kmb_treedata_next_tile(uint64_t n, uint64_t *c, unsigned *lvl, unsigned *level,
                            uint64_t *index);
 
+/* The position (0-based) of tile (level, index) in canonical order: it starts at byte
+ * KMB_TREEDATA_HEADER + ordinal * KMB_TREEDATA_TILE. `level` a stored level. Cannot fail. */
+uint64_t kmb_treedata_tile_ordinal(unsigned level, uint64_t index);
+
 /*
  * Start a cursor after the tiles of a tree of `from` leaves (all of them written): the next
  * call of kmb_treedata_next_tile returns the first tile completed by a later leaf.
