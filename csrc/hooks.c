@@ -165,8 +165,11 @@ int kmb_storage_replace_tree_data(kmb_storage *st, uint64_t stream, const void *
         rc = kmb_error_set(KMB_EINVAL, 0, "this storage backend keeps no tree data");
         goto out;
     }
-    rc = b->save_tree(b, stream, 0, data, len);
+    /* Save the stream's indexes first (as kmb_storage_replace_segment_bytes does): the stream
+     * then reloads like a directory reopened after a clean close. */
     stream_state *s = table_find(st, stream);
+    for (size_t k = 0; s && k < s->nsegs; k++) (void)save_index_if_dirty(st, s, &s->segs[k]);
+    rc = b->save_tree(b, stream, 0, data, len);
     if (s) {
         table_remove(st, s);
         stream_free(s);

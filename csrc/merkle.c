@@ -24,37 +24,9 @@
 
 #define HS KMB_MERKLE_HASH_SIZE
 
-/*
- * Leaf and node hashes have fixed, short inputs (33 and 65 bytes): their padded blocks are
- * built here and fed to SHA256_Transform (OpenSSL's block function, SHA-NI where the CPU has
- * it), without SHA256_Update/Final's buffering and cleansing — a third of the cost of a
- * tree's catch-up. Same digests: the blocks are exactly FIPS 180-4's padding.
- */
-static void digest_blocks(uint8_t out[HS], const uint8_t *blocks, size_t n)
-{
-    SHA256_CTX c;
-    SHA256_Init(&c);
-    for (size_t i = 0; i < n; i++) SHA256_Transform(&c, blocks + 64 * i);
-    for (int i = 0; i < 8; i++) {
-        out[4 * i] = (uint8_t)(c.h[i] >> 24);
-        out[4 * i + 1] = (uint8_t)(c.h[i] >> 16);
-        out[4 * i + 2] = (uint8_t)(c.h[i] >> 8);
-        out[4 * i + 3] = (uint8_t)c.h[i];
-    }
-}
-
 void kmb_merkle_leaf_hash(uint8_t out[HS], const void *data, size_t len)
 {
     static const uint8_t prefix = 0x00;
-    if (len == HS) { /* a chain hash: 0x00 || 32 bytes = 264 bits, one block */
-        uint8_t b[64] = {0};
-        memcpy(b + 1, data, HS);
-        b[33] = 0x80;
-        b[62] = 0x01;
-        b[63] = 0x08;
-        digest_blocks(out, b, 1);
-        return;
-    }
     SHA256_CTX c;
     SHA256_Init(&c);
     SHA256_Update(&c, &prefix, 1);
@@ -64,16 +36,16 @@ void kmb_merkle_leaf_hash(uint8_t out[HS], const void *data, size_t len)
 
 void kmb_merkle_node_hash(uint8_t out[HS], const uint8_t left[HS], const uint8_t right[HS])
 {
-    /* 0x01 || left || right = 520 bits, two blocks; copied first, so that out may alias
-     * left or right. */
-    uint8_t b[128] = {0};
-    b[0] = 0x01;
-    memcpy(b + 1, left, HS);
-    memcpy(b + 1 + HS, right, HS);
-    b[65] = 0x80;
-    b[126] = 0x02;
-    b[127] = 0x08;
-    digest_blocks(out, b, 2);
+    uint8_t buf[1 + 2 * HS]; /* copied first, so that out may alias left or right */
+    buf[0] = 0x01;
+    memcpy(buf + 1, left, HS);
+    memcpy(buf + 1 + HS, right, HS);
+    /* The low-level calls, not the one-shot SHA256(): in OpenSSL 3 that fetches an EVP
+     * digest on every call, which costs more than the hash itself. */
+    SHA256_CTX c;
+    SHA256_Init(&c);
+    SHA256_Update(&c, buf, sizeof buf);
+    SHA256_Final(out, &c);
 }
 
 void kmb_merkle_empty_root(uint8_t out[HS])

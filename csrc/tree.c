@@ -37,6 +37,7 @@
  * the stream's head whenever it is at the stream's end.
  */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -264,50 +265,60 @@ static void tree_save(kmb_storage *st, stream_state *s)
     if (t->data_known && t->data_n == n) return;
     int whole = !t->data_known || t->data_n > n;
     if (whole && t->partial) return; /* cannot rewrite tiles it has not loaded */
-    uint64_t from = whole ? 0 : t->data_n, c, index, tiles = 0;
+    uint64_t c, index;
     unsigned lvl, level;
-    /* Count the new tiles, then write them and the frontier in one buffer. */
-    kmb_treedata_cursor_after(from, &c, &lvl);
-    uint64_t c0 = c;
-    unsigned lvl0 = lvl;
-    while (kmb_treedata_next_tile(n, &c, &lvl, &level, &index)) {
-        const node_array *a = &t->levels[level / STORE_STEP];
-        if (index * TILE_N < a->base) return; /* not in memory (cannot happen) */
-        tiles++;
-    }
+    kmb_treedata_cursor_after(whole ? 0 : t->data_n, &c, &lvl);
+    /* Pieces of at most SAVE_CHUNK bytes: the first at pos (0: the whole file, renamed into
+     * place), each next one appended. A crash between two leaves a file without its footer,
+     * which the checks refuse. */
+    enum { SAVE_CHUNK = 128 * KMB_TREEDATA_TILE };
     uint64_t flen = HS + HS * kmb_treedata_frontier_nodes(n);
-    uint64_t head = whole ? KMB_TREEDATA_HEADER : 0;
-    uint64_t len = head + tiles * KMB_TREEDATA_TILE + flen + KMB_TREEDATA_FOOTER;
-    if (len > SIZE_MAX) return;
-    uint8_t *buf = malloc((size_t)len), *p = buf;
+    size_t cap = SAVE_CHUNK > flen + KMB_TREEDATA_FOOTER ? SAVE_CHUNK
+                                                          : (size_t)(flen + KMB_TREEDATA_FOOTER);
+    uint8_t *buf = malloc(cap);
     if (!buf) return;
-    if (whole) {
-        kmb_treedata_put_header(p);
-        p += KMB_TREEDATA_HEADER;
-    }
-    c = c0;
-    lvl = lvl0;
-    while (kmb_treedata_next_tile(n, &c, &lvl, &level, &index)) {
-        const node_array *a = &t->levels[level / STORE_STEP];
-        kmb_treedata_put_tile(p, level, index, (const uint8_t (*)[HS])a->h[index * TILE_N]);
-        p += KMB_TREEDATA_TILE;
-    }
-    uint8_t *front = p;
-    memcpy(p, t->last, HS);
-    p += HS;
-    for (unsigned k = 0; k < STORED_LEVELS; k++) {
-        const node_array *a = &t->levels[k];
-        uint64_t have = n >> (k * STORE_STEP), cnt = have & (TILE_N - 1);
-        if (cnt) memcpy(p, a->h[have - cnt], (size_t)cnt * HS);
-        p += cnt * HS;
-    }
-    kmb_treedata_put_footer(p, n, front, (size_t)flen);
-    uint64_t pos = 0;
-    if (!whole) {
-        pos = KMB_TREEDATA_HEADER + kmb_treedata_tiles(t->data_n) * (uint64_t)KMB_TREEDATA_TILE;
-    }
+    uint64_t pos = whole ? 0 : KMB_TREEDATA_HEADER +
+                               kmb_treedata_tiles(t->data_n) * (uint64_t)KMB_TREEDATA_TILE;
+    size_t used = 0;
+    int rc = KMB_OK;
     kmb_error saved = *kmb_error_last();
-    int rc = st->backend->save_tree(st->backend, s->id, pos, buf, (size_t)len);
+    if (whole) {
+        kmb_treedata_put_header(buf);
+        used = KMB_TREEDATA_HEADER;
+    }
+    while (rc == KMB_OK && kmb_treedata_next_tile(n, &c, &lvl, &level, &index)) {
+        const node_array *a = &t->levels[level / STORE_STEP];
+        if (index * TILE_N < a->base) { /* not in memory (cannot happen) */
+            rc = KMB_ERROR;
+            break;
+        }
+        if (used + KMB_TREEDATA_TILE > cap) {
+            rc = st->backend->save_tree(st->backend, s->id, pos, buf, used);
+            pos += used;
+            used = 0;
+        }
+        kmb_treedata_put_tile(buf + used, level, index, (const uint8_t (*)[HS])a->h[index * TILE_N]);
+        used += KMB_TREEDATA_TILE;
+    }
+    if (rc == KMB_OK && used + flen + KMB_TREEDATA_FOOTER > cap) {
+        rc = st->backend->save_tree(st->backend, s->id, pos, buf, used);
+        pos += used;
+        used = 0;
+    }
+    if (rc == KMB_OK) {
+        uint8_t *front = buf + used, *p = front;
+        memcpy(p, t->last, HS);
+        p += HS;
+        for (unsigned k = 0; k < STORED_LEVELS; k++) {
+            const node_array *a = &t->levels[k];
+            uint64_t have = n >> (k * STORE_STEP), cnt = have & (TILE_N - 1);
+            if (cnt) memcpy(p, a->h[have - cnt], (size_t)cnt * HS);
+            p += cnt * HS;
+        }
+        kmb_treedata_put_footer(p, n, front, (size_t)flen);
+        used += flen + KMB_TREEDATA_FOOTER;
+        rc = st->backend->save_tree(st->backend, s->id, pos, buf, used);
+    }
     *kmb_error_mut() = saved;
     free(buf);
     t->data_known = rc == KMB_OK;
@@ -316,15 +327,76 @@ static void tree_save(kmb_storage *st, stream_state *s)
 
 /* ---------------------------------------------------------------- catching up */
 
+/*
+ * A large catch-up hashes on a second thread (the builder) while this one reads: the reader
+ * delivers checked records chunk by chunk and costs about one core; the tree's hashing
+ * (a leaf hash and about one node hash per entry, ~200 ns) runs beside it instead of after
+ * it. The reader writes each entry (a chain hash) into its level-0 slot and publishes the
+ * count under `mu`; the builder turns published slots into leaf hashes in place and appends
+ * them to the compact range (keep_node stores the levels; every array was reserved first,
+ * so nothing moves). Below BUILD_MIN entries, or if no thread can be started, everything
+ * runs inline. The builder touches only the tree's range and levels; the reader only the
+ * slots past `produced`; the GIL is not held (the binding releases it around tree calls).
+ */
+#define BUILD_MIN 65536
+
+typedef struct builder {
+    struct kmb_tree *t;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t produced; /* level-0 slots holding entries (guarded by mu) */
+    int done;          /* the reader published its last entry (guarded by mu) */
+    int stop;          /* the reader failed: give up (guarded by mu) */
+    int rc;            /* the builder's failure (read after the join) */
+} builder;
+
+static void *build_main(void *arg)
+{
+    builder *b = arg;
+    struct kmb_tree *t = b->t;
+    uint64_t next = t->range.size;
+    for (;;) {
+        pthread_mutex_lock(&b->mu);
+        while (b->produced == next && !b->done && !b->stop) pthread_cond_wait(&b->cv, &b->mu);
+        uint64_t avail = b->produced;
+        int stop = b->stop, done = b->done;
+        pthread_mutex_unlock(&b->mu);
+        if (stop || (done && next == avail)) break;
+        for (; next < avail; next++) {
+            uint8_t *slot = t->levels[0].h[next];
+            kmb_merkle_leaf_hash(slot, slot, KMB_HASH_SIZE); /* reads it all, then writes */
+            int rc = kmb_merkle_range_append(&t->range, slot, keep_node, t);
+            if (rc) {
+                b->rc = rc;
+                return NULL;
+            }
+        }
+    }
+    return NULL;
+}
+
 typedef struct catch_up {
     struct kmb_tree *t;
+    uint64_t have;               /* entries in the tree when the read started */
     uint64_t expect;             /* offset of the next record delivered */
     uint8_t tail[KMB_HASH_SIZE]; /* hash of the last record delivered */
     int have_tail;
     int stale; /* the first record read does not link to the tree's last entry */
+    builder *b; /* NULL: integrate inline */
+    uint64_t produced; /* with a builder: entries written to level-0 slots */
 } catch_up;
 
 #define TREE_STALE 1 /* take_records' stop code: rebuild the tree from genesis */
+
+/* Publish the entries written so far to the builder. */
+static void publish(catch_up *c, int done)
+{
+    pthread_mutex_lock(&c->b->mu);
+    c->b->produced = c->produced;
+    c->b->done |= done;
+    pthread_cond_signal(&c->b->cv);
+    pthread_mutex_unlock(&c->b->mu);
+}
 
 /* kmb_read_fn: each record's prev_hash is the (checked) hash of the record before it. */
 static int take_records(void *ctx, const kmb_record *recs, size_t n)
@@ -336,10 +408,14 @@ static int take_records(void *ctx, const kmb_record *recs, size_t n)
             return kmb_error_set(KMB_ERROR, 0, "Merkle tree: record %" PRIu64
                                  " delivered where %" PRIu64 " was expected",
                                  recs[j].offset, c->expect);
-        if (recs[j].offset > t->range.size) {
-            int rc = add_entry(t, recs[j].prev_hash);
-            if (rc) return rc;
-        } else if (recs[j].offset == t->range.size && recs[j].offset > 0 &&
+        if (recs[j].offset > c->have) {
+            if (c->b) {
+                memcpy(t->levels[0].h[c->produced++], recs[j].prev_hash, KMB_HASH_SIZE);
+            } else {
+                int rc = add_entry(t, recs[j].prev_hash);
+                if (rc) return rc;
+            }
+        } else if (recs[j].offset == c->have && recs[j].offset > 0 &&
                    memcmp(recs[j].prev_hash, t->last, KMB_HASH_SIZE) != 0) {
             c->stale = 1; /* the records before it are not those the tree was built from */
             return TREE_STALE;
@@ -348,7 +424,51 @@ static int take_records(void *ctx, const kmb_record *recs, size_t n)
     }
     kmb_record_hash(c->tail, &recs[n - 1]);
     c->have_tail = 1;
+    if (c->b) publish(c, 0);
     return KMB_OK;
+}
+
+/* Read the records from the tree's size on and integrate them (c->stale: they do not link
+ * to its last entry; nothing was integrated then). */
+static int catch_up_read(kmb_storage *st, stream_state *s, catch_up *c)
+{
+    struct kmb_tree *t = c->t;
+    builder b = {.t = t};
+    pthread_t th;
+    int threaded = 0;
+    c->have = c->expect = c->produced = t->range.size;
+    if (s->next - c->have >= BUILD_MIN && pthread_mutex_init(&b.mu, NULL) == 0) {
+        if (pthread_cond_init(&b.cv, NULL) == 0) {
+            b.produced = c->produced;
+            if (pthread_create(&th, NULL, build_main, &b) == 0) threaded = 1;
+            else pthread_cond_destroy(&b.cv);
+        }
+        if (!threaded) pthread_mutex_destroy(&b.mu);
+    }
+    c->b = threaded ? &b : NULL;
+    int rc = read_each_locked(st, s, c->expect, KMB_NO_LIMIT, take_records, c);
+    if (threaded) {
+        if (rc == KMB_OK && c->have_tail) /* the last record's own hash: the last entry */
+            memcpy(t->levels[0].h[c->produced++], c->tail, KMB_HASH_SIZE);
+        pthread_mutex_lock(&b.mu);
+        b.produced = c->produced;
+        if (rc) b.stop = 1;
+        else b.done = 1;
+        pthread_cond_signal(&b.cv);
+        pthread_mutex_unlock(&b.mu);
+        pthread_join(th, NULL);
+        pthread_cond_destroy(&b.cv);
+        pthread_mutex_destroy(&b.mu);
+        c->b = NULL;
+        if (rc == KMB_OK && b.rc)
+            rc = kmb_error_set(b.rc, 0, "stream %" PRIu64 ": the tree could not integrate "
+                               "its records", s->id);
+        if (rc == KMB_OK && c->have_tail) {
+            memcpy(t->last, c->tail, KMB_HASH_SIZE);
+            c->have_tail = 0; /* integrated */
+        }
+    }
+    return rc;
 }
 
 /* Room for the nodes of `next` entries, so that the catch-up never reallocates. */
@@ -386,15 +506,15 @@ static int tree_sync(kmb_storage *st, stream_state *s)
     if (rc) return rc;
     /* Read from the first record not integrated: its hash is its successor's prev_hash, and
      * its own prev_hash must be the tree's last entry. */
-    catch_up c = {.t = t, .expect = have};
-    rc = read_each_locked(st, s, c.expect, KMB_NO_LIMIT, take_records, &c);
+    catch_up c = {.t = t};
+    rc = catch_up_read(st, s, &c);
     if (c.stale) {
         /* Records under the tree changed (another process rewrote them): start over. */
         tree_reset(t);
         memset(&c, 0, sizeof(c));
         c.t = t;
         rc = reserve_for(t, s->next);
-        if (rc == KMB_OK) rc = read_each_locked(st, s, 0, KMB_NO_LIMIT, take_records, &c);
+        if (rc == KMB_OK) rc = catch_up_read(st, s, &c);
     }
     trim_chunks(st);
     if (rc == KMB_OK && c.expect != s->next)
