@@ -285,6 +285,15 @@ void tree_free(struct kmb_tree *t);
  * are ignored (the tree data is a cache); the thread's last error is left as it was. */
 void tree_flush(kmb_storage *st, stream_state *s);
 
+/*
+ * Appends (append.c): where to write the chain hashes of the next `count` records of s so
+ * that its tree integrates them without reading them back, or NULL (no tree in use, the tree
+ * behind, or the bound reached: nothing to write). tree_park_commit(s, count) once the batch
+ * is committed, only after a non-NULL tree_park_slots and with nothing in between.
+ */
+uint8_t (*tree_park_slots(stream_state *s, size_t count))[KMB_HASH_SIZE];
+void tree_park_commit(stream_state *s, size_t count);
+
 /* ---------------------------------------------------------------- append.c */
 
 int cut_back(kmb_storage *st, stream_state *s);

@@ -67,6 +67,8 @@ struct kmb_tree {
     int data_bad;                      /* a tile read on demand was not usable: rebuild */
     kmb_storage *st;                   /* for reading tiles on demand (the tree's owner) */
     uint64_t stream;
+    uint8_t (*park)[HS];               /* entries range.size … + parked - 1, from appends */
+    uint64_t parked, park_cap;
 };
 
 void tree_free(struct kmb_tree *t)
@@ -76,6 +78,7 @@ void tree_free(struct kmb_tree *t)
         free(t->levels[k].h);
         free(t->levels[k].loaded);
     }
+    free(t->park);
     free(t);
 }
 
@@ -91,6 +94,7 @@ static void tree_reset(struct kmb_tree *t)
     t->partial = 0;
     t->data_known = 0;
     t->data_bad = 0;
+    t->parked = 0;
 }
 
 static int reserve(node_array *a, uint64_t want)
@@ -492,6 +496,17 @@ static int tree_sync(kmb_storage *st, stream_state *s)
         if (has_tree_data(st) && s->next > 0) (void)load_frontier(st, s, s->tree);
     }
     struct kmb_tree *t = s->tree;
+    /* Entries parked by appends since the last catch-up: integrated without a read. */
+    if (t->parked && t->range.size + t->parked <= s->next) {
+        for (uint64_t k = 0; k < t->parked; k++) {
+            int rc = add_entry(t, t->park[k]);
+            if (rc) {
+                tree_reset(t);
+                return rc;
+            }
+        }
+    }
+    t->parked = 0;
     uint64_t have = t->range.size;
     if (have > s->next || (have > 0 && have == s->next &&
                            (!s->has_head || memcmp(t->last, s->head, KMB_HASH_SIZE) != 0))) {
@@ -539,6 +554,36 @@ static int tree_rebuild(kmb_storage *st, stream_state *s, int rc)
     kmb_error_clear();
     tree_reset(s->tree);
     return tree_sync(st, s);
+}
+
+/*
+ * Parking (append.c): a stream whose tree has seen every record (integrated or parked) keeps
+ * the chain hashes of the next appends, up to PARK_MAX, so that the next catch-up integrates
+ * them without reading the records back. They are the hashes the append computed from the
+ * bytes it wrote (the same computation that gives the stream's head, which the catch-up
+ * compares its last entry with); a catch-up from records read back is used otherwise.
+ */
+#define PARK_MAX 65536 /* entries: 2 MB */
+
+uint8_t (*tree_park_slots(stream_state *s, size_t count))[KMB_HASH_SIZE]
+{
+    struct kmb_tree *t = s->tree;
+    if (!t || t->range.size + t->parked != s->next || count > PARK_MAX - t->parked) return NULL;
+    if (t->parked + count > t->park_cap) {
+        uint64_t cap = t->park_cap ? t->park_cap : 1024;
+        while (cap < t->parked + count) cap *= 2;
+        if (cap > PARK_MAX) cap = PARK_MAX;
+        void *p = realloc(t->park, (size_t)cap * HS);
+        if (!p) return NULL; /* no parking: the catch-up reads instead */
+        t->park = p;
+        t->park_cap = cap;
+    }
+    return &t->park[t->parked];
+}
+
+void tree_park_commit(stream_state *s, size_t count)
+{
+    s->tree->parked += count;
 }
 
 /* flush/close (storage.c): catch the trees in use up and save their data. Best effort. */

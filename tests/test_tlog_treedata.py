@@ -366,3 +366,29 @@ def test_new_process_root_reads_the_frontier_not_the_records(tmp_path, template)
     assert with_data <= 8, with_data
     assert proof_calls <= 2 * 3, proof_calls  # open + read per tile, levels 0 and 5 (+10)
     assert without > with_data
+
+
+@pytest.mark.parametrize("batches", [[1, 7, 1000], [40000, 30000, 5], [70000], [3, 65533, 1]])
+def test_parked_appends_integrate_without_reading(tmp_path, batches):
+    """Once a stream's tree is in use, appends park their chain hashes (up to 65,536): the
+    next catch-up reads no record. Past the bound, the rest is read back. Same roots."""
+    evs = events(N)
+    with km.Storage(tmp_path / "d") as s:
+        write(s, evs[:300])
+        s.tree_root(1)
+        i = 300
+        for k in batches:
+            more = [b"p-%d" % j for j in range(i, i + k)]
+            s.append_batch(1, more, fsync=False)
+            evs = evs[:i] + more
+            i += k
+        s._set_fault("read", 0)
+        root = s.tree_root(1)
+        reads, _ = s._io_calls()
+        want = leaves(evs[:i])
+        assert root == ref_mth(want)
+        tlog.verify_inclusion(want[i - 1], i - 1, i, s.inclusion_proof(1, i - 1), root)
+        if sum(batches) <= 65536:
+            assert reads == 0, reads
+        else:
+            assert reads > 0
