@@ -626,7 +626,7 @@ static int disk_save_tree(kmb_backend *b, uint64_t stream, uint64_t pos, const v
         if (pos > size) rc = kmb_error_set(KMB_EINVAL, 0, "tree data: write past its end");
         if (rc == KMB_OK && kmb_io_pwrite(&d->io, fd, data, len, pos) != 0)
             rc = kmb_error_set(KMB_EIO, errno, "cannot write tree data");
-        if (rc == KMB_OK && kmb_io_truncate(&d->io, fd, pos + len) != 0)
+        if (rc == KMB_OK && size > pos + len && kmb_io_truncate(&d->io, fd, pos + len) != 0)
             rc = kmb_error_set(KMB_EIO, errno, "cannot truncate tree data");
         close(fd);
         return rc;

@@ -276,9 +276,13 @@ static void tree_save(kmb_storage *st, stream_state *s)
      * place), each next one appended. A crash between two leaves a file without its footer,
      * which the checks refuse. */
     enum { SAVE_CHUNK = 128 * KMB_TREEDATA_TILE };
-    uint64_t flen = HS + HS * kmb_treedata_frontier_nodes(n);
-    size_t cap = SAVE_CHUNK > flen + KMB_TREEDATA_FOOTER ? SAVE_CHUNK
-                                                          : (size_t)(flen + KMB_TREEDATA_FOOTER);
+    uint64_t flen = HS + HS * kmb_treedata_frontier_nodes(n), tiles = 0, c1 = c, ix;
+    unsigned l1 = lvl, lv;
+    while (tiles < 128 && kmb_treedata_next_tile(n, &c1, &l1, &lv, &ix)) tiles++;
+    uint64_t want = (whole ? KMB_TREEDATA_HEADER : 0) + tiles * KMB_TREEDATA_TILE;
+    if (want < flen + KMB_TREEDATA_FOOTER) want = flen + KMB_TREEDATA_FOOTER;
+    size_t cap = want > SAVE_CHUNK ? SAVE_CHUNK : (size_t)want;
+    if (cap < flen + KMB_TREEDATA_FOOTER) cap = (size_t)(flen + KMB_TREEDATA_FOOTER);
     uint8_t *buf = malloc(cap);
     if (!buf) return;
     uint64_t pos = whole ? 0 : KMB_TREEDATA_HEADER +
