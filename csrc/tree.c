@@ -65,6 +65,7 @@ struct kmb_tree {
     int data_known;                    /* the stored tree data is the one described below */
     uint64_t data_n;                   /* its entry count (its tiles: T(data_n)) */
     int data_bad;                      /* a tile read on demand was not usable: rebuild */
+    int damaged_prefix;                /* built from a damaged stream's intact prefix */
     kmb_storage *st;                   /* for reading tiles on demand (the tree's owner) */
     uint64_t stream;
     uint8_t (*park)[HS];               /* entries range.size … + parked - 1, from appends */
@@ -95,6 +96,7 @@ static void tree_reset(struct kmb_tree *t)
     t->data_known = 0;
     t->data_bad = 0;
     t->parked = 0;
+    t->damaged_prefix = 0;
 }
 
 static int reserve(node_array *a, uint64_t want)
@@ -265,7 +267,7 @@ static void tree_save(kmb_storage *st, stream_state *s)
 {
     struct kmb_tree *t = s->tree;
     uint64_t n = t ? t->range.size : 0;
-    if (!t || n == 0 || st->opts.read_only || !has_tree_data(st)) return;
+    if (!t || n == 0 || st->opts.read_only || !has_tree_data(st) || s->damaged) return;
     if (t->data_known && t->data_n == n) return;
     int whole = !t->data_known || t->data_n > n;
     if (whole && t->partial) return; /* cannot rewrite tiles it has not loaded */
@@ -418,6 +420,9 @@ static int take_records(void *ctx, const kmb_record *recs, size_t n)
                                  recs[j].offset, c->expect);
         if (recs[j].offset > c->have) {
             if (c->b) {
+                if (c->produced + 1 >= t->levels[0].cap) /* room for it and the tail */
+                    return kmb_error_set(KMB_ERROR, 0, "Merkle tree: more records than "
+                                         "the stream had");
                 memcpy(t->levels[0].h[c->produced++], recs[j].prev_hash, KMB_HASH_SIZE);
             } else {
                 int rc = add_entry(t, recs[j].prev_hash);
@@ -610,19 +615,85 @@ static int size_error(uint64_t stream, const char *what, uint64_t value, uint64_
 }
 
 /* Lock, load the stream and catch its tree up; *s NULL for a stream that does not exist. */
+/*
+ * A damaged stream (SPEC §3: reads that reach the damage raise, the rest work): its tree is
+ * built from the records before the damage only — read and checked like any catch-up, the
+ * last entry hashed from the last intact record — without the tree data (nothing in it can
+ * be checked past the damage) and without saving. Sizes within that prefix get their roots
+ * and proofs; a larger size, or the whole stream, raises the damage (tree_limit).
+ */
+static int tree_sync_damaged(kmb_storage *st, stream_state *s)
+{
+    uint64_t lim = s->damage_offset < s->next ? s->damage_offset : s->next;
+    /* A broken link at record d: record d-1's hash is what record d does not confirm (either
+     * may be the forged one), so the prefix stops before it. */
+    if (s->tamper && lim > 0) lim--;
+    if (!s->tree) {
+        s->tree = calloc(1, sizeof(*s->tree));
+        if (!s->tree) return oom();
+        s->tree->st = st;
+        s->tree->stream = s->id;
+    }
+    struct kmb_tree *t = s->tree;
+    t->parked = 0;
+    if (t->range.size > 0 && t->range.size <= lim && t->damaged_prefix) return KMB_OK;
+    tree_reset(t);
+    if (lim == 0) return KMB_OK;
+    int rc = reserve_for(t, lim);
+    if (rc) return rc;
+    /* Read exactly the records before the damage: a budget of their payload bytes (from
+     * the index) stops the read there. Zero-length records just before the damage fall
+     * outside the budget: the prefix answered is then shorter (never longer). */
+    uint64_t budget = 0;
+    long k = locate(s, 0);
+    for (uint64_t off = 0; k >= 0 && off < lim;) {
+        const seg_state *g = &s->segs[k];
+        if (off < g->base || off - g->base >= seg_records(g)) {
+            if ((size_t)++k >= s->nsegs) break;
+            continue;
+        }
+        size_t i = (size_t)(off - g->base);
+        budget += rec_end(g, i) - g->ix.positions[i] - KMB_RECORD_OVERHEAD;
+        off++;
+    }
+    catch_up c = {.t = t};
+    c.have = c.expect = 0;
+    rc = budget ? read_each_locked(st, s, 0, budget, take_records, &c) : KMB_OK;
+    trim_chunks(st);
+    if (rc == KMB_OK && c.have_tail) rc = add_entry(t, c.tail);
+    if (rc == KMB_OK && (c.expect > lim || t->range.size != c.expect))
+        rc = kmb_error_set(KMB_ERROR, 0, "stream %" PRIu64 ": the tree read %" PRIu64
+                           " records before the damage at %" PRIu64, s->id, c.expect, lim);
+    if (rc) tree_reset(t);
+    else t->damaged_prefix = 1;
+    return rc;
+}
+
+/* Lock, load the stream and catch its tree up; *s NULL for a stream that does not exist.
+ * *next: the sizes the tree can answer for (a damaged stream: its intact prefix). */
 static int tree_enter(kmb_storage *st, uint64_t stream, stream_state **s, uint64_t *next)
 {
     int rc = enter(st);
     if (rc) return rc;
     rc = get_stream(st, stream, s);
     if (rc == KMB_OK && *s) {
-        rc = (*s)->damaged ? damaged_error(st, *s) : tree_sync(st, *s);
+        rc = (*s)->damaged ? tree_sync_damaged(st, *s) : tree_sync(st, *s);
     }
     if (rc) {
         leave(st);
         return rc;
     }
-    *next = *s ? (*s)->next : 0;
+    *next = !*s ? 0 : (*s)->damaged ? (*s)->tree->range.size : (*s)->next;
+    return KMB_OK;
+}
+
+/* A damaged stream: the whole stream (size ALL) or a size past the intact prefix raises the
+ * damage (CorruptedRecordError / ChainVerificationError; the stream's true length may be
+ * unknown, so never a ValueError about it); other sizes are answered. */
+static int tree_limit(kmb_storage *st, stream_state *s, uint64_t size, uint64_t next)
+{
+    if (s && s->damaged && (size == KMB_TREE_SIZE_ALL || size > next))
+        return damaged_error(st, s);
     return KMB_OK;
 }
 
@@ -633,6 +704,10 @@ int kmb_storage_tree_root(kmb_storage *st, uint64_t stream, uint64_t size,
     uint64_t next;
     int rc = tree_enter(st, stream, &s, &next);
     if (rc) return rc;
+    if ((rc = tree_limit(st, s, size, next)) != KMB_OK) {
+        leave(st);
+        return rc;
+    }
     if (size == KMB_TREE_SIZE_ALL) size = next;
     if (size > next) {
         rc = size_error(stream, "tree_size", size, next);
@@ -658,6 +733,10 @@ int kmb_storage_inclusion_proof(kmb_storage *st, uint64_t stream, uint64_t index
     uint64_t next;
     int rc = tree_enter(st, stream, &s, &next);
     if (rc) return rc;
+    if ((rc = tree_limit(st, s, size, next)) != KMB_OK) {
+        leave(st);
+        return rc;
+    }
     if (size == KMB_TREE_SIZE_ALL) size = next;
     if (size == 0 || size > next) {
         rc = size_error(stream, "tree_size", size, next);
@@ -683,6 +762,10 @@ int kmb_storage_consistency_proof(kmb_storage *st, uint64_t stream, uint64_t old
     uint64_t next;
     int rc = tree_enter(st, stream, &s, &next);
     if (rc) return rc;
+    if ((rc = tree_limit(st, s, new_size, next)) != KMB_OK) {
+        leave(st);
+        return rc;
+    }
     if (new_size == KMB_TREE_SIZE_ALL) new_size = next;
     if (new_size == 0 || new_size > next) {
         rc = size_error(stream, "new_size", new_size, next);

@@ -392,3 +392,46 @@ def test_parked_appends_integrate_without_reading(tmp_path, batches):
             assert reads == 0, reads
         else:
             assert reads > 0
+
+
+@pytest.mark.parametrize("kind", ["disk", "memory"])
+@pytest.mark.parametrize("where", [0, 130, 298])
+def test_damaged_stream_answers_within_its_intact_prefix(tmp_path, kind, where):
+    """A damaged stream (SPEC §3: reads reaching the damage raise, the rest work): roots and
+    proofs of sizes up to the damage are answered from the records before it; the whole
+    stream, larger sizes and checkpoint() (SPEC §6: whole stream, signed) raise the damage."""
+    from kimberlite import testing
+    evs = events(300)
+    want = leaves(evs)
+    if kind == "disk":
+        with km.Storage(tmp_path / "d", max_segment_size=2048) as s:
+            s.append_batch(1, evs[:150])
+            s.tree_root(1)  # tree data for 150 entries, stale once damage is found
+            s.append_batch(1, evs[150:])
+        testing.flip_bit(tmp_path / "d", 1, where)
+        s = km.Storage(tmp_path / "d")
+    else:
+        s = km.MemoryStorage(max_segment_size=2048)
+        s.append_batch(1, evs)
+        assert s.tree_root(1) == ref_mth(want)
+        testing.flip_bit(s, 1, where)
+    with pytest.raises(km.CorruptedRecordError):
+        s.verify(1)
+    for size in sorted({x for x in (1, where // 2, where) if 0 < x <= where}):
+        assert s.tree_root(1, size) == ref_mth(want[:size]), size
+        tlog.verify_inclusion(want[size - 1], size - 1, size,
+                              s.inclusion_proof(1, size - 1, size), ref_mth(want[:size]))
+        if size > 1:
+            tlog.verify_consistency(1, size, s.consistency_proof(1, 1, size),
+                                    ref_mth(want[:1]), ref_mth(want[:size]))
+    signer = tlog.Signer(tlog.generate_key("dmg.example")[0])
+    for call in (lambda: s.tree_root(1), lambda: s.tree_root(1, where + 1),
+                 lambda: s.inclusion_proof(1, 0), lambda: s.consistency_proof(1, 1)):
+        with pytest.raises(km.CorruptedRecordError):
+            call()
+    # checkpoint() signs the whole stream or nothing (with damage at offset 0 of the active
+    # segment the stream shows no records, and it says there is nothing to sign)
+    with pytest.raises(km.CorruptedRecordError if where or kind == "disk" else ValueError):
+        s.checkpoint(1, signer)
+    assert s.tree_root(1, 0) == hashlib.sha256(b"").digest()
+    s.close()
