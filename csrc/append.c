@@ -177,7 +177,8 @@ fail:
 /* Encode a small batch into one buffer, chaining the hashes here: one write per batch. */
 static int write_batch_inline(kmb_storage *st, stream_state *s, seg_state *g,
                               const kmb_slice *events, size_t count, uint64_t next,
-                              uint64_t total, uint64_t *end, uint8_t head[KMB_HASH_SIZE])
+                              uint64_t total, uint64_t *end, uint8_t head[KMB_HASH_SIZE],
+                              uint8_t (*park)[KMB_HASH_SIZE])
 {
     int rc = grow(&st->scratch, &st->scratch_cap, (size_t)total);
     if (rc) return rc;
@@ -191,6 +192,7 @@ static int write_batch_inline(kmb_storage *st, stream_state *s, seg_state *g,
                                      (uint32_t)events[i].len);
         /* Hash the copy, not the caller's buffer, which another thread may be changing. */
         kmb_chain_hash(head, offset ? head : NULL, p + KMB_REC_PAYLOAD_AT, events[i].len);
+        if (park) memcpy(park[i], head, KMB_HASH_SIZE); /* for the tree (tree.c) */
         p += n;
         pos += n;
     }
@@ -338,17 +340,20 @@ static int stream_for_append(kmb_storage *st, uint64_t stream, size_t count,
  * left pending. *end is where the batch ends, head the hash of its last record.
  */
 static int write_batch(kmb_storage *st, stream_state *s, const kmb_slice *events, size_t count,
-                       uint64_t total, int fsync, uint64_t *end, uint8_t head[KMB_HASH_SIZE])
+                       uint64_t total, int fsync, uint64_t *end, uint8_t head[KMB_HASH_SIZE],
+                       uint8_t (*park)[KMB_HASH_SIZE])
 {
     seg_state *g = active_seg(s);
     int rc = kmb_index_reserve(&g->ix, count);
     if (rc) return rc;
     *end = g->size;
     /* Large batches hash on the worker while this thread encodes and writes. */
-    if (worker_use(st, total))
+    if (worker_use(st, total)) {
         rc = write_batch_pipelined(st, s, g, events, count, s->next, end, head);
-    else
-        rc = write_batch_inline(st, s, g, events, count, s->next, total, end, head);
+        if (rc == KMB_OK && park) memcpy(park, st->hashes, count * KMB_HASH_SIZE);
+    } else {
+        rc = write_batch_inline(st, s, g, events, count, s->next, total, end, head, park);
+    }
     if (rc == KMB_OK && fsync) rc = st->backend->sync(st->backend, s->id, g->number);
     if (rc == KMB_OK) return KMB_OK;
     kmb_error saved = *kmb_error_last();
@@ -402,9 +407,14 @@ int kmb_storage_append(kmb_storage *st, uint64_t stream, const kmb_slice *events
     uint8_t head[KMB_HASH_SIZE];
     rc = validate_batch(st, events, count, &total);
     if (rc == KMB_OK) rc = stream_for_append(st, stream, count, expected_offset, fsync, &s);
-    if (rc == KMB_OK) rc = write_batch(st, s, events, count, total, fsync, &end, head);
+    uint8_t (*park)[KMB_HASH_SIZE] = NULL;
+    if (rc == KMB_OK) {
+        park = tree_park_slots(s, count);
+        rc = write_batch(st, s, events, count, total, fsync, &end, head, park);
+    }
     if (rc == KMB_OK) {
         commit_batch(st, s, count, end, head, fsync);
+        if (park) tree_park_commit(s, count);
         rotate_after_append(st, s, fsync);
         if (next_out) *next_out = s->next;
     }

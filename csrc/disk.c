@@ -7,6 +7,7 @@
  *   data_dir/{stream}/segment_%06u.log.torn-K   quarantined torn tails
  *   data_dir/{stream}/durable               the durable watermark (a hint; watermark.c)
  *   data_dir/{stream}/checkpoint            the latest signed checkpoint (tree.c)
+ *   data_dir/{stream}/tree                  the tree data, a cache (tree.c, treedata.h)
  *
  * Open descriptors are bounded: segment files are kept in a small LRU cache of
  * KMB_DISK_MAX_FDS descriptors, plus the lock file. All file operations go through io.c.
@@ -558,6 +559,93 @@ static int disk_load_checkpoint(kmb_backend *b, uint64_t stream, uint64_t max_le
     return KMB_OK;
 }
 
+/* ---------------------------------------------------------------- tree data */
+
+static int tree_path(disk_backend *d, uint64_t stream, const char *suffix, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s/%" PRIu64 "/tree%s", d->root, stream, suffix);
+    return (n < 0 || (size_t)n >= cap) ? path_too_long(d->root) : KMB_OK;
+}
+
+/* The tree data's descriptor for reading or rewriting in place; never follows a link or waits
+ * on a FIFO; anything but a regular file is KMB_ENOTFOUND (the engine rebuilds and a save
+ * at 0 replaces the name). */
+static int open_tree(disk_backend *d, uint64_t stream, int flags, int *fd, uint64_t *len)
+{
+    char path[PATH_MAX];
+    int rc = tree_path(d, stream, "", path, sizeof(path));
+    if (rc) return rc;
+    *fd = kmb_io_open(&d->io, path, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
+    if (*fd < 0) {
+        if (errno == ENOENT || errno == ELOOP) return kmb_error_set(KMB_ENOTFOUND, 0, "no tree data");
+        return io_error(errno, path, "cannot open tree data");
+    }
+    struct stat st;
+    if (fstat(*fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(*fd);
+        *fd = -1;
+        return kmb_error_set(KMB_ENOTFOUND, 0, "%s is not a regular file; ignored", path);
+    }
+    *len = (uint64_t)st.st_size;
+    return KMB_OK;
+}
+
+static int disk_tree_size(kmb_backend *b, uint64_t stream, uint64_t *len)
+{
+    int fd;
+    int rc = open_tree(D(b), stream, O_RDONLY, &fd, len);
+    if (rc == KMB_OK) close(fd);
+    return rc;
+}
+
+static int disk_load_tree(kmb_backend *b, uint64_t stream, uint64_t pos, void *buf, size_t len)
+{
+    int fd;
+    uint64_t size;
+    int rc = open_tree(D(b), stream, O_RDONLY, &fd, &size);
+    if (rc) return rc;
+    ssize_t got = kmb_io_pread(&D(b)->io, fd, buf, len, pos);
+    int err = errno;
+    close(fd);
+    if (got < 0) return kmb_error_set(KMB_EIO, err, "cannot read tree data");
+    if ((size_t)got != len) return kmb_error_set(KMB_ECORRUPT, 0, "tree data is too short");
+    return KMB_OK;
+}
+
+/* pos 0: a temporary file renamed into place (a crash leaves the old data or the new);
+ * pos > 0: written in place after the kept bytes, then cut to its end (append-only). */
+static int disk_save_tree(kmb_backend *b, uint64_t stream, uint64_t pos, const void *data,
+                          size_t len)
+{
+    disk_backend *d = D(b);
+    int fd, rc;
+    uint64_t size;
+    if (pos > 0) {
+        rc = open_tree(d, stream, O_WRONLY, &fd, &size);
+        if (rc) return rc;
+        if (pos > size) rc = kmb_error_set(KMB_EINVAL, 0, "tree data: write past its end");
+        if (rc == KMB_OK && kmb_io_pwrite(&d->io, fd, data, len, pos) != 0)
+            rc = kmb_error_set(KMB_EIO, errno, "cannot write tree data");
+        if (rc == KMB_OK && size > pos + len && kmb_io_truncate(&d->io, fd, pos + len) != 0)
+            rc = kmb_error_set(KMB_EIO, errno, "cannot truncate tree data");
+        close(fd);
+        return rc;
+    }
+    char path[PATH_MAX], tmp[PATH_MAX];
+    rc = tree_path(d, stream, "", path, sizeof(path));
+    if (rc == KMB_OK) rc = tree_path(d, stream, ".tmp", tmp, sizeof(tmp));
+    if (rc) return rc;
+    if (unlink(tmp) != 0 && errno != ENOENT) return io_error(errno, tmp, "cannot replace tree data");
+    fd = kmb_io_open(&d->io, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) return io_error(errno, tmp, "cannot create tree data");
+    if (kmb_io_pwrite(&d->io, fd, data, len, 0) != 0) rc = io_error(errno, tmp, "cannot write tree data");
+    close(fd);
+    if (rc == KMB_OK && kmb_io_rename(&d->io, tmp, path) != 0)
+        rc = io_error(errno, path, "cannot rename tree data into place");
+    if (rc) unlink(tmp);
+    return rc;
+}
+
 static int disk_quarantine(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t from,
                            char *name_out, size_t name_cap)
 {
@@ -806,6 +894,9 @@ static void fill_table(kmb_backend *b, int read_only)
     b->load_watermark = disk_load_watermark;
     b->save_checkpoint = disk_save_checkpoint;
     b->load_checkpoint = disk_load_checkpoint;
+    b->tree_size = disk_tree_size;
+    b->load_tree = disk_load_tree;
+    b->save_tree = disk_save_tree;
 }
 
 int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)

@@ -296,6 +296,19 @@ int read_each_locked(kmb_storage *st, stream_state *s, uint64_t from, uint64_t m
 /* Release a stream's Merkle tree (s->tree; NULL is ignored). */
 void tree_free(struct kmb_tree *t);
 
+/* flush/close: catch s's tree up (if this process built one) and save its tree data. Errors
+ * are ignored (the tree data is a cache); the thread's last error is left as it was. */
+void tree_flush(kmb_storage *st, stream_state *s);
+
+/*
+ * Appends (append.c): where to write the chain hashes of the next `count` records of s so
+ * that its tree integrates them without reading them back, or NULL (no tree in use, the tree
+ * behind, or the bound reached: nothing to write). tree_park_commit(s, count) once the batch
+ * is committed, only after a non-NULL tree_park_slots and with nothing in between.
+ */
+uint8_t (*tree_park_slots(stream_state *s, size_t count))[KMB_HASH_SIZE];
+void tree_park_commit(stream_state *s, size_t count);
+
 /* ---------------------------------------------------------------- append.c */
 
 int cut_back(kmb_storage *st, stream_state *s);

@@ -144,3 +144,65 @@ int kmb_storage_read_stats(kmb_storage *st, uint64_t *helped, unsigned *threads)
     leave(st);
     return KMB_OK;
 }
+
+int kmb_storage_tree_data(kmb_storage *st, uint64_t stream, uint8_t **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    int rc = enter(st);
+    if (rc) return rc;
+    kmb_backend *b = st->backend;
+    uint64_t size = 0;
+    if (!b->tree_size || !b->load_tree) {
+        rc = kmb_error_set(KMB_EINVAL, 0, "this storage backend keeps no tree data");
+        goto out;
+    }
+    rc = b->tree_size(b, stream, &size);
+    if (rc == KMB_ENOTFOUND) {
+        rc = KMB_OK;
+        kmb_error_clear();
+        goto out;
+    }
+    if (rc == KMB_OK && size > SIZE_MAX - 1) rc = oom();
+    uint8_t *buf = rc ? NULL : malloc(size ? (size_t)size : 1);
+    if (rc == KMB_OK && !buf) rc = oom();
+    if (rc == KMB_OK && size) rc = b->load_tree(b, stream, 0, buf, (size_t)size);
+    if (rc) {
+        free(buf);
+        goto out;
+    }
+    *out = buf;
+    *len = (size_t)size;
+out:
+    leave(st);
+    return rc;
+}
+
+int kmb_storage_replace_tree_data(kmb_storage *st, uint64_t stream, const void *data,
+                                  size_t len)
+{
+    int rc = enter(st);
+    if (rc) return rc;
+    kmb_backend *b = st->backend;
+    if (st->opts.read_only) {
+        rc = kmb_error_set(KMB_EREADONLY, 0, "cannot replace tree data in read-only mode");
+        goto out;
+    }
+    if (!b->save_tree) {
+        rc = kmb_error_set(KMB_EINVAL, 0, "this storage backend keeps no tree data");
+        goto out;
+    }
+    /* Save the stream's indexes first (as kmb_storage_replace_segment_bytes does): the stream
+     * then reloads like a directory reopened after a clean close. */
+    stream_state *s = table_find(st, stream);
+    for (size_t k = 0; s && k < s->nsegs; k++) (void)save_index_if_dirty(st, s, &s->segs[k]);
+    rc = b->save_tree(b, stream, 0, data, len);
+    if (s) {
+        table_remove(st, s);
+        stream_free(s);
+    }
+    window_reset(st);
+out:
+    leave(st);
+    return rc;
+}

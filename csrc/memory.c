@@ -35,6 +35,8 @@ typedef struct mem_stream {
     size_t ntorn;
     mem_buf checkpoint; /* the latest signed checkpoint's bytes (tree.c) */
     int has_checkpoint;
+    mem_buf tree; /* the tree data (tree.c); has_tree: saved at least once */
+    int has_tree;
 } mem_stream;
 
 typedef struct mem_backend {
@@ -329,6 +331,39 @@ static int mem_load_checkpoint(kmb_backend *b, uint64_t stream, uint64_t max_len
     return KMB_OK;
 }
 
+static int mem_tree_size(kmb_backend *b, uint64_t stream, uint64_t *len)
+{
+    mem_stream *s = find_stream(M(b), stream);
+    if (!s || !s->has_tree) return kmb_error_set(KMB_ENOTFOUND, 0, "no tree data");
+    *len = s->tree.len;
+    return KMB_OK;
+}
+
+static int mem_load_tree(kmb_backend *b, uint64_t stream, uint64_t pos, void *buf, size_t len)
+{
+    mem_stream *s = find_stream(M(b), stream);
+    if (!s || !s->has_tree) return kmb_error_set(KMB_ENOTFOUND, 0, "no tree data");
+    if (pos > s->tree.len || len > s->tree.len - pos)
+        return kmb_error_set(KMB_ECORRUPT, 0, "tree data of memory:%" PRIu64 " is too short",
+                             stream);
+    if (len) memcpy(buf, s->tree.data + pos, len);
+    return KMB_OK;
+}
+
+static int mem_save_tree(kmb_backend *b, uint64_t stream, uint64_t pos, const void *data,
+                         size_t len)
+{
+    mem_stream *s = find_stream(M(b), stream);
+    if (!s) return kmb_error_set(KMB_ENOTFOUND, 0, "no stream memory:%" PRIu64, stream);
+    if (pos > (s->has_tree ? s->tree.len : 0) || len > SIZE_MAX - pos)
+        return kmb_error_set(KMB_EINVAL, 0, "tree data: write past its end");
+    if (buf_reserve(&s->tree, (size_t)pos + len)) return oom();
+    if (len) memcpy(s->tree.data + pos, data, len);
+    s->tree.len = (size_t)pos + len;
+    s->has_tree = 1;
+    return KMB_OK;
+}
+
 static void mem_describe(kmb_backend *b, uint64_t stream, uint32_t seg, char *out, size_t cap)
 {
     (void)b;
@@ -349,6 +384,7 @@ static void mem_free(kmb_backend *b)
         free(s->torn);
         free(s->segs);
         free(s->checkpoint.data);
+        free(s->tree.data);
     }
     free(m->streams);
     free(m);
@@ -379,6 +415,9 @@ int kmb_backend_memory_new(kmb_backend **out)
     b->remove_segment = mem_remove_segment;
     b->save_checkpoint = mem_save_checkpoint;
     b->load_checkpoint = mem_load_checkpoint;
+    b->tree_size = mem_tree_size;
+    b->load_tree = mem_load_tree;
+    b->save_tree = mem_save_tree;
     *out = b;
     return KMB_OK;
 }

@@ -86,6 +86,57 @@ static PyObject *storage_replace_segment_bytes(StorageObject *self, PyObject *ar
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(tree_data_doc,
+"_tree_data($self, stream_id, /)\n--\n\n"
+"Return the stream's stored tree data, or None (private: for tests of the tree cache).");
+
+static PyObject *storage_tree_data(StorageObject *self, PyObject *sid)
+{
+    uint64_t stream;
+    if (kmb_stream_id(sid, &stream) < 0) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_tree_data(self->st, stream, &buf, &len);
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (kmb_storage_finish(self, rc) == 0) {
+        if (buf) result = PyBytes_FromStringAndSize((char *)buf, (Py_ssize_t)len);
+        else {
+            Py_INCREF(Py_None);
+            result = Py_None;
+        }
+    }
+    free(buf);
+    return result;
+}
+
+PyDoc_STRVAR(replace_tree_data_doc,
+"_replace_tree_data($self, stream_id, data, /)\n--\n\n"
+"Store data as the stream's tree data and make the engine load the stream again on next\n"
+"use (private: for tests of the tree cache, which damage it on purpose).");
+
+static PyObject *storage_replace_tree_data(StorageObject *self, PyObject *args)
+{
+    PyObject *sid;
+    Py_buffer data;
+    uint64_t stream;
+    if (!PyArg_ParseTuple(args, "Oy*:_replace_tree_data", &sid, &data)) return NULL;
+    if (kmb_stream_id(sid, &stream) < 0 || kmb_storage_check_open(self) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kmb_storage_replace_tree_data(self->st, stream, data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (kmb_storage_finish(self, rc) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ---- fault injection (tests only: kimberlite/sys/faults.h, docs/TESTING.md) ------------ */
 
 static const struct {
@@ -241,6 +292,9 @@ static PyMethodDef testing_methods[] = {
     {"_segment_bytes", (PyCFunction)storage_segment_bytes, METH_VARARGS, segment_bytes_doc},
     {"_replace_segment_bytes", (PyCFunction)storage_replace_segment_bytes, METH_VARARGS,
      replace_segment_bytes_doc},
+    {"_tree_data", (PyCFunction)storage_tree_data, METH_O, tree_data_doc},
+    {"_replace_tree_data", (PyCFunction)storage_replace_tree_data, METH_VARARGS,
+     replace_tree_data_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -322,6 +322,7 @@ static int flush_locked(kmb_storage *st)
     int first = KMB_OK;
     for (size_t i = 0; i < st->tcap; i++) {
         stream_state *s = st->table[i];
+        if (s) tree_flush(st, s);
         for (size_t k = 0; s && k < s->nsegs; k++) {
             int rc = save_index_if_dirty(st, s, &s->segs[k]);
             if (rc && first == KMB_OK) first = rc;

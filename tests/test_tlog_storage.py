@@ -166,8 +166,15 @@ def test_tampered_records_raise(disk):
     s = disk.open()
     with pytest.raises(kimberlite.ChainVerificationError):
         s.tree_root(2)
+    # The link of record 11 is broken (record 10 was forged): sizes up to 10 — the records
+    # whose hashes the links confirm — are answered, larger ones raise.
     with pytest.raises(kimberlite.ChainVerificationError):
-        s.inclusion_proof(2, 0, 5)
+        s.inclusion_proof(2, 0, 11)
+    with pytest.raises(kimberlite.ChainVerificationError):
+        s.tree_root(2, 11)
+    want = [ref_leaf(h) for h in chain_hashes(events_for(30))]
+    assert s.tree_root(2, 10) == ref_mth(want[:10])
+    tlog.verify_inclusion(want[3], 3, 10, s.inclusion_proof(2, 3, 10), ref_mth(want[:10]))
 
 
 def test_reader_tree_notices_records_rewritten_under_it(tmp_path):

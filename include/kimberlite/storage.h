@@ -342,6 +342,17 @@ int kmb_storage_set_read_tuning(kmb_storage *st, uint64_t min_bytes, size_t chun
 int kmb_storage_read_stats(kmb_storage *st, uint64_t *helped, unsigned *threads);
 
 /*
+ * Testing hooks for a stream's tree data (the Merkle tree cache, tree.c). kmb_storage_tree_data
+ * copies it into *out (malloc'd, owned by the caller; NULL with *len 0 when there is none).
+ * kmb_storage_replace_tree_data stores `len` bytes as the tree data (len 0: empty data) and
+ * drops the stream's cached state as kmb_storage_replace_segment_bytes does. Errors:
+ * KMB_EINVAL (the backend has no tree data), KMB_EREADONLY, KMB_EIO, KMB_ECLOSED, KMB_ENOMEM.
+ */
+int kmb_storage_tree_data(kmb_storage *st, uint64_t stream, uint8_t **out, size_t *len);
+int kmb_storage_replace_tree_data(kmb_storage *st, uint64_t stream, const void *data,
+                                  size_t len);
+
+/*
  * fork() support: an at-fork protocol, in the manner of pthread_atfork(3). The library
  * registers nothing itself (no global state): the application (the Python binding does it
  * with os.register_at_fork) calls, for every storage it has open and not yet freed,

@@ -182,6 +182,26 @@ struct kmb_backend {
     int (*save_checkpoint)(kmb_backend *b, uint64_t stream, const uint8_t *data, size_t len);
     int (*load_checkpoint)(kmb_backend *b, uint64_t stream, uint64_t max_len, uint8_t **out,
                            size_t *len);
+
+    /*
+     * A stream's tree data (csrc/tree.c; treedata.h; docs/FORMAT.md §12): a cache of its
+     * Merkle tree's nodes, opaque bytes the engine writes, checks on every load and rebuilds
+     * from the records whenever they are missing, short or wrong, so a backend may lose them
+     * at any time. The disk backend keeps data_dir/{stream}/tree.
+     * tree_size: *len = the stored length; KMB_ENOTFOUND when there are none (or when what
+     *   is there cannot be read as plain bytes, e.g. not a regular file).
+     * load_tree: exactly len bytes at pos into buf; an error (any code) if fewer exist.
+     * save_tree: keep the first pos bytes (pos <= the stored length; 0 replaces everything,
+     *   creating the data if needed), write `len` bytes of data after them and drop whatever
+     *   followed. Never synced: whatever a crash leaves is checked on load. Only writers call it.
+     * NULL (all three): no tree data; each process rebuilds a stream's tree from its records.
+     * Added in interface version 2 after save/load_checkpoint, so older version-2 backends
+     * that zero their struct have none.
+     */
+    int (*tree_size)(kmb_backend *b, uint64_t stream, uint64_t *len);
+    int (*load_tree)(kmb_backend *b, uint64_t stream, uint64_t pos, void *buf, size_t len);
+    int (*save_tree)(kmb_backend *b, uint64_t stream, uint64_t pos, const void *data,
+                     size_t len);
 };
 
 /*
