@@ -174,7 +174,7 @@ def _encode(first_id: int, stored_events: Sequence[StoredEvent],
             oid = s.originator_id
             version = s.originator_version
             if isinstance(oid, UUID):
-                key: Any = oid.bytes
+                key = oid.bytes
                 head = _EV_UUID.pack(0, key, version)
             elif isinstance(oid, str):
                 b = oid.encode("utf-8")
@@ -631,6 +631,7 @@ class _Store:
                 self.storage: Any = MemoryStorage(**storage_kwargs)
             else:
                 self.storage = Storage(path, read_only=read_only, **storage_kwargs)
+        self._append = self.storage.append_batch
         self.index_dir = None if self.memory else os.path.join(path, "eventsourcing")
         if self.index_dir is not None and not read_only:
             try:
@@ -1010,9 +1011,9 @@ class _Store:
 
         The usual call (a loaded, writable stream; one aggregate whose versions go up by
         one, all new; no tracking record) is made here with as little Python as possible:
-        the index costs a dictionary lookup, one packed entry appended to a buffer and a
-        clock read. Anything else goes through :meth:`run` and :meth:`insert`, with the
-        encoding already done.
+        the index costs a dictionary lookup and update and a tuple appended to a list.
+        Anything else goes through :meth:`run` and :meth:`insert`, with the encoding
+        already done.
         """
         with self.lock:
             st = self._fast.get(sid)
@@ -1034,8 +1035,7 @@ class _Store:
                 return self.run(self.insert, sid, stored_events, None,
                                 (payload, rows, simple, first))
             try:
-                self.storage.append_batch(sid, [payload], expected_offset=offset,
-                                          fsync=self.fsync)
+                self._append(sid, [payload], expected_offset=offset, fsync=self.fsync)
             except (_kerr.StorageError, ValueError) as e:
                 raise _mapped(e) from e
             # The record is stored: from here on nothing may report failure to the caller.
