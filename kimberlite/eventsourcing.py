@@ -36,15 +36,16 @@ Design (docs/EVENTSOURCING.md has the whole story):
 * **Optimistic concurrency**: a duplicate ``(originator_id, originator_version)``, in the
   store or inside one call, raises ``IntegrityError`` before anything is written. The check
   is made in memory (per stream: each originator's versions, each application's tracking
-  id), filled as records are indexed and, after a reopen, from the index file on demand.
-* **The index** (originator id -> one row per record holding its events: version range,
-  count, record offset, byte position; first notification id -> record offset; tracking
-  ids) is a SQLite file in ``KIMBERLITE_PATH/eventsourcing/`` (a directory the engine
-  ignores), written behind the appends in batches. It is a cache like
-  ``.idx``: it stores, per stream, the offset it has indexed up to and the chain hash of the
-  record before it; on open these are checked against the records, a tail of newer records
-  is indexed incrementally, and a missing, stale, truncated or corrupt index is rebuilt from
-  the records. Every row used by a read is confirmed against the record it points to.
+  id), filled as records are indexed and, after a reopen, from the index on demand.
+* **The index** (per aggregate per record: key, version range, count, record offset, byte
+  position, the record's first notification id; and the tracking ids) is one file per
+  stream in ``KIMBERLITE_PATH/eventsourcing/`` (a directory the engine ignores): blocks of
+  packed entries with CRCs, written behind the appends (one ``pwrite`` per 1,000
+  records), never synced. It is a cache like ``.idx``: each block carries the offset it
+  indexes up to and the chain hash of the record before it; on open these are checked
+  against the records, a tail of newer records is indexed incrementally, and a missing,
+  stale, torn or corrupt index is cut back or rebuilt from the records. Every entry used
+  by a read is confirmed against the record it points to.
 * **Tamper evidence**: every recorder has ``.storage``, ``.stream_id``, ``head_hash()`` and
   ``verify(expected_head=...)``; the factory has ``.storage`` too.
 
@@ -71,7 +72,6 @@ import time
 import zlib
 from array import array
 from collections import OrderedDict
-from itertools import starmap
 from contextlib import contextmanager
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
                     Tuple, TypeVar, cast)
@@ -372,11 +372,11 @@ class _IndexMismatch(Exception):
 # One file per stream, KIMBERLITE_PATH/eventsourcing/stream-<id>.idx, a cache of what the
 # stream's records say (docs/EVENTSOURCING.md, "The index"). A file header, then *blocks*,
 # one per write of the buffered entries (a small last block is rewritten, merged with the
-# next write). A block covers the records [start, end): its body is one _ENTRY per
-# aggregate per record, in record order (the key first, so that bytes.find finds a key's
-# entries; the record's first notification id, so that bisect finds a notification's
-# record), then the stream's tracking ids after `end` (all of them: name length u32,
-# UTF-8 name, id i64). Its header carries the watermark (end, chain hash of record
+# next write). A block covers the records [start, end): its body holds one entry per
+# aggregate per record, in record order, in columns: the keys (16 bytes each, searched with
+# bytes.find), then six int64 columns (_COLUMNS: the record's first notification id is
+# searched with bisect), then the stream's tracking ids after `end` (all of them: name
+# length u32, UTF-8 name, id i64). Its header carries the watermark (end, chain hash of record
 # end - 1, next notification id) and CRC-32s of the header and the body. The file is never
 # synced: a torn or damaged block ends the usable prefix, and a watermark that does not
 # match the records discards the file; either way the records after the usable prefix are
@@ -392,9 +392,14 @@ _CRC = struct.Struct("<I")
 _BLOCK_HEAD_SIZE = _BLOCK_HEAD.size + _CRC.size
 # key, first version, last version, record offset, first notification id of the record,
 # event count, byte position of the aggregate's first event in the record
-_ENTRY = struct.Struct("<16sqqQQII")
-_ENTRY_SIZE = _ENTRY.size
-_ENTRY_ID = struct.Struct("<Q")  # the notification id inside an entry, at byte 40
+_KEY_SIZE = 16
+# The int64 columns of an entry, in this order (an entry, in memory: the key, then these).
+_COLUMNS = ("first version", "last version", "record offset",
+            "first notification id of the record", "event count",
+            "byte position of the aggregate's first event in the record")
+_NCOL = len(_COLUMNS)
+_ENTRY_SIZE = _KEY_SIZE + 8 * _NCOL
+_OFF, _RID = 2, 3  # the record offset and record first id columns
 _TRACK = struct.Struct("<I")  # application name length (the name and an i64 follow)
 
 _FLUSH_RECORDS = 1000  # the index is written when this many records are buffered ...
@@ -407,45 +412,80 @@ _READ_CHUNK = 64 * 1024
 _CACHE_BYTES = 8 << 20  # payloads of records read by select_events, least recently used out
 
 
-def _find_all(body: Any, key: bytes) -> Iterator[int]:
-    """The byte positions of the entries whose key is ``key`` in packed entries."""
-    i = body.find(key)
+def _find_all(keys: Any, key: bytes) -> Iterator[int]:
+    """The numbers of the entries whose key is ``key`` in a keys column."""
+    i = keys.find(key)
     while i >= 0:
-        if i % _ENTRY_SIZE == 0:
-            yield i
-            i = body.find(key, i + _ENTRY_SIZE)
-        else:  # a match elsewhere in an entry
-            i = body.find(key, i + 1)
+        if i % _KEY_SIZE == 0:
+            yield i // _KEY_SIZE
+            i = keys.find(key, i + _KEY_SIZE)
+        else:  # a match across two keys
+            i = keys.find(key, i + 1)
 
 
 def _entry_id(entry: Tuple[Any, ...]) -> int:
-    return cast(int, entry[4])
+    return cast(int, entry[1 + _RID])
 
 
-class _EntryIds:
-    """The notification ids of packed entries, as a sequence for :mod:`bisect`."""
+def _int64s(data: Any) -> "array[int]":
+    a = array("q")
+    a.frombytes(data)
+    if sys.byteorder == "big":  # pragma: no cover - the file is little-endian
+        a.byteswap()
+    return a
 
-    __slots__ = ("body",)
 
-    def __init__(self, body: Any) -> None:
-        self.body = body
-
-    def __len__(self) -> int:
-        return len(self.body) // _ENTRY_SIZE
-
-    def __getitem__(self, i: int) -> int:
-        return cast(int, _ENTRY_ID.unpack_from(self.body, i * _ENTRY_SIZE + 40)[0])
+def _int64_bytes(a: "array[int]") -> bytes:
+    if sys.byteorder == "big":  # pragma: no cover
+        a = array("q", a)
+        a.byteswap()
+    return a.tobytes()
 
 
 class _Run:
-    """One block of the index, in memory (``pos``, ``size``: where it is in the file)."""
+    """One block of the index, in memory: ``keys``, ``cols`` (the int64 columns, one
+    after the other, ``n`` values each), ``ids`` (the record first id column, for
+    bisect); ``pos`` and ``size``: where the block is in the file."""
 
-    __slots__ = ("start", "end", "first_id", "body", "pos", "size")
+    __slots__ = ("start", "end", "first_id", "keys", "cols", "n", "ids", "pos", "size")
 
-    def __init__(self, start: int, end: int, first_id: int, body: bytes, pos: int,
-                 size: int) -> None:
-        self.start, self.end, self.first_id, self.body = start, end, first_id, body
+    def __init__(self, start: int, end: int, first_id: int, keys: bytes,
+                 cols: "array[int]", pos: int, size: int) -> None:
+        self.start, self.end, self.first_id = start, end, first_id
+        self.keys, self.cols, self.n = keys, cols, len(keys) // _KEY_SIZE
+        self.ids = cols[_RID * self.n:(_RID + 1) * self.n]
         self.pos, self.size = pos, size
+
+    def entry(self, i: int) -> Tuple[Any, ...]:
+        """Entry ``i``: the key, then the columns."""
+        n, c = self.n, self.cols
+        return (self.keys[i * _KEY_SIZE:(i + 1) * _KEY_SIZE],) + tuple(
+            c[j * n + i] for j in range(_NCOL))
+
+    def entries(self) -> Iterator[Tuple[Any, ...]]:
+        n, c = self.n, self.cols
+        keys = [self.keys[i:i + _KEY_SIZE] for i in range(0, n * _KEY_SIZE, _KEY_SIZE)]
+        return zip(keys, *(c[j * n:(j + 1) * n] for j in range(_NCOL)))
+
+
+def _columns(entries: Sequence[Tuple[Any, ...]]) -> Tuple[bytes, "array[int]"]:
+    """The keys and int64 columns of entries given as tuples (the key, then the columns)."""
+    if not entries:
+        return b"", array("q")
+    cols = list(zip(*entries))
+    ints = array("q", cols[1])
+    for j in range(2, 1 + _NCOL):
+        ints.extend(cols[j])
+    return b"".join(cols[0]), ints
+
+
+def _merge_columns(a: "array[int]", na: int, b: "array[int]", nb: int) -> "array[int]":
+    """Two blocks' int64 columns as one block's (each column of ``a``, then of ``b``)."""
+    out = array("q")
+    for j in range(_NCOL):
+        out.extend(a[j * na:(j + 1) * na])
+        out.extend(b[j * nb:(j + 1) * nb])
+    return out
 
 
 def _file_header(sid: int) -> bytes:
@@ -454,13 +494,15 @@ def _file_header(sid: int) -> bytes:
 
 
 def _encode_block(start: int, end: int, first_id: int, next_id: int, head: bytes,
-                  body: bytes, tracking: Dict[str, int]) -> bytes:
+                  keys: bytes, cols: "array[int]", tracking: Dict[str, int]) -> bytes:
     track = b"".join(_TRACK.pack(len(b)) + b + _I64.pack(nid)
                      for b, nid in ((app.encode("utf-8"), nid)
                                     for app, nid in sorted(tracking.items())))
-    hdr = _BLOCK_HEAD.pack(_BLOCK_MAGIC, len(body) // _ENTRY_SIZE, start, end, first_id,
-                           next_id, len(track), head, zlib.crc32(track, zlib.crc32(body)))
-    return b"".join((hdr, _CRC.pack(zlib.crc32(hdr)), body, track))
+    ints = _int64_bytes(cols)
+    crc = zlib.crc32(track, zlib.crc32(ints, zlib.crc32(keys)))
+    hdr = _BLOCK_HEAD.pack(_BLOCK_MAGIC, len(keys) // _KEY_SIZE, start, end, first_id,
+                           next_id, len(track), head, crc)
+    return b"".join((hdr, _CRC.pack(zlib.crc32(hdr)), keys, ints, track))
 
 
 class _ParsedIndex:
@@ -526,7 +568,9 @@ def _parse_index(data: bytes, sid: int) -> _ParsedIndex:
         if why is not None:
             out.damage = why  # (a killed writer leaves a short block, not a bad one)
             break
-        out.runs.append(_Run(start, end, first_id, data[body_at:track_at], pos, size))
+        ints_at = body_at + n * _KEY_SIZE
+        out.runs.append(_Run(start, end, first_id, data[body_at:ints_at],
+                             _int64s(data[ints_at:track_at]), pos, size))
         out.tracking = tracking
         out.end, out.head, out.next_id = end, head, next_id
         pos += size
@@ -583,19 +627,15 @@ class _StreamState:
         self.flushed = indexed  # the index file covers the records before this offset
         self.flushed_id = next_id  # the notification id at `flushed`
         self.flush_at = indexed  # see _Store._written_behind
-        # The entries of records flushed .. indexed - 1, as tuples for _ENTRY (packed by
-        # packed(): a tuple is cheaper to make than a packed entry, and packing many at
-        # once is cheaper than one at a time).
+        # The entries of records flushed .. indexed - 1, as tuples (the key, then the
+        # columns): a tuple is cheaper to make than a packed entry, and turning many into
+        # columns at once is cheaper than one at a time.
         self.pend: List[Tuple[Any, ...]] = []
         self.runs: List[_Run] = []
         self.run_ids: List[int] = []  # first notification id of each run
         self.tracking: Dict[str, int] = {}
         self.fd: Optional[int] = None  # the index file, open for writing (writers only)
         self.file_size = 0  # bytes of the index file in use
-
-    def packed(self) -> bytes:
-        """The entries not yet written, packed as in a block."""
-        return b"".join(starmap(_ENTRY.pack, self.pend))
 
 
 _MISSING = object()
@@ -718,14 +758,16 @@ class _Store:
                 head = self.storage.latest_chain_hash(sid)
             else:  # part of a tail being indexed
                 head = self.storage.read_records(sid, st.indexed - 1, 1)[0].compute_hash()
-        start, first_id, body = st.flushed, st.flushed_id, st.packed()
+        start, first_id = st.flushed, st.flushed_id
+        keys, cols = _columns(st.pend)
         last = st.runs[-1] if st.runs else None
-        merge = last is not None and len(last.body) < _RUN_ROWS * _ENTRY_SIZE
+        merge = last is not None and last.n < _RUN_ROWS
         if last is not None and merge:
-            start, first_id, body, pos = last.start, last.first_id, last.body + body, last.pos
+            cols = _merge_columns(last.cols, last.n, cols, len(st.pend))
+            start, first_id, keys, pos = last.start, last.first_id, last.keys + keys, last.pos
         else:
             pos = st.file_size
-        block = _encode_block(start, st.indexed, first_id, st.next_id, head, body,
+        block = _encode_block(start, st.indexed, first_id, st.next_id, head, keys, cols,
                               st.tracking)
         if st.fd is not None:
             try:
@@ -736,7 +778,7 @@ class _Store:
                 raise _IndexMismatch(f"cannot write the index of stream {sid}: {e}") from e
         elif self.index_dir is not None and not self.read_only:
             raise _IndexMismatch(f"the index file of stream {sid} is not open")
-        run = _Run(start, st.indexed, first_id, body, pos, len(block))
+        run = _Run(start, st.indexed, first_id, keys, cols, pos, len(block))
         if merge:
             st.runs[-1] = run
         else:
@@ -874,8 +916,8 @@ class _Store:
         order: the blocks, then (with ``buffered``) the entries not yet written."""
         out = []
         for run in st.runs:
-            for i in _find_all(run.body, key):
-                _, first, last, offset, _, count, pos = _ENTRY.unpack_from(run.body, i)
+            for i in _find_all(run.keys, key):
+                _, first, last, offset, _, count, pos = run.entry(i)
                 if not run.start <= offset < run.end:
                     raise _IndexMismatch(f"an entry of the block of records {run.start}.."
                                          f"{run.end} points at record {offset}")
@@ -894,16 +936,15 @@ class _Store:
             i = bisect.bisect_right(pend, nid, key=_entry_id) - 1
             return pend[i][3], pend[i][4]
         j = bisect.bisect_right(st.run_ids, nid) - 1
-        while j >= 0 and not st.runs[j].body:
+        while j >= 0 and not st.runs[j].n:
             j -= 1  # (a block of records without events)
         if j < 0:
             raise _IndexMismatch(f"no record indexed for notification id {nid}")
-        body = st.runs[j].body
-        i = bisect.bisect_right(_EntryIds(body), nid) - 1
+        run = st.runs[j]
+        i = bisect.bisect_right(run.ids, nid) - 1
         if i < 0:
             raise _IndexMismatch(f"no record indexed for notification id {nid}")
-        _, _, _, offset, first_id, _, _ = _ENTRY.unpack_from(body, i * _ENTRY_SIZE)
-        return offset, first_id
+        return run.cols[_OFF * run.n + i], run.ids[i]
 
     def _versions(self, st: _StreamState, key: bytes) -> Any:
         """The known versions of ``key`` (``None``: none), looked up in the file if needed."""
@@ -955,7 +996,7 @@ class _Store:
         keys = st.keys
         rows = []
         for run in st.runs:
-            for k, first, last, offset, _, count, _ in _ENTRY.iter_unpack(run.body):
+            for k, first, last, offset, _, count, _ in run.entries():
                 if k not in keys:
                     if not run.start <= offset < run.end:
                         raise _IndexMismatch(f"an entry of the block of records {run.start}"

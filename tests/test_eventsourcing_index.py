@@ -134,7 +134,7 @@ def test_entries_are_written_behind_with_their_watermark(tmp_path):
             with open(name, "rb") as fh:
                 found = kes._parse_index(fh.read(), 1)
             assert found.damage is None
-            entries = [e for run in found.runs for e in kes._ENTRY.iter_unpack(run.body)]
+            entries = [e for run in found.runs for e in run.entries()]
             assert len(entries) == 2 * found.end and found.next_id == 2 * found.end + 1
             assert sorted({e[3] for e in entries}) == list(range(found.end))
             assert all(e[4] == 2 * e[3] + 1 for e in entries)  # the record's first id

@@ -204,8 +204,9 @@ def test_index_damaged_while_open_is_rebuilt_on_use(tmp_path, caplog):
     f.flush()
     assert st.runs and not st.pend
     for run in st.runs:
-        run.body = b"".join(kes._ENTRY.pack(*shifted(e))
-                            for e in kes._ENTRY.iter_unpack(run.body))
+        keys, cols = kes._columns([shifted(e) for e in run.entries()])
+        assert keys == run.keys
+        run.cols = cols
     caplog.clear()
     assert snapshot(rec, aggs) == expected
     assert any("rebuilt" in r.getMessage() for r in caplog.records)
