@@ -9,8 +9,9 @@ Rows (median of --repeat runs, each in a fresh directory):
   WAL mode with its default ``synchronous``), and without a sync per call for kimberlite
   (``fsync=n``: survives a killed process, not a power cut);
 - "no index": kimberlite's encoding and ``append_batch`` alone (what ``insert_events`` does
-  minus the index), the baseline for the index's cost on appends; both timings include
-  closing the store, so the index rows written behind the inserts are counted;
+  minus the index and the checks), the baseline for the index's cost on appends; both
+  timings include closing the store, so the index entries written behind the inserts are
+  counted;
 - select_events: events per second reading whole aggregates of 10 events, in random order;
 - select_notifications: events per second reading the application sequence in pages of 500;
 - reopen + select: milliseconds to construct the factory and the application recorder on a
@@ -64,7 +65,7 @@ def bench_insert(kind, per_call, calls, fsync=True):
         t = time.perf_counter()
         for b in batches:
             rec.insert_events(b)
-        f.close()  # the index rows still buffered are written here: part of the cost
+        f.close()  # the index entries still buffered are written here: part of the cost
         dt = time.perf_counter() - t
         return calls * per_call / dt
     finally:
@@ -146,10 +147,13 @@ def keys_memory(keys):
 
 
 def index_memory(store):
-    """(keys known, bytes) of kimberlite.eventsourcing's in-process index of a store."""
+    """(keys known, bytes) of kimberlite.eventsourcing's in-process index of a store: the
+    key map of the duplicate checks and the index blocks held in memory."""
     keys = sum(len(st.keys) for st in store.streams.values())
     size = sum(keys_memory(st.keys) for st in store.streams.values())
-    return keys, size + sys.getsizeof(store._tracking)
+    blocks = sum(len(r.keys) + r.cols.itemsize * len(r.cols) + r.ids.itemsize * len(r.ids)
+                 for st in store.streams.values() for r in st.runs)
+    return keys, size + blocks
 
 
 def bench_after_reopen(tmp, inserts=300):

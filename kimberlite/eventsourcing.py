@@ -130,6 +130,7 @@ _I64 = struct.Struct("<q")
 _EV_UUID = struct.Struct("<B16sq")  # kind 0, uuid bytes, version
 _EV_STR = struct.Struct("<BI")  # kind 1, id length
 _FLAG_TRACKING = 1
+_HEAD_SIZE = _HEAD.size
 
 Decoded = Tuple[int, Optional[Tracking], List[StoredEvent]]
 
@@ -146,19 +147,20 @@ def encode_record(first_id: int, stored_events: Sequence[StoredEvent],
 
 def _encode(first_id: int, stored_events: Sequence[StoredEvent],
             tracking: Optional[Tracking], keys: bool = False
-            ) -> Tuple[bytes, List[Any], Optional[Tuple[Any, int, int, int]]]:
+            ) -> Tuple[bytes, List[Any], Optional[Tuple[Any, int, int]]]:
     """The record, the byte position of each event in it, and (with ``keys``) a summary.
 
-    With ``keys``, the summary ``(key, first version, last version, position)`` when every
-    event has the same index key and the versions go up by one (what ``Application.save``
-    of one aggregate writes: the insert's fast path); otherwise no summary, and ``(index
-    key, version, position)`` of each event instead of its position (what
-    :func:`_scan_record` finds when it reads the record back).
+    With ``keys``, the summary ``(key, first version, last version)`` when every event has
+    the same index key and the versions go up by one (what ``Application.save`` of one
+    aggregate writes: the insert's fast path); otherwise no summary, and ``(index key,
+    version, position)`` of each event instead of its position (what :func:`_scan_record`
+    finds when it reads the record back).
     """
     simple = None
     try:
+        n = len(stored_events)
         parts = [_HEAD.pack(_MAGIC, FORMAT_VERSION, _FLAG_TRACKING if tracking else 0, 0,
-                            first_id, len(stored_events))]
+                            first_id, n)]
         pos = _HEAD.size
         if tracking is not None:
             name = tracking.application_name.encode("utf-8")
@@ -167,9 +169,8 @@ def _encode(first_id: int, stored_events: Sequence[StoredEvent],
         out: List[Any] = []
         ks: List[Any] = []
         vs: List[int] = []
-        many = keys and len(stored_events) > 1
-        key: Any = None
-        version = 0
+        many = keys and n > 1
+        key: Any
         for s in stored_events:
             oid = s.originator_id
             version = s.originator_version
@@ -194,14 +195,13 @@ def _encode(first_id: int, stored_events: Sequence[StoredEvent],
     except (struct.error, AttributeError, TypeError, UnicodeError) as e:
         raise DataError(f"cannot encode stored events for kimberlite: {e}") from e
     if many:
-        n = len(ks)
         v0 = vs[0]
         if ks.count(ks[0]) == n and vs == list(range(v0, v0 + n)):
-            simple = (ks[0], v0, v0 + n - 1, out[0])
+            simple = (ks[0], v0, v0 + n - 1)
         else:
             out = list(zip(ks, vs, out))
-    elif keys and out:
-        simple = (key, version, version, out[0])
+    elif keys and n:
+        simple = (key, version, version)
     return b"".join(parts), out, simple
 
 
@@ -1065,34 +1065,33 @@ class _Store:
             if st is None or tracking is not None or not stored_events:
                 return self.run(self.insert, sid, stored_events, tracking, None)
             first = st.next_id
-            offset = st.indexed
             payload, rows, simple = _encode(first, stored_events, None, True)
-            if simple is None:
-                return self.run(self.insert, sid, stored_events, None,
-                                (payload, rows, simple, first))
-            key, v0, v1, pos = simple
-            keys = st.keys
-            known = keys.get(key)
-            if (v0 != 1 or (not st.complete and key not in keys)) if known is None else (
-                    type(known) is not int or v0 != known + 1):
-                # A key to look up in the index file, versions not simply following the
-                # recorded ones, or a duplicate: the general path.
-                return self.run(self.insert, sid, stored_events, None,
-                                (payload, rows, simple, first))
-            try:
-                self._append(sid, [payload], expected_offset=offset, fsync=self.fsync)
-            except (_kerr.StorageError, ValueError) as e:
-                raise _mapped(e) from e
-            # The record is stored: from here on nothing may report failure to the caller.
-            keys[key] = v1
-            st.next_id = nid = first + v1 - v0 + 1
-            st.indexed = offset + 1
-            st.pend += (key, v0, v1, offset, first, nid - first, pos)
-            if offset >= st.flush_at:  # (offset: st.indexed - 1)
-                self._written_behind(st)
-            if self.listeners:
-                self.notify(sid)
-            return [first] if v0 == v1 else list(range(first, nid))
+            if simple is not None:
+                key, v0, v1 = simple
+                keys = st.keys
+                known = keys.get(key)
+                if (v0 == 1 and (st.complete or key in keys)) if known is None else (
+                        type(known) is int and v0 == known + 1):
+                    offset = st.indexed
+                    try:
+                        self._append(sid, [payload], expected_offset=offset, fsync=self.fsync)
+                    except (_kerr.StorageError, ValueError) as e:
+                        raise _mapped(e) from e
+                    # Stored: from here on nothing may report failure to the caller.
+                    keys[key] = v1
+                    st.next_id = nid = first + v1 - v0 + 1
+                    st.indexed = offset + 1
+                    # (the first event of a record without tracking is at _HEAD.size)
+                    st.pend += (key, v0, v1, offset, first, nid - first, _HEAD_SIZE)
+                    if offset >= st.flush_at:
+                        self._written_behind(st)
+                    if self.listeners:
+                        self.notify(sid)
+                    return [first] if v0 == v1 else list(range(first, nid))
+            # Several aggregates, a key to look up in the index, versions not simply
+            # following the recorded ones, or a duplicate: the general path.
+            return self.run(self.insert, sid, stored_events, None,
+                            (payload, rows, simple, first))
 
     def _written_behind(self, st: _StreamState) -> None:
         """Called when ``st.indexed`` passes ``st.flush_at``: write the buffered entries
@@ -1128,9 +1127,8 @@ class _Store:
         if pre is None or pre[3] != first:
             pre = _encode(first, stored_events, tracking, True) + (first,)
         payload, rows, simple, _ = pre
-        if simple is not None:
-            key, v0, v1, pos = simple
-            rows = [(key, v, pos) for v in range(v0, v1 + 1)]  # (pos: of the first only)
+        if simple is not None:  # the encoding gave a summary, not the events' keys
+            rows = _scan_record(payload)[2]
         # Optimistic concurrency, checked in memory before anything is written.
         keys = st.keys
         seen: Set[Tuple[bytes, int]] = set()
