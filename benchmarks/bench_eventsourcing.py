@@ -13,6 +13,8 @@ Rows (median of --repeat runs, each in a fresh directory):
   interleaved with the indexed inserts in alternating slices (``bench_insert_pair``); both
   timings include closing the store, so the index entries written behind the inserts are
   counted;
+- "recorder work, no index": the append with what a recorder does around it even without
+  an index (a lock, ``expected_offset``, the notification ids returned), for context;
 - select_events: events per second reading whole aggregates of 10 events, in random order;
 - select_notifications: events per second reading the application sequence in pages of 500;
 - reopen + select: milliseconds to construct the factory and the application recorder on a
@@ -74,43 +76,68 @@ def bench_insert(kind, per_call, calls, fsync=True):
 
 
 def bench_insert_pair(per_call, calls, fsync, slices=20):
-    """(kimberlite.eventsourcing, no index) events/s, measured interleaved.
+    """(kimberlite.eventsourcing, no index, recorder work without the index) events/s,
+    measured interleaved.
 
-    Both stores are open at once and the calls are made in `slices` alternating slices
-    (which one goes first alternates too), each slice timed, then both closes: the two
-    see the same machine over the same seconds, which on a shared machine matters more
-    than anything else (measuring one whole run after the other gave ratios 30 points
-    apart from one run to the next).
+    The three are open at once and the calls are made in `slices` slices, taking turns
+    (in a rotating order), each slice timed, then the closes: they see the same machine
+    over the same seconds, which on a shared machine matters more than anything else
+    (measuring one whole run after the other gave ratios 30 points apart from one run to
+    the next). The third is what a recorder does around the append even without an index
+    (a lock, the offset and notification ids kept, `expected_offset`, the ids returned):
+    informative only; the target is against the second.
     """
+    import threading
+
     import kimberlite
     tmp = tempfile.mkdtemp(prefix="bench-es-")
     try:
         f, rec = make("kimberlite", tmp, fsync)
-        s = kimberlite.Storage(os.path.join(tmp, "plain"))
-        mine = [events_of(uuid.uuid4(), per_call) for _ in range(calls)]
-        plain = [events_of(uuid.uuid4(), per_call) for _ in range(calls)]
-        t_mine = t_plain = 0.0
-        next_id = 1
+        plain = kimberlite.Storage(os.path.join(tmp, "plain"))
+        bare = kimberlite.Storage(os.path.join(tmp, "bare"))
+        batches = [[events_of(uuid.uuid4(), per_call) for _ in range(calls)]
+                   for _ in range(3)]
+        state = {"plain": 1, "bare": (1, 0)}
+        lock = threading.RLock()
+
+        def run_mine(bs):
+            for b in bs:
+                rec.insert_events(b)
+
+        def run_plain(bs):
+            next_id = state["plain"]
+            for b in bs:
+                plain.append_batch(1, [encode_record(next_id, b)], fsync=fsync)
+                next_id += len(b)
+            state["plain"] = next_id
+
+        def run_bare(bs):
+            next_id, offset = state["bare"]
+            for b in bs:
+                with lock:
+                    bare.append_batch(1, [encode_record(next_id, b)], expected_offset=offset,
+                                      fsync=fsync)
+                    n = len(b)
+                    ids = list(range(next_id, next_id + n))
+                    next_id += n
+                    offset += 1
+                assert ids
+            state["bare"] = (next_id, offset)
+
+        runs = (run_mine, run_plain, run_bare)
+        spent = [0.0, 0.0, 0.0]
         step = max(1, calls // slices)
         for k, i in enumerate(range(0, calls, step)):
-            for turn in ((0, 1) if k % 2 == 0 else (1, 0)):
+            for j in range(3):
+                who = (j + k) % 3
                 t = time.perf_counter()
-                if turn == 0:
-                    for b in mine[i:i + step]:
-                        rec.insert_events(b)
-                    t_mine += time.perf_counter() - t
-                else:
-                    for b in plain[i:i + step]:
-                        s.append_batch(1, [encode_record(next_id, b)], fsync=fsync)
-                        next_id += len(b)
-                    t_plain += time.perf_counter() - t
-        t = time.perf_counter()
-        f.close()  # the index entries still buffered are written here: part of the cost
-        t_mine += time.perf_counter() - t
-        t = time.perf_counter()
-        s.close()
-        t_plain += time.perf_counter() - t
-        return calls * per_call / t_mine, calls * per_call / t_plain
+                runs[who](batches[who][i:i + step])
+                spent[who] += time.perf_counter() - t
+        for who, closing in enumerate((f.close, plain.close, bare.close)):
+            t = time.perf_counter()
+            closing()  # (the index entries still buffered are written here)
+            spent[who] += time.perf_counter() - t
+        return tuple(calls * per_call / x for x in spent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -230,17 +257,16 @@ def main():
         # Each repeat measures the pair interleaved (bench_insert_pair), so that both see
         # the same machine (the ratio is the median of the per-repeat ratios).
         durable = [bench_insert_pair(per, calls, True) + (bench_insert("sqlite", per, calls),)
-                   for _ in range(r)]
+                   for _ in range(r)]  # (kimberlite, no index, recorder work, sqlite)
         # Enough calls that the index is written several times (every 1,000 records).
         fast = [bench_insert_pair(per, calls * 25, False) for _ in range(r)]
-        row(f"insert {per}/call, durable (events/s)", f"{med(d[0] for d in durable):,.0f}",
-            f"{med(d[2] for d in durable):,.0f}")
-        row("  no index, durable (events/s; ratio)",
-            f"{med(d[1] for d in durable):,.0f} ({med(d[0] / d[1] for d in durable):.0%})",
-            "")
-        row(f"insert {per}/call, fsync=n (events/s)", f"{med(d[0] for d in fast):,.0f}", "")
-        row("  no index, fsync=n (events/s; ratio)",
-            f"{med(d[1] for d in fast):,.0f} ({med(d[0] / d[1] for d in fast):.0%})", "")
+        for name, ds, sq in (("durable", durable, f"{med(d[3] for d in durable):,.0f}"),
+                             ("fsync=n", fast, "")):
+            row(f"insert {per}/call, {name} (events/s)", f"{med(d[0] for d in ds):,.0f}", sq)
+            row(f"  no index, {name} (events/s; ratio)",
+                f"{med(d[1] for d in ds):,.0f} ({med(d[0] / d[1] for d in ds):.0%})", "")
+            row("  recorder work, no index (ev/s; ratio)",
+                f"{med(d[2] for d in ds):,.0f} ({med(d[0] / d[2] for d in ds):.0%})", "")
     if "read" not in parts:
         kr = sr = [(0.0, 0.0)]
     else:
