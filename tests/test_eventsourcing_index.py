@@ -168,3 +168,39 @@ def test_an_index_write_failing_after_the_append_still_reports_success(tmp_path,
         rec.insert_events([ev(a, 2)])
     assert rec.insert_events([ev(a, 3)]) == [3]
     f.close()
+
+
+def test_notifications_found_across_blocks_and_records_without_events(tmp_path,
+                                                                     monkeypatch):
+    # Each write its own block (no merging), records of tracking only in between, some
+    # entries still unwritten: every start id finds its record, before and after a reopen.
+    monkeypatch.setattr(kes, "_RUN_ROWS", 1)
+    from eventsourcing.persistence import Tracking
+    f = factory(tmp_path / "d")
+    rec = f.process_recorder()
+    expected = []
+    for call in range(1, 33):
+        if call % 4 == 0:
+            rec.insert_tracking(Tracking("up", call))
+        else:
+            a = uuid.uuid4()
+            events = [ev(a, v) for v in range(1, 1 + call % 3 + 1)]
+            ids = rec.insert_events(events, tracking=Tracking("up", call))
+            expected += [(i, e.originator_version) for i, e in zip(ids, events)]
+        if call % 5 == 0:
+            f.flush()
+    st = f.store.streams[f.stream_id]
+    assert len(st.runs) >= 5 and st.pend  # several blocks, and entries not yet written
+
+    def check(rec):
+        for start in range(0, len(expected) + 2):
+            got = rec.select_notifications(start, 3, inclusive_of_start=False)
+            assert [(n.id, n.originator_version) for n in got] == [
+                x for x in expected if x[0] > start][:3]
+
+    check(rec)
+    f.close()
+    f = factory(tmp_path / "d")
+    check(f.process_recorder())
+    assert f.process_recorder().max_tracking_id("up") == 32
+    f.close()
