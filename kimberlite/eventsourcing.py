@@ -1064,7 +1064,7 @@ class _Store:
 
         The usual call (a loaded, writable stream; one aggregate whose versions go up by
         one, all new; no tracking record) is made here with as little Python as possible:
-        the index costs a dictionary lookup and update and a tuple appended to a list.
+        the index costs a dictionary lookup and update and seven values added to a list.
         Anything else goes through :meth:`run` and :meth:`insert`, with the encoding
         already done.
         """
