@@ -36,15 +36,16 @@ Design (docs/EVENTSOURCING.md has the whole story):
 * **Optimistic concurrency**: a duplicate ``(originator_id, originator_version)``, in the
   store or inside one call, raises ``IntegrityError`` before anything is written. The check
   is made in memory (per stream: each originator's versions, each application's tracking
-  id), filled as records are indexed and, after a reopen, from the index file on demand.
-* **The index** (originator id -> one row per record holding its events: version range,
-  count, record offset, byte position; first notification id -> record offset; tracking
-  ids) is a SQLite file in ``KIMBERLITE_PATH/eventsourcing/`` (a directory the engine
-  ignores), written behind the appends in batches. It is a cache like
-  ``.idx``: it stores, per stream, the offset it has indexed up to and the chain hash of the
-  record before it; on open these are checked against the records, a tail of newer records
-  is indexed incrementally, and a missing, stale, truncated or corrupt index is rebuilt from
-  the records. Every row used by a read is confirmed against the record it points to.
+  id), filled as records are indexed and, after a reopen, from the index on demand.
+* **The index** (per aggregate per record: key, version range, count, record offset, byte
+  position, the record's first notification id; and the tracking ids) is one file per
+  stream in ``KIMBERLITE_PATH/eventsourcing/`` (a directory the engine ignores): blocks of
+  packed entries with CRCs, written behind the appends (one ``pwrite`` per 1,000
+  records), never synced. It is a cache like ``.idx``: each block carries the offset it
+  indexes up to and the chain hash of the record before it; on open these are checked
+  against the records, a tail of newer records is indexed incrementally, and a missing,
+  stale, torn or corrupt index is cut back or rebuilt from the records. Every entry used
+  by a read is confirmed against the record it points to.
 * **Tamper evidence**: every recorder has ``.storage``, ``.stream_id``, ``head_hash()`` and
   ``verify(expected_head=...)``; the factory has ``.storage`` too.
 
@@ -60,13 +61,16 @@ Record format, version 1 (little-endian; lengths are u32)::
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import logging
 import os
-import sqlite3
 import struct
+import sys
 import threading
 import time
 import zlib
+from array import array
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
@@ -126,6 +130,7 @@ _I64 = struct.Struct("<q")
 _EV_UUID = struct.Struct("<B16sq")  # kind 0, uuid bytes, version
 _EV_STR = struct.Struct("<BI")  # kind 1, id length
 _FLAG_TRACKING = 1
+_HEAD_SIZE = _HEAD.size
 
 Decoded = Tuple[int, Optional[Tracking], List[StoredEvent]]
 
@@ -141,26 +146,36 @@ def encode_record(first_id: int, stored_events: Sequence[StoredEvent],
 
 
 def _encode(first_id: int, stored_events: Sequence[StoredEvent],
-            tracking: Optional[Tracking], keys: bool = False) -> Tuple[bytes, List[Any]]:
-    """The record and the byte position of each event in it.
+            tracking: Optional[Tracking], keys: bool = False
+            ) -> Tuple[bytes, List[Any], Optional[Tuple[Any, int, int]]]:
+    """The record, the byte position of each event in it, and (with ``keys``) a summary.
 
-    With ``keys``, ``(index key, version, position)`` of each event instead of the
-    position (what :func:`_scan_record` finds when it reads the record back).
+    With ``keys``, the summary ``(key, first version, last version)`` when every event has
+    the same index key and the versions go up by one (what ``Application.save`` of one
+    aggregate writes: the insert's fast path); otherwise no summary, and ``(index key,
+    version, position)`` of each event instead of its position (what :func:`_scan_record`
+    finds when it reads the record back).
     """
+    simple = None
     try:
+        n = len(stored_events)
         parts = [_HEAD.pack(_MAGIC, FORMAT_VERSION, _FLAG_TRACKING if tracking else 0, 0,
-                            first_id, len(stored_events))]
+                            first_id, n)]
         pos = _HEAD.size
         if tracking is not None:
             name = tracking.application_name.encode("utf-8")
             parts += [_U32.pack(len(name)), name, _I64.pack(tracking.notification_id)]
             pos += 12 + len(name)
         out: List[Any] = []
+        ks: List[Any] = []
+        vs: List[int] = []
+        many = keys and n > 1
+        key: Any
         for s in stored_events:
             oid = s.originator_id
             version = s.originator_version
             if isinstance(oid, UUID):
-                key: Any = oid.bytes
+                key = oid.bytes
                 head = _EV_UUID.pack(0, key, version)
             elif isinstance(oid, str):
                 b = oid.encode("utf-8")
@@ -169,14 +184,25 @@ def _encode(first_id: int, stored_events: Sequence[StoredEvent],
             else:
                 raise DataError(f"originator_id must be a UUID or a str, not "
                                 f"{type(oid).__name__}: {oid!r}")
-            out.append((key, version, pos) if keys else pos)
+            if many:
+                ks.append(key)
+                vs.append(version)
+            out.append(pos)
             topic = s.topic.encode("utf-8")
             state = s.state if type(s.state) is bytes else bytes(s.state)
             parts += [head, _U32.pack(len(topic)), topic, _U32.pack(len(state)), state]
             pos += len(head) + 8 + len(topic) + len(state)
     except (struct.error, AttributeError, TypeError, UnicodeError) as e:
         raise DataError(f"cannot encode stored events for kimberlite: {e}") from e
-    return b"".join(parts), out
+    if many:
+        v0 = vs[0]
+        if ks.count(ks[0]) == n and vs == list(range(v0, v0 + n)):
+            simple = (ks[0], v0, v0 + n - 1)
+        else:
+            out = list(zip(ks, vs, out))
+    elif keys and n:
+        simple = (key, version, version)
+    return b"".join(parts), out, simple
 
 
 def _header(payload: bytes) -> Tuple[int, Optional[Tracking], int, int]:
@@ -270,18 +296,22 @@ def _scan_record(payload: bytes) -> Tuple[int, Optional[Tracking], List[Tuple[An
     return first_id, tracking, rows
 
 
-def _key(originator_id: Any) -> Any:
-    """The index key: 16 bytes (BLOB) for a UUID or its canonical string, else the text."""
+def _key(originator_id: Any) -> bytes:
+    """The index key, 16 bytes: a UUID's bytes (also for its canonical string, the same
+    originator), else a 128-bit BLAKE2b digest of the text (a collision with another key
+    has probability 2**-128: the two originators would share their duplicate checks)."""
     if isinstance(originator_id, UUID):
         return originator_id.bytes
-    if isinstance(originator_id, str) and len(originator_id) == 36:
+    text = str(originator_id)
+    if len(text) == 36:
         try:
-            u = UUID(originator_id)
+            u = UUID(text)
         except ValueError:
-            return originator_id
-        if str(u) == originator_id:
-            return u.bytes
-    return str(originator_id)
+            pass
+        else:
+            if str(u) == text:
+                return u.bytes
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16, person=b"kmes-key").digest()
 
 
 # ---- errors ------------------------------------------------------------------------------
@@ -314,60 +344,234 @@ def _engine_errors() -> Iterator[None]:
         raise _mapped(e) from e
 
 
-def _row_order(row: Tuple[Any, ...]) -> Tuple[int, bool, Any, int]:
-    return row[0], isinstance(row[1], str), row[1], row[2]
-
-
 def _by_version(event: StoredEvent) -> int:
     return event.originator_version
 
 
-def _table_rows(sid: int, offset: int, evrows: List[Tuple[Any, int, int]]
-                ) -> List[Tuple[Any, ...]]:
-    """The index rows of one record: one per aggregate, ``(stream, key, last version,
-    first version, event count, record offset, byte position of its first event)``."""
-    if len(evrows) == 1:
-        k, v, pos = evrows[0]
-        return [(sid, k, v, v, 1, offset, pos)]
-    groups: Dict[Any, List[int]] = {}
-    for k, v, pos in evrows:
+def _groups(rows: List[Tuple[bytes, int, int]]) -> Dict[bytes, List[int]]:
+    """The index entries of one record: per key, ``[first version, last version, event
+    count, byte position of its first event]`` (one entry per aggregate per record)."""
+    groups: Dict[bytes, List[int]] = {}
+    for k, v, pos in rows:
         g = groups.get(k)
         if g is None:
             groups[k] = [v, v, 1, pos]
         else:
-            g[0] = max(g[0], v)
-            g[1] = min(g[1], v)
+            g[0] = min(g[0], v)
+            g[1] = max(g[1], v)
             g[2] += 1
-    return [(sid, k, g[0], g[1], g[2], offset, g[3]) for k, g in groups.items()]
+    return groups
 
 
 class _IndexMismatch(Exception):
-    """A row of the index does not agree with the record it points to: rebuild and retry."""
+    """The index disagrees with the records, or its file cannot be used: rebuild, retry."""
 
 
-# ---- the store: one Storage, one index, one lock -----------------------------------------
+# ---- the index file ----------------------------------------------------------------------
+#
+# One file per stream, KIMBERLITE_PATH/eventsourcing/stream-<id>.idx, a cache of what the
+# stream's records say (docs/EVENTSOURCING.md, "The index"). A file header, then *blocks*,
+# one per write of the buffered entries (a small last block is rewritten, merged with the
+# next write). A block covers the records [start, end): its body holds one entry per
+# aggregate per record, in record order, in columns: the keys (16 bytes each, searched with
+# bytes.find), then six int64 columns (_COLUMNS: the record's first notification id is
+# searched with bisect), then the stream's tracking ids after `end` (all of them: name
+# length u32, UTF-8 name, id i64). Its header carries the watermark (end, chain hash of record
+# end - 1, next notification id) and CRC-32s of the header and the body. The file is never
+# synced: a torn or damaged block ends the usable prefix, and a watermark that does not
+# match the records discards the file; either way the records after the usable prefix are
+# indexed again.
+_FILE_MAGIC = b"KMESIDX\x00"
+_FILE_VERSION = 1
+_FILE_HEAD = struct.Struct("<8sIQ")  # magic, version, stream id; then a CRC-32 of these
+_BLOCK_MAGIC = b"KMIB"
+# magic, entries, start, end, first id of record start, next id, tracking bytes, head,
+# body CRC-32; then a CRC-32 of these
+_BLOCK_HEAD = struct.Struct("<4sIQQQQI32sI")
+_CRC = struct.Struct("<I")
+_BLOCK_HEAD_SIZE = _BLOCK_HEAD.size + _CRC.size
+# key, first version, last version, record offset, first notification id of the record,
+# event count, byte position of the aggregate's first event in the record
+_KEY_SIZE = 16
+# The int64 columns of an entry, in this order (an entry, in memory: the key, then these).
+_COLUMNS = ("first version", "last version", "record offset",
+            "first notification id of the record", "event count",
+            "byte position of the aggregate's first event in the record")
+_NCOL = len(_COLUMNS)
+_ENTRY_SIZE = _KEY_SIZE + 8 * _NCOL
+_OFF, _RID = 2, 3  # the record offset and record first id columns
+_STRIDE = 1 + _NCOL  # values per entry in a flat list of entries
+_TRACK = struct.Struct("<I")  # application name length (the name and an i64 follow)
 
-_SCHEMA_VERSION = 3
-_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS meta (stream INTEGER PRIMARY KEY, next_offset INTEGER,"
-    " head BLOB, next_id INTEGER, rows INTEGER)",
-    # One row per aggregate per record (see _table_rows): 1 B-tree insert per call of
-    # one aggregate, however many events it has.
-    "CREATE TABLE IF NOT EXISTS events (stream INTEGER, key, last INTEGER, first INTEGER,"
-    " count INTEGER, offset INTEGER, pos INTEGER, PRIMARY KEY (stream, key, last))"
-    " WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS recs (stream INTEGER, first_id INTEGER, offset INTEGER,"
-    " PRIMARY KEY (stream, first_id)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS tracking (stream INTEGER, app TEXT, id INTEGER,"
-    " PRIMARY KEY (stream, app)) WITHOUT ROWID",
-]
-_FLUSH_RECORDS = 1000  # the index writer wakes when this many records are buffered ...
-_COMMIT_SECONDS = 1.0  # ... or this long after its last write, and on close
+_FLUSH_RECORDS = 1000  # the index is written when this many records are buffered ...
+_COMMIT_SECONDS = 1.0  # ... or at an insert this long after its last write, and on close
+_CLOCK_RECORDS = 64  # (the clock is read at every 64th insert, and at the first)
+_RUN_ROWS = 1000  # a write while the last block has fewer entries is merged into it
 _CATCH_UP_RECORDS = 20000  # opening a stream writes its new tail in steps of this many
 _LOAD_ALL_MISSES = 256  # after this many lookups of unknown keys, load all keys at once
-_DB_CACHE_KIB = 16 * 1024  # SQLite page cache of the writer: random B-tree inserts
 _READ_CHUNK = 64 * 1024
 _CACHE_BYTES = 8 << 20  # payloads of records read by select_events, least recently used out
+
+
+def _find_all(keys: Any, key: bytes) -> Iterator[int]:
+    """The numbers of the entries whose key is ``key`` in a keys column."""
+    i = keys.find(key)
+    while i >= 0:
+        if i % _KEY_SIZE == 0:
+            yield i // _KEY_SIZE
+            i = keys.find(key, i + _KEY_SIZE)
+        else:  # a match across two keys
+            i = keys.find(key, i + 1)
+
+
+def _int64s(data: Any) -> "array[int]":
+    a = array("q")
+    a.frombytes(data)
+    if sys.byteorder == "big":  # pragma: no cover - the file is little-endian
+        a.byteswap()
+    return a
+
+
+def _int64_bytes(a: "array[int]") -> bytes:
+    if sys.byteorder == "big":  # pragma: no cover
+        a = array("q", a)
+        a.byteswap()
+    return a.tobytes()
+
+
+class _Run:
+    """One block of the index, in memory: ``keys``, ``cols`` (the int64 columns, one
+    after the other, ``n`` values each), ``ids`` (the record first id column, for
+    bisect); ``pos`` and ``size``: where the block is in the file."""
+
+    __slots__ = ("start", "end", "first_id", "keys", "cols", "n", "ids", "pos", "size")
+
+    def __init__(self, start: int, end: int, first_id: int, keys: bytes,
+                 cols: "array[int]", pos: int, size: int) -> None:
+        self.start, self.end, self.first_id = start, end, first_id
+        self.keys, self.cols, self.n = keys, cols, len(keys) // _KEY_SIZE
+        self.ids = cols[_RID * self.n:(_RID + 1) * self.n]
+        self.pos, self.size = pos, size
+
+    def entry(self, i: int) -> Tuple[Any, ...]:
+        """Entry ``i``: the key, then the columns."""
+        n, c = self.n, self.cols
+        return (self.keys[i * _KEY_SIZE:(i + 1) * _KEY_SIZE],) + tuple(
+            c[j * n + i] for j in range(_NCOL))
+
+    def entries(self) -> Iterator[Tuple[Any, ...]]:
+        n, c = self.n, self.cols
+        keys = [self.keys[i:i + _KEY_SIZE] for i in range(0, n * _KEY_SIZE, _KEY_SIZE)]
+        return zip(keys, *(c[j * n:(j + 1) * n] for j in range(_NCOL)))
+
+
+def _columns(flat: List[Any]) -> Tuple[bytes, "array[int]"]:
+    """The keys and int64 columns of entries given flat (the key, then the columns, then
+    the next entry's key...): a few passes in C (slices with a step, one struct.pack per
+    column), much faster than packing entry by entry or filling an array."""
+    n = len(flat) // _STRIDE
+    pack = struct.Struct(f"<{n}q").pack
+    return b"".join(flat[0::_STRIDE]), _int64s(
+        b"".join([pack(*flat[j::_STRIDE]) for j in range(1, _STRIDE)]))
+
+
+def _merge_columns(a: "array[int]", na: int, b: "array[int]", nb: int) -> "array[int]":
+    """Two blocks' int64 columns as one block's (each column of ``a``, then of ``b``)."""
+    out = array("q")
+    for j in range(_NCOL):
+        out.extend(a[j * na:(j + 1) * na])
+        out.extend(b[j * nb:(j + 1) * nb])
+    return out
+
+
+def _file_header(sid: int) -> bytes:
+    head = _FILE_HEAD.pack(_FILE_MAGIC, _FILE_VERSION, sid)
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def _encode_block(start: int, end: int, first_id: int, next_id: int, head: bytes,
+                  keys: bytes, cols: "array[int]", tracking: Dict[str, int]) -> bytes:
+    track = b"".join(_TRACK.pack(len(b)) + b + _I64.pack(nid)
+                     for b, nid in ((app.encode("utf-8"), nid)
+                                    for app, nid in sorted(tracking.items())))
+    ints = _int64_bytes(cols)
+    crc = zlib.crc32(track, zlib.crc32(ints, zlib.crc32(keys)))
+    hdr = _BLOCK_HEAD.pack(_BLOCK_MAGIC, len(keys) // _KEY_SIZE, start, end, first_id,
+                           next_id, len(track), head, crc)
+    return b"".join((hdr, _CRC.pack(zlib.crc32(hdr)), keys, ints, track))
+
+
+class _ParsedIndex:
+    """What an index file holds: its usable blocks and the watermark of the last one."""
+
+    def __init__(self) -> None:
+        self.runs: List[_Run] = []
+        self.tracking: Dict[str, int] = {}
+        self.end = 0  # records covered
+        self.head = b""
+        self.next_id = 1
+        self.size = _FILE_HEAD.size + _CRC.size  # bytes of the usable prefix
+        self.damage: Optional[str] = None  # why a block was not usable (a short one: None)
+
+
+def _parse_index(data: bytes, sid: int) -> _ParsedIndex:
+    """Parse an index file; raises ``_IndexMismatch`` if it is not one of stream ``sid``.
+
+    The usable prefix ends at the first block that is short (a torn tail: quiet) or
+    malformed (``damage`` says why).
+    """
+    out = _ParsedIndex()
+    if len(data) < out.size:  # (created, and the writer killed before its header)
+        return out
+    magic, version, stream = _FILE_HEAD.unpack_from(data, 0)
+    if magic != _FILE_MAGIC or _CRC.unpack_from(data, _FILE_HEAD.size)[0] != zlib.crc32(
+            data[:_FILE_HEAD.size]):
+        raise _IndexMismatch("not a kimberlite.eventsourcing index file")
+    if version != _FILE_VERSION:
+        raise _IndexMismatch(f"index format version {version}, expected {_FILE_VERSION}")
+    if stream != sid:
+        raise _IndexMismatch(f"the index of stream {stream}, not {sid}")
+    pos = out.size
+    while len(data) - pos >= _BLOCK_HEAD_SIZE:  # (less: a torn tail)
+        why = None
+        magic, n, start, end, first_id, next_id, tlen, head, body_crc = \
+            _BLOCK_HEAD.unpack_from(data, pos)
+        (crc,) = _CRC.unpack_from(data, pos + _BLOCK_HEAD.size)
+        body_at = pos + _BLOCK_HEAD_SIZE
+        track_at = body_at + n * _ENTRY_SIZE
+        size = _BLOCK_HEAD_SIZE + n * _ENTRY_SIZE + tlen
+        if magic != _BLOCK_MAGIC or crc != zlib.crc32(data[pos:pos + _BLOCK_HEAD.size]):
+            why = f"block at byte {pos}: bad header"
+        elif start != out.end or end <= start or first_id != out.next_id or next_id < first_id:
+            why = f"block at byte {pos}: records {start}..{end} do not follow the previous"
+        elif pos + size > len(data):
+            break  # torn
+        elif zlib.crc32(data[body_at:pos + size]) != body_crc:
+            why = f"block at byte {pos}: bad checksum"
+        tracking: Dict[str, int] = {}
+        if why is None:
+            t, t_end = track_at, pos + size
+            try:
+                while t < t_end:
+                    (k,) = _TRACK.unpack_from(data, t)
+                    app = data[t + 4:t + 4 + k].decode("utf-8")
+                    (tracking[app],) = _I64.unpack_from(data, t + 4 + k)
+                    t += 12 + k
+            except (struct.error, UnicodeError):
+                t = -1
+            if t != t_end:
+                why = f"block at byte {pos}: malformed tracking ids"
+        if why is not None:
+            out.damage = why  # (a killed writer leaves a short block, not a bad one)
+            break
+        ints_at = body_at + n * _KEY_SIZE
+        out.runs.append(_Run(start, end, first_id, data[body_at:ints_at],
+                             _int64s(data[ints_at:track_at]), pos, size))
+        out.tracking = tracking
+        out.end, out.head, out.next_id = end, head, next_id
+        pos += size
+        out.size = pos
+    return out
 
 
 def _has_version(known: Any, v: int) -> bool:
@@ -396,22 +600,38 @@ class _StreamState:
     whose versions have been looked at since the stream was loaded: it always holds all of
     that key's versions in records before ``indexed``. When ``complete`` it holds every key
     of the stream (the stream was new or rebuilt here, or all keys were loaded), so an
-    absent key has no events; otherwise an absent key is looked up in the index file.
+    absent key has no events; otherwise an absent key is looked up in ``runs``.
+
+    ``runs`` are the blocks of the index file (read at open, appended by :meth:`_Store.
+    flush`), covering the records before ``flushed``; the entries of records ``flushed`` ..
+    ``indexed`` - 1 are in ``pend``. ``tracking`` holds every application's tracking id
+    (complete: the blocks carry all of them).
     """
 
-    __slots__ = ("stream_id", "indexed", "next_id", "rows", "error", "keys", "complete",
-                 "misses")
+    __slots__ = ("stream_id", "indexed", "next_id", "error", "keys", "complete", "misses",
+                 "flushed", "flushed_id", "flush_at", "pend", "runs", "run_ids", "tracking",
+                 "fd", "file_size")
 
-    def __init__(self, stream_id: int, indexed: int, next_id: int, rows: int,
-                 complete: bool) -> None:
+    def __init__(self, stream_id: int, indexed: int, next_id: int, complete: bool) -> None:
         self.error: Optional[str] = None  # the stream holds a record this module cannot use
         self.stream_id = stream_id
         self.indexed = indexed  # offset of the first record not yet indexed (in memory)
         self.next_id = next_id  # notification id of the next event
-        self.rows = rows  # events of the stream in records before `indexed`
-        self.keys: Dict[Any, Any] = {}
+        self.keys: Dict[bytes, Any] = {}
         self.complete = complete
         self.misses = 0
+        self.flushed = indexed  # the index file covers the records before this offset
+        self.flushed_id = next_id  # the notification id at `flushed`
+        self.flush_at = indexed  # see _Store._written_behind
+        # The entries of records flushed .. indexed - 1, flat (the key, then the columns,
+        # then the next entry's key...): extending a list is the cheapest way to keep
+        # them, and _columns() turns many into a block at once.
+        self.pend: List[Any] = []
+        self.runs: List[_Run] = []
+        self.run_ids: List[int] = []  # first notification id of each run
+        self.tracking: Dict[str, int] = {}
+        self.fd: Optional[int] = None  # the index file, open for writing (writers only)
+        self.file_size = 0  # bytes of the index file in use
 
 
 _MISSING = object()
@@ -420,8 +640,7 @@ _MISSING = object()
 class _Store:
     """A data directory (or a MemoryStorage) with its index, shared by the recorders.
 
-    ``lock`` (an RLock) serialises the recorders' calls and every use of the SQLite
-    connection.
+    ``lock`` (an RLock) serialises the recorders' calls and every use of the index.
     """
 
     def __init__(self, path: str, *, read_only: bool, fsync: bool,
@@ -438,14 +657,9 @@ class _Store:
         self.listeners: Dict[Event, int] = {}
         self._poller: Optional[threading.Thread] = None
         self._last_write = time.monotonic()
-        # Rows of new records, not yet in the index file (written behind, in one
-        # transaction with the watermark of the streams they belong to).
-        self._buf_events: List[Tuple[Any, ...]] = []
-        self._buf_recs: List[Tuple[int, int, int]] = []
-        self._buf_tracking: Dict[Tuple[int, str], int] = {}
-        self._buf_records = 0
-        self._dirty: Set[int] = set()  # streams whose watermark moved since the last write
-        self._tracking: Dict[Tuple[int, str], Optional[int]] = {}  # known tracking ids
+        self._flush_time = self._last_write + _COMMIT_SECONDS  # flush at an insert after it
+        # The streams an insert may take the fast path on (loaded, writable, no error).
+        self._fast: Dict[int, _StreamState] = {}
         self._payloads: OrderedDict[Tuple[int, int], bytes] = OrderedDict()
         self._cached_bytes = 0
         with _engine_errors():
@@ -453,92 +667,52 @@ class _Store:
                 self.storage: Any = MemoryStorage(**storage_kwargs)
             else:
                 self.storage = Storage(path, read_only=read_only, **storage_kwargs)
-        self.index_path = (None if self.memory
-                           else os.path.join(path, "eventsourcing", "index.sqlite3"))
-        try:
-            self.db = self._open_index()
-        except BaseException:
-            self.storage.close()
-            raise
+        self._append = self.storage.append_batch
+        self.index_dir = None if self.memory else os.path.join(path, "eventsourcing")
+        if self.index_dir is not None and not read_only:
+            try:
+                os.makedirs(self.index_dir, exist_ok=True)
+                # The SQLite index of earlier versions: replaced by the files of this one.
+                for name in ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm",
+                             "index.sqlite3-journal"):
+                    if os.path.exists(os.path.join(self.index_dir, name)):
+                        os.remove(os.path.join(self.index_dir, name))
+            except OSError as e:
+                self.storage.close()
+                raise OperationalError(f"cannot create the index directory "
+                                       f"{self.index_dir!r}: {e}") from e
 
-    # -- index file ---------------------------------------------------------------------
+    # -- index files ----------------------------------------------------------------------
 
-    def _open_index(self) -> sqlite3.Connection:
-        if self.index_path is None:
-            db = self._connect(":memory:")
-        elif self.read_only:
-            db = self._connect(":memory:")
-            if os.path.exists(self.index_path):
-                # A private copy of the writer's committed index; the tail is indexed here.
+    def _index_file(self, sid: int) -> str:
+        assert self.index_dir is not None
+        return os.path.join(self.index_dir, f"stream-{sid}.idx")
+
+    def _close_files(self) -> None:
+        for st in self.streams.values():
+            if st.fd is not None:
                 try:
-                    src = sqlite3.connect(f"file:{self.index_path}?mode=ro", uri=True)
-                    try:
-                        src.backup(db)
-                    finally:
-                        src.close()
-                except sqlite3.Error as e:
-                    _log.warning("index %s unusable (%s); indexing in memory",
-                                 self.index_path, e)
-                    db.close()
-                    db = self._connect(":memory:")
-        else:
-            os.makedirs(os.path.dirname(self.index_path), exist_ok=True)
-            db = self._connect(self.index_path)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute(f"PRAGMA cache_size=-{_DB_CACHE_KIB}")
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, _SCHEMA_VERSION):
-                    raise sqlite3.DatabaseError(f"schema version {version}, expected "
-                                                f"{_SCHEMA_VERSION}")
-            except sqlite3.DatabaseError as e:
-                _log.warning("index %s unreadable (%s); rebuilding it", self.index_path, e)
-                db.close()
-                self._remove_index_files()
-                db = self._connect(self.index_path)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute(f"PRAGMA cache_size=-{_DB_CACHE_KIB}")
-        for stmt in _SCHEMA:
-            db.execute(stmt)
-        db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-        return db
-
-    @staticmethod
-    def _connect(name: str) -> sqlite3.Connection:
-        return sqlite3.connect(name, check_same_thread=False, isolation_level=None)
-
-    def _remove_index_files(self) -> None:
-        assert self.index_path is not None
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.remove(self.index_path + suffix)
-            except FileNotFoundError:
-                pass
+                    os.close(st.fd)
+                except OSError:
+                    pass
+                st.fd = None
 
     def _reset_index(self, why: BaseException) -> None:
         """Throw the whole index away (it is a cache) and start again from the records."""
         _log.warning("kimberlite.eventsourcing index of %s dropped and rebuilt: %s",
                      self.path, why)
         with self.lock:
-            try:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            try:
-                self.db.close()
-            except sqlite3.Error:
-                pass
-            self._clear_buffers()
-            self._tracking.clear()
+            self._close_files()
+            if self.index_dir is not None and not self.read_only:
+                for sid in self.streams:
+                    try:
+                        os.remove(self._index_file(sid))
+                    except OSError:
+                        pass
             self._payloads.clear()
             self._cached_bytes = 0
             self.streams.clear()
-            if self.index_path is not None and not self.read_only:
-                self._remove_index_files()
-            self.db = self._open_index()
+            self._fast.clear()
 
     def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Call ``fn`` under the lock; if the index proves bad, rebuild it and call again."""
@@ -547,97 +721,70 @@ class _Store:
                 self._check_open()
             try:
                 return fn(*args)
-            except (sqlite3.DatabaseError, _IndexMismatch) as e:
+            except _IndexMismatch as e:
                 self._reset_index(e)
             try:
                 return fn(*args)
-            except (sqlite3.DatabaseError, _IndexMismatch) as e:
+            except _IndexMismatch as e:
                 self._reset_index(e)
                 raise DatabaseError(f"kimberlite index keeps failing: {e}") from e
 
-    def _query(self, sql: str, params: Sequence[Any]) -> List[Any]:
-        """One read of the index file (caller: ``lock``)."""
-        return self.db.execute(sql, params).fetchall()
-
-    def _clear_buffers(self) -> None:
-        self._buf_events = []
-        self._buf_recs = []
-        self._buf_tracking = {}
-        self._buf_records = 0
-        self._dirty = set()
-
     # -- writing the index behind ---------------------------------------------------------
 
-    def _take(self) -> Optional[Tuple[Any, ...]]:
-        """The buffered rows and the watermarks they bring the index to (caller: ``lock``).
-
-        A watermark is ``(stream, indexed, chain hash of record indexed - 1, next id,
-        rows)``: written in the same transaction as the rows, so that the index file is
-        never ahead of what it holds.
-        """
-        if not self._dirty:
-            return None
-        metas = []
-        with _engine_errors():
-            for sid in self._dirty:
-                st = self.streams.get(sid)
-                if st is None:
-                    continue
-                head = None
-                if st.indexed:
-                    if self.storage.next_offset(sid) == st.indexed:
-                        head = self.storage.latest_chain_hash(sid)
-                    else:  # part of a tail being indexed
-                        head = self.storage.read_records(sid, st.indexed - 1,
-                                                         1)[0].compute_hash()
-                metas.append((sid, st.indexed, head, st.next_id, st.rows))
-        batch = (self._buf_events, self._buf_recs, self._buf_tracking, metas)
-        self._clear_buffers()
-        return batch
-
-    def _write(self, batch: Tuple[Any, ...]) -> None:
-        """Write one batch and its watermarks in one transaction (caller: ``lock``)."""
-        events, recs, tracking, metas = batch
-        db = self.db
-        db.execute("BEGIN")
-        try:
-            # In key order, a batch of B-tree inserts touches each page once, not at random.
-            try:
-                events.sort()
-            except TypeError:  # UUID and text keys: bytes and str do not compare
-                events.sort(key=_row_order)
-            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?)", events)
-            db.executemany("INSERT INTO recs VALUES (?,?,?)", recs)
-            db.executemany("INSERT OR REPLACE INTO tracking VALUES (?,?,?)",
-                           [(sid, app, nid) for (sid, app), nid in tracking.items()])
-            db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?,?,?,?)", metas)
-            db.execute("COMMIT")
-        except BaseException as e:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(e, sqlite3.IntegrityError):  # rows the index should not hold
-                raise _IndexMismatch(f"index rows conflict with new records: {e}") from e
-            raise
-
     def flush(self) -> None:
-        """Write everything buffered into the index file now (caller: ``lock``)."""
-        batch = self._take()
+        """Write the buffered index entries of every stream (caller: ``lock``).
+
+        A stream's entries become one block with its watermark, appended to its file or,
+        when the file's last block has fewer than _RUN_ROWS entries, merged with that
+        block and written over it (a torn write there only shortens the usable prefix).
+        The in-memory state moves on only once the write succeeded.
+        """
         self._last_write = time.monotonic()
-        if batch is not None:
-            self._write(batch)
+        self._flush_time = self._last_write + _COMMIT_SECONDS
+        for st in self.streams.values():
+            if st.indexed > st.flushed:
+                self._flush_stream(st)
 
     commit = flush
 
-    def _written_behind(self) -> None:
-        """Rows were buffered: write them when there are enough, or a second has passed.
-
-        Synchronously, under the lock: a writer thread was tried and measured no faster
-        (SQLite's B-tree inserts need the CPU the appends use, and the thread's GIL
-        hand-offs cost the insert path more than they saved; docs/EVENTSOURCING.md).
-        """
-        if self._buf_records >= _FLUSH_RECORDS or (
-                time.monotonic() - self._last_write >= _COMMIT_SECONDS):
-            self.flush()
+    def _flush_stream(self, st: _StreamState) -> None:
+        sid = st.stream_id
+        with _engine_errors():
+            if self.storage.next_offset(sid) == st.indexed:
+                head = self.storage.latest_chain_hash(sid)
+            else:  # part of a tail being indexed
+                head = self.storage.read_records(sid, st.indexed - 1, 1)[0].compute_hash()
+        start, first_id = st.flushed, st.flushed_id
+        keys, cols = _columns(st.pend)
+        last = st.runs[-1] if st.runs else None
+        merge = last is not None and last.n < _RUN_ROWS
+        if last is not None and merge:
+            cols = _merge_columns(last.cols, last.n, cols, len(st.pend) // _STRIDE)
+            start, first_id, keys, pos = last.start, last.first_id, last.keys + keys, last.pos
+        else:
+            pos = st.file_size
+        block = _encode_block(start, st.indexed, first_id, st.next_id, head, keys, cols,
+                              st.tracking)
+        if st.fd is not None:
+            try:
+                written = os.pwrite(st.fd, block, pos)
+                if written != len(block):
+                    raise OSError(f"short write ({written} of {len(block)} bytes)")
+            except OSError as e:
+                raise _IndexMismatch(f"cannot write the index of stream {sid}: {e}") from e
+        elif self.index_dir is not None and not self.read_only:
+            raise _IndexMismatch(f"the index file of stream {sid} is not open")
+        run = _Run(start, st.indexed, first_id, keys, cols, pos, len(block))
+        if merge:
+            st.runs[-1] = run
+        else:
+            st.runs.append(run)
+            st.run_ids.append(first_id)
+        st.file_size = pos + len(block)
+        st.flushed = st.indexed
+        st.flushed_id = st.next_id
+        st.flush_at = st.indexed + _CLOCK_RECORDS - 1
+        st.pend = []
 
     def _check_open(self) -> None:
         if self.closed:
@@ -657,34 +804,72 @@ class _Store:
             self._catch_up(st)
         return st
 
+    def _read_index(self, sid: int, n: int) -> Optional[_ParsedIndex]:
+        """The stream's index file, if it is usable for a stream of ``n`` records."""
+        if self.index_dir is None:
+            return None
+        name = self._index_file(sid)
+        try:
+            with open(name, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            _log.warning("kimberlite.eventsourcing index %s unreadable (%s); rebuilding it",
+                         name, e)
+            return None
+        try:
+            found = _parse_index(data, sid)
+        except _IndexMismatch as e:
+            _log.warning("kimberlite.eventsourcing index %s unusable (%s); rebuilding it",
+                         name, e)
+            return None
+        if found.damage is not None:
+            _log.warning("kimberlite.eventsourcing index %s damaged (%s); using the blocks "
+                         "before it and indexing the records after them", name, found.damage)
+        why = None
+        if found.end > n:
+            why = f"it covers {found.end} records, the stream has {n}"
+        elif found.end > 0:
+            with _engine_errors():
+                rec = self.storage.read_records(sid, found.end - 1, 1)[0]
+            if rec.compute_hash() != found.head:
+                why = f"the chain hash of record {found.end - 1} differs"
+        if why is not None:
+            _log.warning("kimberlite.eventsourcing index %s is stale (%s); rebuilding it",
+                         name, why)
+            return None
+        return found
+
     def _load(self, sid: int) -> _StreamState:
         with _engine_errors():
             n = self.storage.next_offset(sid)
-        found = self._query("SELECT next_offset, head, next_id, rows FROM meta"
-                            " WHERE stream=?", (sid,))
-        st: Optional[_StreamState] = None
-        if found:
-            off, head, next_id, rows = found[0]
-            why = None
-            if off > n:
-                why = f"it covers {off} records, the stream has {n}"
-            elif off > 0:
-                with _engine_errors():
-                    rec = self.storage.read_records(sid, off - 1, 1)[0]
-                if rec.compute_hash() != head:
-                    why = f"the chain hash of record {off - 1} differs"
-            if why is None:
-                st = _StreamState(sid, off, next_id, rows, complete=rows == 0)
-            else:
-                _log.warning("kimberlite.eventsourcing index of stream %d in %s is stale "
-                             "(%s); rebuilding it", sid, self.path, why)
-        if st is None:
-            self.db.execute("BEGIN")
-            for table in ("meta", "events", "recs", "tracking"):
-                self.db.execute(f"DELETE FROM {table} WHERE stream=?", (sid,))
-            self.db.execute("COMMIT")
-            st = _StreamState(sid, 0, 1, 0, complete=True)
+        found = self._read_index(sid, n)
+        if found is None:
+            found = _ParsedIndex()
+        st = _StreamState(sid, found.end, found.next_id, complete=found.next_id == 1)
+        st.runs = found.runs
+        st.run_ids = [r.first_id for r in found.runs]
+        st.tracking = found.tracking
+        st.file_size = found.size
+        if self.index_dir is not None and not self.read_only:
+            name = self._index_file(sid)
+            try:
+                fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                             0o644)
+                try:
+                    # Drop what is not usable (a torn tail, a damaged block, a stale file).
+                    os.ftruncate(fd, found.size)
+                    os.pwrite(fd, _file_header(sid), 0)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            except OSError as e:
+                raise OperationalError(f"cannot open the index file {name!r}: {e}") from e
+            st.fd = fd
         self.streams[sid] = st
+        if not self.read_only:
+            self._fast[sid] = st
         self._catch_up(st)
         return st
 
@@ -703,6 +888,7 @@ class _Store:
                                         f"expected {st.next_id}")
                 except DataError as e:
                     # Nothing after this record can be indexed or appended: say so each time.
+                    self._fast.pop(st.stream_id, None)
                     st.error = (f"record {rec.offset} of stream {st.stream_id} in "
                                 f"{self.path!r} is not usable by kimberlite.eventsourcing "
                                 f"({e}); the events before it stay readable by kimberlite")
@@ -713,11 +899,58 @@ class _Store:
                                              f"{st.stream_id} repeats an indexed event")
                 assert rec.offset == st.indexed
                 self._add_rows(st, rows, tracking)
-                if self._buf_records >= _CATCH_UP_RECORDS:
+                if st.indexed - st.flushed >= _CATCH_UP_RECORDS:
                     self.flush()
-        self._written_behind()
+        if st.indexed > st.flush_at or time.monotonic() >= self._flush_time:
+            self.flush()  # (a tail indexed at open: written at once)
 
-    def _versions(self, st: _StreamState, key: Any) -> Any:
+    # -- lookups in the index -------------------------------------------------------------
+
+    def _rows_of(self, st: _StreamState, key: bytes, buffered: bool = True
+                 ) -> List[Tuple[int, int, int, int, int]]:
+        """``(first, last, count, offset, pos)`` of every index entry of ``key``, in record
+        order: the blocks, then (with ``buffered``) the entries not yet written."""
+        out = []
+        for run in st.runs:
+            for i in _find_all(run.keys, key):
+                _, first, last, offset, _, count, pos = run.entry(i)
+                if not run.start <= offset < run.end:
+                    raise _IndexMismatch(f"an entry of the block of records {run.start}.."
+                                         f"{run.end} points at record {offset}")
+                out.append((first, last, count, offset, pos))
+        if buffered and st.pend:
+            pend = st.pend
+            keys = pend[0::_STRIDE]
+            i = -1
+            while True:
+                try:
+                    i = keys.index(key, i + 1)
+                except ValueError:
+                    break
+                _, first, last, offset, _, count, pos = pend[i * _STRIDE:(i + 1) * _STRIDE]
+                out.append((first, last, count, offset, pos))
+        return out
+
+    def _record_for(self, st: _StreamState, nid: int) -> Tuple[int, int]:
+        """``(offset, first id)`` of the record that holds notification id ``nid``: the
+        record of the last entry whose record starts at or before ``nid``."""
+        pend = st.pend
+        if pend and pend[1 + _RID] <= nid:
+            ids = pend[1 + _RID::_STRIDE]
+            i = bisect.bisect_right(ids, nid) - 1
+            return pend[i * _STRIDE + 1 + _OFF], ids[i]
+        j = bisect.bisect_right(st.run_ids, nid) - 1
+        while j >= 0 and not st.runs[j].n:
+            j -= 1  # (a block of records without events)
+        if j < 0:
+            raise _IndexMismatch(f"no record indexed for notification id {nid}")
+        run = st.runs[j]
+        i = bisect.bisect_right(run.ids, nid) - 1
+        if i < 0:
+            raise _IndexMismatch(f"no record indexed for notification id {nid}")
+        return run.cols[_OFF * run.n + i], run.ids[i]
+
+    def _versions(self, st: _StreamState, key: bytes) -> Any:
         """The known versions of ``key`` (``None``: none), looked up in the file if needed."""
         known = st.keys.get(key, _MISSING)
         if known is not _MISSING:
@@ -729,16 +962,17 @@ class _Store:
             self._load_all_keys(st)
             return st.keys.get(key)
         known = None
-        for row in self._query("SELECT last, first, count, offset FROM events"
-                               " WHERE stream=? AND key=? ORDER BY last",
-                               (st.stream_id, key)):
-            known = self._add_row_versions(st, key, known, *row)
+        # Not in memory: the key has no entries among the buffered (newer) records.
+        rows = self._rows_of(st, key, buffered=False)
+        rows.sort(key=lambda r: r[1])
+        for first, last, count, offset, _ in rows:
+            known = self._add_row_versions(st, key, known, last, first, count, offset)
         st.keys[key] = known
         return known
 
-    def _add_row_versions(self, st: _StreamState, key: Any, known: Any, last: int,
+    def _add_row_versions(self, st: _StreamState, key: bytes, known: Any, last: int,
                           first: int, count: int, offset: int) -> Any:
-        """``known`` with the versions of one row of the index file added."""
+        """``known`` with the versions of one entry of the index file added."""
         if count == last - first + 1:  # contiguous: no need to read the record
             if known is None and first == 1:
                 return last
@@ -758,32 +992,45 @@ class _Store:
         return known
 
     def _load_all_keys(self, st: _StreamState) -> None:
-        """Make ``st.keys`` complete: one pass over the stream's rows in the index file.
+        """Make ``st.keys`` complete: one pass over the stream's blocks.
 
         Keys already known are kept (they are complete and may hold versions the file
         does not have yet); every other key has all its versions in the file.
         """
         keys = st.keys
-        loaded: Dict[Any, Any] = {}
-        rows = self.db.execute("SELECT key, last, first, count, offset FROM events"
-                               " WHERE stream=? ORDER BY key, last",
-                               (st.stream_id,)).fetchall()
-        for k, last, first, count, offset in rows:
-            if k not in keys:
-                loaded[k] = self._add_row_versions(st, k, loaded.get(k), last, first, count,
-                                                   offset)
+        loaded: Dict[bytes, Any] = {}
+        get = loaded.get
+        for run in st.runs:
+            n, cols = run.n, run.cols
+            if n and not (run.start <= min(cols[_OFF * n:(_OFF + 1) * n])
+                          and max(cols[_OFF * n:(_OFF + 1) * n]) < run.end):
+                raise _IndexMismatch(f"an entry of the block of records {run.start}.."
+                                     f"{run.end} points outside it")
+            # In record order, which is version order for almost every aggregate (the
+            # versions stay one int); any other order gives a set of the same versions.
+            for k, first, last, offset, _, count, _ in run.entries():
+                if k in keys:
+                    continue
+                known = get(k)
+                if count == last - first + 1 and (
+                        first == 1 if known is None else
+                        type(known) is int and first == known + 1):
+                    loaded[k] = last
+                else:
+                    loaded[k] = self._add_row_versions(st, k, known, last, first, count,
+                                                       offset)
         loaded.update(keys)
         st.keys = loaded
         st.complete = True
 
-    def _add_rows(self, st: _StreamState, rows: List[Tuple[Any, int, int]],
+    def _add_rows(self, st: _StreamState, rows: List[Tuple[bytes, int, int]],
                   tracking: Optional[Tracking]) -> None:
         """Account for record ``st.indexed`` in memory (``rows``: its events' keys,
-        versions and positions); its index rows are buffered for the writer."""
-        sid = st.stream_id
+        versions and positions); its index entries are buffered for :meth:`flush`."""
         if rows:
-            self._buf_events += _table_rows(sid, st.indexed, rows)
-            self._buf_recs.append((sid, st.next_id, st.indexed))
+            offset, first_id = st.indexed, st.next_id
+            for k, (first, last, count, pos) in _groups(rows).items():
+                st.pend += (k, first, last, offset, first_id, count, pos)
             keys = st.keys
             for k, v, _ in rows:
                 known = keys.get(k)
@@ -794,27 +1041,87 @@ class _Store:
                 else:
                     keys[k] = _add_version(known, v)
             st.next_id += len(rows)
-            st.rows += len(rows)
         if tracking is not None:
-            key = (sid, tracking.application_name)
-            self._buf_tracking[key] = self._tracking[key] = tracking.notification_id
+            st.tracking[tracking.application_name] = tracking.notification_id
         st.indexed += 1
-        self._buf_records += 1
-        self._dirty.add(sid)
 
-    def _tracking_id(self, sid: int, app: str) -> Optional[int]:
-        key = (sid, app)
-        nid = self._tracking.get(key, _MISSING)
-        if nid is _MISSING:
-            found = self._query("SELECT id FROM tracking WHERE stream=? AND app=?",
-                                (sid, app))
-            nid = self._tracking[key] = None if not found else int(found[0][0])
-        return cast(Optional[int], nid)
 
     # -- writes -------------------------------------------------------------------------
 
+    @staticmethod
+    def _duplicate(sid: int, stored_events: Sequence[StoredEvent], key: bytes) -> IntegrityError:
+        oid = next((e.originator_id for e in stored_events
+                    if _key(e.originator_id) == key), UUID(bytes=key))
+        versions = [e.originator_version for e in stored_events
+                    if _key(e.originator_id) == key]
+        return IntegrityError(
+            f"stored event already recorded, or twice in one call: originator_id {oid}, "
+            f"versions {versions} (stream {sid}); nothing of this call was written")
+
+    def insert_events(self, sid: int, stored_events: Sequence[StoredEvent],
+                      tracking: Optional[Tracking]) -> List[int]:
+        """What the recorders call: :meth:`insert`, with the usual call inline.
+
+        The usual call (a loaded, writable stream; one aggregate whose versions go up by
+        one, all new; no tracking record) is made here with as little Python as possible:
+        the index costs a dictionary lookup and update and seven values added to a list.
+        Anything else goes through :meth:`run` and :meth:`insert`, with the encoding
+        already done.
+        """
+        with self.lock:
+            st = self._fast.get(sid)
+            if st is None or tracking is not None or not stored_events:
+                return self.run(self.insert, sid, stored_events, tracking, None)
+            first = st.next_id
+            payload, rows, simple = _encode(first, stored_events, None, True)
+            if simple is not None:
+                key, v0, v1 = simple
+                keys = st.keys
+                known = keys.get(key)
+                if (v0 == 1 and (st.complete or key in keys)) if known is None else (
+                        type(known) is int and v0 == known + 1):
+                    offset = st.indexed
+                    try:
+                        self._append(sid, [payload], expected_offset=offset, fsync=self.fsync)
+                    except (_kerr.StorageError, ValueError) as e:
+                        raise _mapped(e) from e
+                    # Stored: from here on nothing may report failure to the caller.
+                    keys[key] = v1
+                    st.next_id = nid = first + v1 - v0 + 1
+                    st.indexed = offset + 1
+                    # (the first event of a record without tracking is at _HEAD.size)
+                    st.pend += (key, v0, v1, offset, first, nid - first, _HEAD_SIZE)
+                    if offset >= st.flush_at:
+                        self._written_behind(st)
+                    if self.listeners:
+                        self.notify(sid)
+                    return [first] if v0 == v1 else list(range(first, nid))
+            # Several aggregates, a key to look up in the index, versions not simply
+            # following the recorded ones, or a duplicate: the general path.
+            return self.run(self.insert, sid, stored_events, None,
+                            (payload, rows, simple, first))
+
+    def _written_behind(self, st: _StreamState) -> None:
+        """Called when ``st.indexed`` passes ``st.flush_at``: write the buffered entries
+        if there are _FLUSH_RECORDS of them or the last write is _COMMIT_SECONDS old,
+        else look again _CLOCK_RECORDS records later (reading the clock at every insert
+        would cost the appends more than the rest of the index)."""
+        if (st.indexed - st.flushed >= _FLUSH_RECORDS
+                or time.monotonic() >= self._flush_time):
+            self._flush_after_insert()
+        else:
+            st.flush_at = min(st.indexed + _CLOCK_RECORDS, st.flushed + _FLUSH_RECORDS) - 1
+
+    def _flush_after_insert(self) -> None:
+        try:
+            self.flush()
+        except (_IndexMismatch, DatabaseError) as e:
+            self._reset_index(e)  # the index only: rebuilt from the records on next use
+
     def insert(self, sid: int, stored_events: Sequence[StoredEvent],
-               tracking: Optional[Tracking]) -> List[int]:
+               tracking: Optional[Tracking], pre: Optional[Tuple[Any, ...]]) -> List[int]:
+        """Record one call (caller: ``lock``, through :meth:`run`); ``pre``: its encoding
+        by :meth:`insert_events` (used if the stream has not moved since)."""
         if self.read_only:
             raise OperationalError(f"the kimberlite store {self.path!r} was opened read-only "
                                    "(KIMBERLITE_READ_ONLY); it cannot record events")
@@ -824,28 +1131,25 @@ class _Store:
         if st is None or st.error is not None:
             st = self.stream(sid)
         first, offset = st.next_id, st.indexed
-        # Encoding checks the values (DataError first) and yields the index rows.
-        payload, rows = _encode(first, stored_events, tracking, True)
+        # Encoding checks the values (DataError first) and yields the index keys.
+        if pre is None or pre[3] != first:
+            pre = _encode(first, stored_events, tracking, True) + (first,)
+        payload, rows, simple, _ = pre
+        if simple is not None:  # the encoding gave a summary, not the events' keys
+            rows = _scan_record(payload)[2]
         # Optimistic concurrency, checked in memory before anything is written.
         keys = st.keys
-        seen: Optional[Set[Tuple[Any, int]]] = set() if len(rows) > 1 else None
+        seen: Set[Tuple[bytes, int]] = set()
         for key, v, _ in rows:
             known = keys.get(key, _MISSING)
             if known is _MISSING:
                 known = self._versions(st, key)
-            clash = known is not None and (1 <= v <= known if type(known) is int
-                                           else v in known)
-            if seen is not None:
-                clash = clash or (key, v) in seen
-                seen.add((key, v))
-            if clash:
-                versions = [r[1] for r in rows if r[0] == key]
-                raise IntegrityError(
-                    f"stored event already recorded, or twice in one call: originator_id "
-                    f"{key if isinstance(key, str) else UUID(bytes=key)}, versions "
-                    f"{versions} (stream {sid}); nothing of this call was written")
+            if (known is not None and (1 <= v <= known if type(known) is int
+                                       else v in known)) or (key, v) in seen:
+                raise self._duplicate(sid, stored_events, key)
+            seen.add((key, v))
         if tracking is not None:
-            recorded = self._tracking_id(sid, tracking.application_name)
+            recorded = st.tracking.get(tracking.application_name)
             if recorded is not None and recorded >= tracking.notification_id:
                 raise IntegrityError(
                     f"tracking notification id {tracking.notification_id} for "
@@ -858,10 +1162,8 @@ class _Store:
             raise _mapped(e) from e
         # The record is stored: from here on nothing may report failure to the caller.
         self._add_rows(st, rows, tracking)
-        try:
-            self._written_behind()
-        except (sqlite3.Error, _IndexMismatch, DatabaseError) as e:
-            self._reset_index(e)  # the index only: rebuilt from the records on next use
+        if st.indexed > st.flush_at:
+            self._written_behind(st)
         if self.listeners:
             self.notify(sid)
         return list(range(first, first + len(stored_events)))
@@ -897,26 +1199,22 @@ class _Store:
         st = self.stream(sid)
         key = _key(originator_id)
         if st.complete and key not in st.keys:
-            return []  # no such aggregate: no need to write the buffered rows first
+            return []  # no such aggregate
         if limit is not None and limit == 0:
             return []
         if limit is not None and limit < 0:
             limit = None  # as SQL's LIMIT -1, which the index used to pass on
-        self.flush()
-        # Rows whose version range meets (gt, lte], in the order events are returned:
-        # every row after the current one holds versions beyond its bound (`first` going
+        # Entries whose version range meets (gt, lte], in the order events are returned:
+        # every entry after the current one holds versions beyond its bound (`first` going
         # up, or `last` going down), which says when `limit` events are certainly found.
-        sql = "SELECT first, last, count, offset, pos FROM events WHERE stream=? AND key=?"
-        params: List[Any] = [sid, key]
-        if gt is not None:
-            sql += " AND last>?"
-            params.append(gt)
-        if lte is not None:
-            sql += " AND first<=?"
-            params.append(lte)
-        sql += " ORDER BY last DESC" if desc else " ORDER BY first"
+        rows = [r for r in self._rows_of(st, key)
+                if (gt is None or r[1] > gt) and (lte is None or r[0] <= lte)]
+        if desc:
+            rows.sort(key=lambda r: r[1], reverse=True)
+        else:
+            rows.sort()
         out: List[StoredEvent] = []
-        for first, last, count, offset, pos in self._query(sql, params):
+        for first, last, count, offset, pos in rows:
             if limit is not None and len(out) >= limit:
                 out.sort(key=_by_version, reverse=desc)
                 edge = out[limit - 1].originator_version
@@ -954,19 +1252,13 @@ class _Store:
                              stop: Optional[int], topics: Sequence[str],
                              inclusive_of_start: bool) -> List[Notification]:
         st = self.stream(sid)
-        self.flush()
         if start is None:
             start, inclusive_of_start = 1, True
         first = max(start if inclusive_of_start else start + 1, 1)
         last = st.next_id - 1 if stop is None else min(stop, st.next_id - 1)
         if first > last or limit <= 0:
             return []
-        found = self._query("SELECT offset, first_id FROM recs WHERE stream=? AND"
-                            " first_id<=? ORDER BY first_id DESC LIMIT 1", (sid, first))
-        row = found[0] if found else None
-        if row is None:
-            raise _IndexMismatch(f"no record indexed for notification id {first}")
-        offset, expect_first = row
+        offset, expect_first = self._record_for(st, first)
         wanted = set(topics)
         out: List[Notification] = []
         with _engine_errors():
@@ -999,8 +1291,7 @@ class _Store:
         return st.next_id - 1 if st.next_id > 1 else None
 
     def max_tracking_id(self, sid: int, app: str) -> Optional[int]:
-        self.stream(sid)
-        return self._tracking_id(sid, app)
+        return self.stream(sid).tracking.get(app)
 
     # -- subscriptions ------------------------------------------------------------------
 
@@ -1047,15 +1338,16 @@ class _Store:
             if self.closed:
                 return
             self.closed = True
+            self._fast.clear()
             for event in list(self.listeners):
                 event.set()
             try:
                 if not self.read_only:
                     try:
                         self.flush()
-                    except (sqlite3.Error, _IndexMismatch, DatabaseError) as e:
+                    except (_IndexMismatch, DatabaseError) as e:
                         _log.warning("kimberlite.eventsourcing index not saved: %s", e)
-                self.db.close()
+                self._close_files()
             finally:
                 with _engine_errors():
                     self.storage.close()
@@ -1140,7 +1432,7 @@ class KimberliteRecorder(Recorder):
 class KimberliteAggregateRecorder(KimberliteRecorder, AggregateRecorder):
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
                       ) -> Optional[Sequence[int]]:
-        self._store.run(self._store.insert, self.stream_id, stored_events, None)
+        self._store.insert_events(self.stream_id, stored_events, None)
         return None
 
     def select_events(self, originator_id: Any, *, gt: Optional[int] = None,
@@ -1153,7 +1445,7 @@ class KimberliteAggregateRecorder(KimberliteRecorder, AggregateRecorder):
 class KimberliteApplicationRecorder(KimberliteAggregateRecorder, ApplicationRecorder):
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
                       ) -> Optional[Sequence[int]]:
-        return self._store.run(self._store.insert, self.stream_id, stored_events, None)
+        return self._store.insert_events(self.stream_id, stored_events, None)
 
     def select_notifications(self, start: Optional[int], limit: int,
                              stop: Optional[int] = None, topics: Sequence[str] = (), *,
@@ -1186,7 +1478,7 @@ class KimberliteSubscription(ListenNotifySubscription[KimberliteApplicationRecor
 
 class KimberliteTrackingRecorder(KimberliteRecorder, TrackingRecorder):
     def insert_tracking(self, tracking: Tracking) -> None:
-        self._store.run(self._store.insert, self.stream_id, [], tracking)
+        self._store.insert_events(self.stream_id, [], tracking)
 
     def max_tracking_id(self, application_name: str) -> Optional[int]:
         return self._store.run(self._store.max_tracking_id, self.stream_id,
@@ -1198,7 +1490,7 @@ class KimberliteProcessRecorder(KimberliteTrackingRecorder, KimberliteApplicatio
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
                       ) -> Optional[Sequence[int]]:
         tracking: Optional[Tracking] = kwargs.get("tracking")
-        return self._store.run(self._store.insert, self.stream_id, stored_events, tracking)
+        return self._store.insert_events(self.stream_id, stored_events, tracking)
 
 
 # ---- factory -----------------------------------------------------------------------------

@@ -6,7 +6,6 @@ all keys are loaded; the index file never holds rows beyond its watermark."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import tempfile
 import time
 import uuid
@@ -120,39 +119,28 @@ def test_reopened_store_loads_all_keys_after_enough_lookups(tmp_path, monkeypatc
     f.close()
 
 
-def test_rows_are_written_behind_with_their_watermark(tmp_path):
-    # Read the index file from another connection while rows are written behind the
-    # inserts: every committed state covers exactly the records below its watermark.
+def test_entries_are_written_behind_with_their_watermark(tmp_path):
+    # Read the index file while entries are written behind the inserts: every state of
+    # the file covers exactly the records below its watermark.
     path = tmp_path / "d"
     f = factory(path)
     rec = f.application_recorder()
-    db_path = os.path.join(path, "eventsourcing", "index.sqlite3")
+    name = os.path.join(path, "eventsourcing", "stream-1.idx")
     seen = set()
-    deadline = time.monotonic() + 60
-    for i in range(3 * kes._FLUSH_RECORDS):
+    total = 3 * kes._FLUSH_RECORDS
+    for i in range(total):
         rec.insert_events([ev(uuid.uuid4(), 1), ev(uuid.uuid4(), 1)])
-        if i % 250 == 0 or i == 3 * kes._FLUSH_RECORDS - 1:
-            while True:  # the last check waits for the index to be written
-                db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-                try:
-                    db.execute("BEGIN")
-                    meta = db.execute("SELECT next_offset, next_id FROM meta WHERE stream=1"
-                                      ).fetchone()
-                    recs = db.execute("SELECT count(*), max(offset) FROM recs WHERE stream=1"
-                                      ).fetchone()
-                    rows = db.execute("SELECT count(*) FROM events WHERE stream=1"
-                                      ).fetchone()[0]
-                finally:
-                    db.close()
-                if meta is not None:
-                    assert recs == (meta[0], meta[0] - 1)
-                    assert rows == 2 * meta[0] and meta[1] == 2 * meta[0] + 1
-                    seen.add(meta[0])
-                if i < 3 * kes._FLUSH_RECORDS - 1 or (meta and meta[0] >= 2000):
-                    break
-                assert time.monotonic() < deadline, "the index was never written"
-                time.sleep(0.05)
-    assert len(seen) >= 2  # written behind, in several transactions, before close
+        if i % 250 == 0 or i == total - 1:
+            with open(name, "rb") as fh:
+                found = kes._parse_index(fh.read(), 1)
+            assert found.damage is None
+            entries = [e for run in found.runs for e in run.entries()]
+            assert len(entries) == 2 * found.end and found.next_id == 2 * found.end + 1
+            assert sorted({e[3] for e in entries}) == list(range(found.end))
+            assert all(e[4] == 2 * e[3] + 1 for e in entries)  # the record's first id
+            seen.add(found.end)
+    assert len(seen) >= 3 and max(seen) >= 2 * kes._FLUSH_RECORDS  # written behind
+    assert len(found.runs) >= 2
     f.close()
 
 
@@ -164,18 +152,55 @@ def test_an_index_write_failing_after_the_append_still_reports_success(tmp_path,
     rec = f.application_recorder()
     a = uuid.uuid4()
     assert rec.insert_events([ev(a, 1)]) == [1]
-    real = kes._Store._write
+    real = os.pwrite
 
-    def failing(self, batch):
-        raise sqlite3.OperationalError("disk I/O error (injected)")
+    def failing(fd, data, offset):
+        raise OSError(5, "disk I/O error (injected)")
 
-    monkeypatch.setattr(kes._Store, "_write", failing)
+    monkeypatch.setattr(os, "pwrite", failing)
     monkeypatch.setattr(kes, "_FLUSH_RECORDS", 1)
+    f.store.streams[f.stream_id].flush_at = 0  # the next insert writes the index
     assert rec.insert_events([ev(a, 2)]) == [2]
     assert any("injected" in r.getMessage() for r in caplog.records)
-    monkeypatch.setattr(kes._Store, "_write", real)
+    monkeypatch.setattr(os, "pwrite", real)
     assert [e.originator_version for e in rec.select_events(a)] == [1, 2]
     with pytest.raises(IntegrityError):
         rec.insert_events([ev(a, 2)])
     assert rec.insert_events([ev(a, 3)]) == [3]
+    f.close()
+
+
+def test_notifications_found_across_blocks_and_records_without_events(tmp_path,
+                                                                     monkeypatch):
+    # Each write its own block (no merging), records of tracking only in between, some
+    # entries still unwritten: every start id finds its record, before and after a reopen.
+    monkeypatch.setattr(kes, "_RUN_ROWS", 1)
+    from eventsourcing.persistence import Tracking
+    f = factory(tmp_path / "d")
+    rec = f.process_recorder()
+    expected = []
+    for call in range(1, 33):
+        if call % 4 == 0:
+            rec.insert_tracking(Tracking("up", call))
+        else:
+            a = uuid.uuid4()
+            events = [ev(a, v) for v in range(1, 1 + call % 3 + 1)]
+            ids = rec.insert_events(events, tracking=Tracking("up", call))
+            expected += [(i, e.originator_version) for i, e in zip(ids, events)]
+        if call % 5 == 0:
+            f.flush()
+    st = f.store.streams[f.stream_id]
+    assert len(st.runs) >= 5 and st.pend  # several blocks, and entries not yet written
+
+    def check(rec):
+        for start in range(0, len(expected) + 2):
+            got = rec.select_notifications(start, 3, inclusive_of_start=False)
+            assert [(n.id, n.originator_version) for n in got] == [
+                x for x in expected if x[0] > start][:3]
+
+    check(rec)
+    f.close()
+    f = factory(tmp_path / "d")
+    check(f.process_recorder())
+    assert f.process_recorder().max_tracking_id("up") == 32
     f.close()

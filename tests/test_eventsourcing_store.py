@@ -10,9 +10,11 @@ import random
 import shutil
 import subprocess
 import sys
+import struct
 import textwrap
 import time
 import uuid
+import zlib
 
 import pytest
 
@@ -79,8 +81,8 @@ def snapshot(rec, aggs):
     }
 
 
-def index_file(path):
-    return os.path.join(path, "eventsourcing", "index.sqlite3")
+def index_file(path, stream=1):
+    return os.path.join(path, "eventsourcing", f"stream-{stream}.idx")
 
 
 # ---- the index is a cache ------------------------------------------------------------
@@ -96,19 +98,18 @@ def _damage(kind, path, stale_copy, rng):
         os.truncate(f, 0)
     elif kind == "garbage":
         with open(f, "wb") as fh:
-            fh.write(b"this is not an SQLite database" * 100)
-    elif kind == "corrupted":  # whole pages overwritten with random bytes
+            fh.write(b"this is not an index file" * 100)
+    elif kind == "corrupted":  # runs of random bytes written over the blocks
         size = os.path.getsize(f)
         with open(f, "r+b") as fh:
             for _ in range(3):
-                page = rng.randrange(1, size // 4096)
-                fh.seek(page * 4096)
-                fh.write(rng.randbytes(4096))
-    elif kind == "zeroed-pages":
+                fh.seek(rng.randrange(24, size - 64))
+                fh.write(rng.randbytes(64))
+    elif kind == "zeroed":  # the middle third zeroed (lost pages after a power cut)
         size = os.path.getsize(f)
         with open(f, "r+b") as fh:
-            fh.seek(4096)
-            fh.write(bytes(size - 4096))
+            fh.seek(size // 3)
+            fh.write(bytes(size // 3))
     elif kind == "stale":  # a copy taken earlier: the newer tail is indexed incrementally
         shutil.copyfile(stale_copy, f)
     elif kind == "foreign":  # the index of another store that has more records
@@ -117,25 +118,35 @@ def _damage(kind, path, stale_copy, rng):
             fill(fo.process_recorder(), calls=80, seed=99)
         fo.close()
         shutil.copyfile(index_file(other), f)
-    elif kind == "wrong-schema":
+    elif kind == "other-version":  # a well-formed header of another format version
+        with open(f, "r+b") as fh:
+            head = struct.pack("<8sIQ", b"KMESIDX\x00", 77, 1)
+            fh.write(head + struct.pack("<I", zlib.crc32(head)))
+    elif kind == "other-stream":  # the index of stream 2 under stream 1's name
+        with open(f, "r+b") as fh:
+            head = struct.pack("<8sIQ", b"KMESIDX\x00", 1, 2)
+            fh.write(head + struct.pack("<I", zlib.crc32(head)))
+    elif kind == "legacy-sqlite":  # the SQLite index of earlier versions: replaced
+        os.remove(f)
         import sqlite3
-        db = sqlite3.connect(f)
-        db.execute("PRAGMA user_version=77")
+        db = sqlite3.connect(os.path.join(path, "eventsourcing", "index.sqlite3"))
+        db.execute("CREATE TABLE events (stream, key, last, first, count, offset, pos)")
+        db.execute("PRAGMA user_version=3")
         db.close()
     else:
         raise AssertionError(kind)
 
 
 @pytest.mark.parametrize("kind", ["deleted", "truncated", "truncated-to-zero", "garbage",
-                                  "corrupted", "zeroed-pages", "stale", "foreign",
-                                  "wrong-schema"])
+                                  "corrupted", "zeroed", "stale", "foreign",
+                                  "other-version", "other-stream", "legacy-sqlite"])
 def test_damaged_index_gives_the_same_results(tmp_path, kind, caplog):
     path = str(tmp_path / "data")
     f = factory(path)
     rec = f.process_recorder()
     aggs = fill(rec, calls=30, seed=3)
     f.flush()
-    stale_copy = str(tmp_path / "stale.sqlite3")
+    stale_copy = str(tmp_path / "stale.idx")
     shutil.copyfile(index_file(path), stale_copy)
     rng = random.Random(7)
     versions = {}
@@ -156,10 +167,12 @@ def test_damaged_index_gives_the_same_results(tmp_path, kind, caplog):
     rec2 = f2.process_recorder()
     assert snapshot(rec2, aggs) == expected
     warned = [r.getMessage() for r in caplog.records if r.name == "kimberlite.eventsourcing"]
-    if kind in ("stale", "deleted", "truncated-to-zero"):
-        assert warned == []  # an older prefix is completed, a missing index built quietly
-    elif kind in ("garbage", "foreign", "wrong-schema", "zeroed-pages"):
+    if kind in ("stale", "deleted", "truncated-to-zero", "truncated", "legacy-sqlite"):
+        # an older prefix is completed, a torn tail cut, a missing index built quietly
+        assert warned == []
+    elif kind in ("garbage", "foreign", "other-version", "other-stream", "zeroed"):
         assert warned, "the damage must be noticed"
+    assert not os.path.exists(os.path.join(path, "eventsourcing", "index.sqlite3"))
     # the rebuilt index still enforces optimistic concurrency, and ids go on gapless
     with pytest.raises(IntegrityError):
         rec2.insert_events([ev(aggs[0], 1)])
@@ -174,17 +187,40 @@ def test_damaged_index_gives_the_same_results(tmp_path, kind, caplog):
     f3.close()
 
 
-def test_index_damaged_while_open_is_rebuilt_on_use(tmp_path):
+def test_index_damaged_while_open_is_rebuilt_on_use(tmp_path, caplog):
     path = str(tmp_path / "data")
     f = factory(path)
     rec = f.process_recorder()
     aggs = fill(rec, calls=40, seed=5)
     expected = snapshot(rec, aggs)
-    # a row that no longer matches its record: found when it is used, then rebuilt
-    f.store.db.execute("UPDATE events SET offset = offset + 1")
+    st = f.store.streams[f.stream_id]
+    kes = sys.modules["kimberlite.eventsourcing"]
+
+    def shifted(entry):  # the entry of the next record: not what the record holds
+        key, first, last, offset, first_id, count, pos = entry
+        return key, first, last, offset + 1, first_id, count, pos
+
+    # entries that no longer match their records: found when used, then rebuilt
+    f.flush()
+    assert st.runs and not st.pend
+    for run in st.runs:
+        keys, cols = kes._columns([x for e in run.entries() for x in shifted(e)])
+        assert keys == run.keys
+        run.cols = cols
+    caplog.clear()
     assert snapshot(rec, aggs) == expected
-    f.store.db.execute("UPDATE recs SET offset = offset + 1")
-    assert snapshot(rec, aggs) == expected
+    assert any("rebuilt" in r.getMessage() for r in caplog.records)
+    # the same for entries not yet written
+    a = uuid.uuid4()
+    rec.insert_events([ev(a, 1), ev(a, 2)])
+    expected = snapshot(rec, aggs + [a])
+    st = f.store.streams[f.stream_id]
+    assert st.pend
+    n = kes._STRIDE  # (unwritten entries are kept flat: key, columns, key, ...)
+    st.pend = [x for i in range(0, len(st.pend), n) for x in shifted(st.pend[i:i + n])]
+    caplog.clear()
+    assert snapshot(rec, aggs + [a]) == expected
+    assert any("rebuilt" in r.getMessage() for r in caplog.records)
     f.close()
 
 
