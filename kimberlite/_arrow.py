@@ -109,6 +109,8 @@ def read_batch(pa: Any, storage: Any, stream_id: int, start: int, stop: int,
         flags |= _LARGE
     n, payload, po, got_large, offsets, hashes = storage._read_columns(
         stream_id, start, stop, max_bytes, flags)
+    if n == 0:  # nothing read (an empty range, or a stream that does not exist)
+        return 0, pa.RecordBatch.from_pylist([], schema=sch)
     arrays = []
     payload_arr = None
     if flags & _PAYLOAD:
