@@ -1,9 +1,9 @@
 /*
  * py_arrow.c — the binding of kimberlite/columns.h: the storage methods _read_columns
  * (kimberlite/_arrow.py builds Arrow arrays on its buffers), verify_range and
- * segment_bounds, and the small _Buffer type that hands a malloc'd column to Python through
- * the buffer protocol, so that pyarrow.py_buffer wraps it without a copy and frees it with
- * the last reference. Added to both storage types at module exec by
+ * segment_bounds, and the small _ColumnBuffer type that hands a malloc'd column to Python
+ * through the buffer protocol, so that pyarrow.py_buffer wraps it without a copy and frees
+ * it with the last reference. Added to both storage types at module exec by
  * kmb_arrow_methods_add().
  */
 #include "py_kimberlite.h"
@@ -14,7 +14,7 @@
 
 typedef kmb_storage_object StorageObject;
 
-/* ---- _Buffer ---------------------------------------------------------------------------- */
+/* ---- _ColumnBuffer------------------------------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
@@ -39,7 +39,7 @@ static Py_ssize_t buffer_length(BufferObject *self) { return self->len; }
 
 static PyObject *buffer_repr(BufferObject *self)
 {
-    return PyUnicode_FromFormat("<kimberlite._core._Buffer of %zd bytes>", self->len);
+    return PyUnicode_FromFormat("<kimberlite._core._ColumnBuffer of %zd bytes>", self->len);
 }
 
 PyDoc_STRVAR(buffer_doc,
@@ -57,13 +57,13 @@ static PyType_Slot buffer_slots[] = {
 };
 
 static PyType_Spec buffer_spec = {
-    .name = "kimberlite._core._Buffer",
+    .name = "kimberlite._core._ColumnBuffer",
     .basicsize = sizeof(BufferObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = buffer_slots,
 };
 
-/* A _Buffer owning *data (set to NULL: taken over), or None when *data is NULL. On failure
+/* A _ColumnBuffer owning *data (set to NULL: taken over), or None when *data is NULL. On failure
  * *data is left to the caller. */
 static PyObject *buffer_take(kmb_module_state *ms, void **data, size_t len)
 {
@@ -103,8 +103,8 @@ PyDoc_STRVAR(read_columns_doc,
 "PRIVATE (kimberlite._arrow). Read the records [start, stop) of a stream (stop None: to\n"
 "the end; max_bytes None: no budget, else the read_from rule) through the verified\n"
 "reader into column buffers. flags: 1 payload, 2 offset, 4 hashes, 8 int64 payload\n"
-"offsets. Returns (count, payload, payload_offsets, large, offsets, hashes): _Buffer\n"
-"objects (None for a column not asked for); hashes holds count + 1 hashes (each\n"
+"offsets. Returns (count, payload, payload_offsets, large, offsets, hashes):\n"
+"_ColumnBuffer objects (None for a column not asked for); hashes holds count + 1 hashes (each\n"
 "record's prev_hash, then the last record's hash).");
 
 static PyObject *storage_read_columns(StorageObject *self, PyObject *args, PyObject *kwds)

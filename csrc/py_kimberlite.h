@@ -50,7 +50,7 @@ typedef struct kmb_module_state {
     PyTypeObject *storage_type;
     PyTypeObject *memory_storage_type;
     PyTypeObject *index_type;
-    PyTypeObject *buffer_type; /* _Buffer (py_arrow.c) */
+    PyTypeObject *buffer_type; /* _ColumnBuffer (py_arrow.c) */
 
     /* Exception classes from kimberlite._errors (strong references). */
     PyObject *StorageError;
@@ -209,7 +209,7 @@ int kmb_testing_methods_add(PyTypeObject *tp);
 
 /* ---- py_arrow.c: column reads (Arrow), verify_range, segment_bounds ------------------- */
 
-/* Create the _Buffer type (module state buffer_type). 0 or -1. */
+/* Create the _ColumnBuffer type (module state buffer_type). 0 or -1. */
 int kmb_arrow_init(PyObject *module, kmb_module_state *st);
 /* Add the column methods to a storage type. 0 or -1. */
 int kmb_arrow_methods_add(PyTypeObject *tp);

@@ -127,8 +127,9 @@ def read_batch(pa: Any, storage: Any, stream_id: int, start: int, stop: int,
             arrays.append(pa.Array.from_buffers(pa.uint64(), n, [None, pa.py_buffer(offsets)],
                                                 null_count=0))
         elif c == "size":
-            import pyarrow.compute as pc
+            import importlib
 
+            pc = importlib.import_module("pyarrow.compute")
             arrays.append(pc.binary_length(payload_arr).cast(pa.uint32()))
         elif c == "payload":
             arrays.append(payload_arr)

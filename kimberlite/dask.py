@@ -27,21 +27,26 @@ Arrow buffers (:meth:`Stream.to_pandas`).
 
 from __future__ import annotations
 
-import functools
+import importlib
+import threading
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from . import _arrow
 from ._errors import StorageError
 
-try:
-    import dask
-    import dask.dataframe as dd
-except ImportError as e:  # pragma: no cover - exercised with sys.modules patched
-    raise ImportError(
-        "kimberlite.dask needs dask[dataframe] (and distributed for a cluster), which is "
-        "not installed; install it with pip install 'kimberlite-storage[dask]'",
-        name=e.name,
-    ) from e
+
+def _import_dask() -> Tuple[Any, Any]:
+    try:  # through importlib: dask's API is untyped (mypy --strict)
+        return importlib.import_module("dask"), importlib.import_module("dask.dataframe")
+    except ImportError as e:
+        raise ImportError(
+            "kimberlite.dask needs dask[dataframe] (and distributed for a cluster), which is "
+            "not installed; install it with pip install 'kimberlite-storage[dask]'",
+            name=e.name,
+        ) from e
+
+
+dask, dd = _import_dask()
 
 __all__ = ["read_stream", "read_streams", "verify", "StreamVerification",
            "DEFAULT_PARTITION_BYTES"]
@@ -50,12 +55,23 @@ DEFAULT_PARTITION_BYTES = 64 << 20  # bytes of records per partition / verificat
 _COLUMNS = tuple(c for c in _arrow.ALL_COLUMNS if c != "offset")
 
 
-@functools.lru_cache(maxsize=8)
+_opened: Dict[str, Any] = {}  # path -> read-only Storage, shared by this process's tasks
+_opened_lock = threading.Lock()
+_OPENED_MAX = 8
+
+
 def _open(path: str) -> Any:
-    """A read-only Storage of `path`, shared by the tasks of this process."""
+    """A read-only Storage of `path`, shared by the tasks of this process (at most
+    _OPENED_MAX paths are kept; the oldest is closed first)."""
     from ._storage import Storage
 
-    return Storage(path, read_only=True)
+    with _opened_lock:
+        s = _opened.get(path)
+        if s is None or s.closed:
+            while len(_opened) >= _OPENED_MAX:
+                _opened.pop(next(iter(_opened))).close()
+            s = _opened[path] = Storage(path, read_only=True)
+        return s
 
 
 def _check_partition_bytes(partition_bytes: Any) -> int:
