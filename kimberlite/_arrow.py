@@ -32,7 +32,7 @@ __all__ = ["ALL_COLUMNS", "READER_COLUMNS", "DEFAULT_ARROW_CHUNK_BYTES"]
 
 ALL_COLUMNS: Tuple[str, ...] = ("offset", "size", "payload", "prev_hash", "hash")
 READER_COLUMNS: Tuple[str, ...] = ("offset", "payload")  # to_arrow_reader's default
-DEFAULT_ARROW_CHUNK_BYTES = 8 << 20  # payload bytes per record batch of a reader
+DEFAULT_ARROW_CHUNK_BYTES = 4 << 20  # payload bytes per record batch of a reader
 
 _PAYLOAD, _OFFSET, _HASHES, _LARGE = 1, 2, 4, 8
 _INT32_MAX = (1 << 31) - 1

@@ -286,11 +286,11 @@ class Stream(Sequence[bytes]):  # collections.abc.Sequence
         return _arrow.table(pa, self._storage, self._stream_id, a, b, cols, large=True)
 
     def to_arrow_reader(self, start: int = 0, stop: Optional[int] = None, *,
-                        chunk_bytes: int = 8 << 20,
+                        chunk_bytes: int = _arrow.DEFAULT_ARROW_CHUNK_BYTES,
                         columns: Optional[Sequence[str]] = None) -> Any:
         """Return a ``pyarrow.RecordBatchReader`` over the records ``start`` .. ``stop``.
 
-        Each batch holds about ``chunk_bytes`` of payload (the event that crosses the budget
+        Each batch holds about ``chunk_bytes`` of payload (default 4 MiB) (the event that crosses the budget
         is included), read and verified when the consumer asks for it, so memory stays flat
         however large the stream. ``stop`` (None: the end) is fixed when the reader is made:
         events appended later are not read. Columns: ``offset`` and ``payload`` by default
