@@ -9,6 +9,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "engine.h"
 #include "kimberlite/columns.h"
@@ -53,13 +54,44 @@ static int fill_columns(void *ctx, const kmb_record *recs, size_t n)
     return c->count == f->want ? FILLED : KMB_OK;
 }
 
+/*
+ * Column buffers of KMB_COLUMN_MMAP_MIN bytes or more are mapped, not malloc'd: a consumer
+ * streaming batches frees each one in whichever thread drops it last, and glibc keeps
+ * freed heap chunks of that size in its per-thread arenas (its mmap threshold grows after
+ * the first large free), so the process would grow by a few batches per thread. A mapping
+ * goes back to the system at once, and is page-aligned (Arrow asks for 64 bytes).
+ */
+static void *col_alloc(size_t bytes, int zero)
+{
+    if (bytes >= KMB_COLUMN_MMAP_MIN) {
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return p == MAP_FAILED ? NULL : p; /* zero-filled */
+    }
+    if (bytes == 0) bytes = 1; /* an empty column is still a buffer */
+    return zero ? calloc(1, bytes) : malloc(bytes);
+}
+
+void kmb_columns_release(void *buf, size_t bytes)
+{
+    if (!buf) return;
+    if (bytes >= KMB_COLUMN_MMAP_MIN)
+        munmap(buf, bytes);
+    else
+        free(buf);
+}
+
+size_t kmb_columns_payload_offsets_size(const kmb_columns *c)
+{
+    return (c->count + 1) * (c->large ? sizeof(int64_t) : sizeof(int32_t));
+}
+
 void kmb_columns_free(kmb_columns *c)
 {
     if (!c) return;
-    free(c->payload);
-    free(c->payload_offsets);
-    free(c->offsets);
-    free(c->hashes);
+    kmb_columns_release(c->payload, (size_t)c->payload_planned);
+    kmb_columns_release(c->payload_offsets, (c->planned + 1) * (c->large ? 8 : 4));
+    kmb_columns_release(c->offsets, c->planned * sizeof(uint64_t));
+    kmb_columns_release(c->hashes, (c->planned + 1) * KMB_HASH_SIZE);
     memset(c, 0, sizeof(*c));
 }
 
@@ -96,24 +128,24 @@ static int plan(kmb_storage *st, stream_state *s, uint64_t from, uint64_t stop,
     return KMB_OK;
 }
 
-/* malloc at least 1 byte, so that an empty column is still a buffer. */
-static void *alloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
-
 static int allocate(kmb_columns *c, unsigned flags, size_t n, uint64_t bytes)
 {
+    c->planned = n;
+    c->payload_planned = bytes;
     if (flags & KMB_COLUMN_PAYLOAD) {
         c->large = (flags & KMB_COLUMN_LARGE) || bytes > INT32_MAX;
         size_t w = c->large ? sizeof(int64_t) : sizeof(int32_t);
-        c->payload = alloc((size_t)bytes);
-        c->payload_offsets = calloc(n + 1, w);
-        if (!c->payload || !c->payload_offsets) return oom();
+        c->payload = col_alloc((size_t)bytes, 0);
+        if (!c->payload) return oom();
+        c->payload_offsets = col_alloc((n + 1) * w, 1);
+        if (!c->payload_offsets) return oom();
     }
     if (flags & KMB_COLUMN_OFFSET) {
-        c->offsets = alloc(n * sizeof(uint64_t));
+        c->offsets = col_alloc(n * sizeof(uint64_t), 0);
         if (!c->offsets) return oom();
     }
     if (flags & KMB_COLUMN_HASHES) {
-        c->hashes = alloc((n + 1) * KMB_HASH_SIZE);
+        c->hashes = col_alloc((n + 1) * KMB_HASH_SIZE, 0);
         if (!c->hashes) return oom();
     }
     return KMB_OK;
@@ -148,7 +180,7 @@ int kmb_storage_read_columns(kmb_storage *st, uint64_t stream, uint64_t from, ui
      */
     rc = read_each_locked(st, s, from, last_len ? bytes : bytes + 1, fill_columns, &f);
     if (rc == FILLED) rc = KMB_OK;
-    if (rc == KMB_OK && out->count < n)
+    if (rc == KMB_OK && (out->count < n || f.at != bytes))
         rc = kmb_error_set(KMB_ERROR, 0, "stream changed while it was read; read it again");
     if (rc == KMB_OK) {
         out->payload_bytes = f.at;

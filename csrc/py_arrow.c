@@ -18,14 +18,14 @@ typedef kmb_storage_object StorageObject;
 
 typedef struct {
     PyObject_HEAD
-    void *data;     /* malloc'd, owned */
+    void *data;     /* owned: released by kmb_columns_release */
     Py_ssize_t len;
 } BufferObject;
 
 static void buffer_dealloc(BufferObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    free(self->data);
+    kmb_columns_release(self->data, (size_t)self->len);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -130,9 +130,8 @@ static PyObject *storage_read_columns(StorageObject *self, PyObject *args, PyObj
     Py_END_ALLOW_THREADS
     if (kmb_storage_finish(self, rc) < 0) return NULL;
     PyObject *result = NULL, *payload = NULL, *po = NULL, *offsets = NULL, *hashes = NULL;
-    size_t w = c.large ? sizeof(int64_t) : sizeof(int32_t);
     if ((payload = buffer_take(ms, (void **)&c.payload, (size_t)c.payload_bytes)) == NULL ||
-        (po = buffer_take(ms, &c.payload_offsets, (c.count + 1) * w)) == NULL ||
+        (po = buffer_take(ms, &c.payload_offsets, kmb_columns_payload_offsets_size(&c))) == NULL ||
         (offsets = buffer_take(ms, (void **)&c.offsets, c.count * sizeof(uint64_t))) == NULL ||
         (hashes = buffer_take(ms, (void **)&c.hashes, (c.count + 1) * KMB_HASH_SIZE)) == NULL)
         goto done;

@@ -316,25 +316,30 @@ def test_verify_range_finds_bit_rot(disk):
 # ---- memory: a stream through DuckDB in bounded memory ----------------------------------------
 
 CHILD = textwrap.dedent("""
-    import os, resource, sys
+    import os, sys
     import duckdb, pyarrow, kimberlite
     s = kimberlite.Storage(sys.argv[1], read_only=True)
     stream = s.stream(1)
     duckdb.execute("set enable_progress_bar = false")
-    def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    base = rss()
+    def status(key):  # kB in /proc/self/status
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith(key + ":"))
+    # The peak of this process's memory (VmHWM), reset to the current RSS first; ru_maxrss
+    # would include the parent's RSS at fork time (Linux carries it across exec).
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = status("VmRSS")
     n, total = duckdb.sql("select count(*), sum(octet_length(payload)) from stream").fetchall()[0]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = status("VmHWM")
     print(n, total, peak - base)
 """)
 
 
 def test_duckdb_streams_in_bounded_memory(tmp_path):
     """A 192 MiB stream through DuckDB: peak RSS stays far below the stream's size (the
-    reader hands over 4 MiB batches; the whole stream is never in memory). ru_maxrss is a
-    peak over the process's life: the stream is written here, read in a fresh process."""
+    reader hands over 4 MiB batches; the whole stream is never in memory). The stream is
+    written here and read in a fresh process, whose peak RSS (VmHWM) is reset before the
+    query."""
     s = kimberlite.Storage(tmp_path / "d")
     ev = os.urandom(4096)
     for _ in range(24):

@@ -37,20 +37,27 @@ extern "C" {
 #define KMB_COLUMN_HASHES 4u  /* hashes */
 #define KMB_COLUMN_LARGE 8u   /* int64 payload offsets even when int32 would do */
 
+/* Buffers of this many bytes or more are mapped (mmap), smaller ones malloc'd. */
+#define KMB_COLUMN_MMAP_MIN ((size_t)256 << 10)
+
 typedef struct kmb_columns {
     uint64_t first;          /* offset of the first record read (= from) */
     size_t count;            /* records read */
     uint64_t payload_bytes;  /* sum of their payload sizes */
     /*
-     * The buffers: each malloc'd and owned by this struct (NULL when not asked for). A
-     * caller may take any of them over by copying the pointer and setting the field to
-     * NULL; it then frees it with free(). Each is at least 1 byte, even when empty.
+     * The buffers, owned by this struct (NULL when not asked for). A caller may take any
+     * of them over by copying the pointer and setting the field to NULL; it then releases
+     * it with kmb_columns_release(buf, size), size as given here (after a successful read,
+     * count and payload_bytes are what was planned). Large buffers are mapped, so never
+     * free() them. Each is at least 1 byte, even when empty.
      */
     uint8_t *payload;        /* payload_bytes bytes */
     void *payload_offsets;   /* count + 1 entries of int32_t, or int64_t when large */
     int large;               /* payload_offsets are int64_t */
-    uint64_t *offsets;       /* count entries */
+    uint64_t *offsets;       /* count * 8 bytes */
     uint8_t *hashes;         /* (count + 1) * KMB_HASH_SIZE bytes */
+    size_t planned;          /* (internal) records the buffers were sized for */
+    uint64_t payload_planned; /* (internal) payload bytes they were sized for */
     /* Always filled when count > 0 (zeros otherwise): */
     uint8_t first_prev[KMB_HASH_SIZE]; /* stored prev_hash of the first record (zeros: genesis) */
     uint8_t last_hash[KMB_HASH_SIZE];  /* chain hash of the last record */
@@ -77,6 +84,13 @@ int kmb_storage_read_columns(kmb_storage *st, uint64_t stream, uint64_t from, ui
 
 /* Free the buffers `c` still owns and zero it. NULL is ignored. */
 void kmb_columns_free(kmb_columns *c);
+
+/* Release one buffer taken over from a kmb_columns, of `bytes` bytes (its size as the
+ * struct documents it). NULL is ignored. */
+void kmb_columns_release(void *buf, size_t bytes);
+
+/* The size in bytes of c->payload_offsets: (count + 1) * 4, or * 8 when large. */
+size_t kmb_columns_payload_offsets_size(const kmb_columns *c);
 
 /*
  * Verify the records [from, stop) of `stream` (stop clamped to the next offset): each
