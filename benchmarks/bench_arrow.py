@@ -86,11 +86,15 @@ import sys
 import duckdb, pyarrow, kimberlite
 s = kimberlite.Storage(sys.argv[1], read_only=True)
 stream = s.stream(1)
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+def status(key):  # kB in /proc/self/status
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith(key + ":"))
 duckdb.execute("set enable_progress_bar = false")
-base = rss()
+# the peak of this process's own memory (VmHWM), reset to the current RSS: ru_maxrss would
+# include the parent's RSS at fork time (Linux carries it across exec)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = status("VmRSS")
 got = duckdb.sql("select count(*), sum(octet_length(payload)) from stream").fetchall()
 peak = status("VmHWM")
 print("RESULT", got[0][0], got[0][1], base, peak)
