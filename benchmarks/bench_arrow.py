@@ -8,7 +8,10 @@
    run so that a noisy shared machine affects all alike:
      - peer:    pa.array(s.read_from(1), type=pa.binary())  (a bytes object per event);
      - payload: stream.to_arrow(columns=["payload"])        (the same column, engine-built);
-     - default: stream.to_arrow()                           (all five columns).
+     - default: stream.to_arrow()                           (all five columns);
+     - floor:   s.verify_range(1)  (the engine's verified read alone: CRC, SHA-256 chain
+                link of every record, no output). Both sides pay it; the "beyond the
+                verified read" ratio compares what each adds to it.
    Each figure is the median over --runs of the best of --inner measurements; the ratio is
    the median of the per-run ratios. Issue 13 asks for at least 5x. The memory line gives
    the Arrow bytes allocated by each result (pa.total_allocated_bytes() does not see the
@@ -56,16 +59,19 @@ def speed(n: int, size: int, runs: int, inner: int) -> None:
         for i in range(0, n, 10_000):
             s.append_batch(1, [ev] * min(10_000, n - i), fsync=False)
         stream = s.stream(1)
-        peer_t, pay_t, def_t, r_pay, r_def = [], [], [], [], []
+        peer_t, pay_t, def_t, r_pay, r_def, floor_t, r_beyond = [], [], [], [], [], [], []
         for _ in range(runs):
             a = best(lambda: pa.array(s.read_from(1), type=pa.binary()), inner)
             b = best(lambda: stream.to_arrow(columns=["payload"]), inner)
             c = best(lambda: stream.to_arrow(), inner)
+            f = best(lambda: s.verify_range(1), inner)
             peer_t.append(a)
             pay_t.append(b)
             def_t.append(c)
+            floor_t.append(f)
             r_pay.append(a / b)
             r_def.append(a / c)
+            r_beyond.append((a - f) / max(b - f, 1e-6))
         m = statistics.median
         print(f"{n:,} events of {size} B ({n * size / 2**20:.0f} MiB of payload)")
         print(f"  pa.array(read_from)          {m(peer_t) * 1e3:8.1f} ms")
@@ -73,6 +79,9 @@ def speed(n: int, size: int, runs: int, inner: int) -> None:
               f"{m(r_pay):.1f}x faster")
         print(f"  to_arrow() (5 columns)       {m(def_t) * 1e3:8.1f} ms   "
               f"{m(r_def):.1f}x faster")
+        print(f"  verify_range (the floor)     {m(floor_t) * 1e3:8.1f} ms   beyond it, "
+              f"to_arrow(columns=[payload]) adds {(m(pay_t) - m(floor_t)) * 1e3:.1f} ms, "
+              f"the peer {(m(peer_t) - m(floor_t)) * 1e3:.1f} ms ({m(r_beyond):.1f}x less)")
         t1 = stream.to_arrow(columns=["payload"])
         t5 = stream.to_arrow()
         print(f"  memory: payload column {table_bytes(t1) / 2**20:.1f} MiB "
