@@ -14,7 +14,11 @@
 #include "engine.h"
 #include "kimberlite/columns.h"
 
-/* Returned by the callback once the planned records are in (not an error code). */
+/*
+ * Returned by the callback once the planned records are in (not an error code, so never
+ * mistaken for one): read_each_locked stops at the callback's first non-zero return and
+ * returns that value as it is.
+ */
 #define FILLED 1
 
 typedef struct fill {
