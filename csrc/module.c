@@ -406,6 +406,7 @@ static int kmb_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->storage_type);
     Py_VISIT(st->memory_storage_type);
     Py_VISIT(st->index_type);
+    Py_VISIT(st->buffer_type);
     Py_VISIT(st->StorageError);
     Py_VISIT(st->UnexpectedEofError);
     Py_VISIT(st->CorruptedRecordError);
@@ -426,6 +427,7 @@ static int kmb_module_clear(PyObject *module)
     Py_CLEAR(st->storage_type);
     Py_CLEAR(st->memory_storage_type);
     Py_CLEAR(st->index_type);
+    Py_CLEAR(st->buffer_type);
     Py_CLEAR(st->StorageError);
     Py_CLEAR(st->UnexpectedEofError);
     Py_CLEAR(st->CorruptedRecordError);

@@ -50,6 +50,7 @@ typedef struct kmb_module_state {
     PyTypeObject *storage_type;
     PyTypeObject *memory_storage_type;
     PyTypeObject *index_type;
+    PyTypeObject *buffer_type; /* _ColumnBuffer (py_arrow.c) */
 
     /* Exception classes from kimberlite._errors (strong references). */
     PyObject *StorageError;
@@ -206,6 +207,13 @@ void kmb_events_discard(kmb_storage_object *self);
 /* Add the private testing methods (_segment_bytes, _replace_segment_bytes, _set_fault,
  * _io_calls) to a Storage type, as method descriptors. 0 or -1. */
 int kmb_testing_methods_add(PyTypeObject *tp);
+
+/* ---- py_arrow.c: column reads (Arrow), verify_range, segment_bounds ------------------- */
+
+/* Create the _ColumnBuffer type (module state buffer_type). 0 or -1. */
+int kmb_arrow_init(PyObject *module, kmb_module_state *st);
+/* Add the column methods to a storage type. 0 or -1. */
+int kmb_arrow_methods_add(PyTypeObject *tp);
 
 /* py_fork.c: add _fork_prepare/_fork_parent/_fork_child to a storage type; enter a new
  * storage in kimberlite._fork's registry (0, or -1 with an exception set). */

@@ -986,5 +986,8 @@ int kmb_storage_types_init(PyObject *module, kmb_module_state *st)
     if (kmb_testing_methods_add(st->storage_type) < 0) return -1;
     if (kmb_testing_methods_add(st->memory_storage_type) < 0) return -1;
     if (kmb_fork_methods_add(st->storage_type) < 0) return -1;
-    return kmb_fork_methods_add(st->memory_storage_type);
+    if (kmb_fork_methods_add(st->memory_storage_type) < 0) return -1;
+    if (kmb_arrow_init(module, st) < 0) return -1;
+    if (kmb_arrow_methods_add(st->storage_type) < 0) return -1;
+    return kmb_arrow_methods_add(st->memory_storage_type);
 }

@@ -17,6 +17,7 @@ import operator
 from collections.abc import Iterator, Sequence
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
+from . import _arrow
 from ._errors import ChainVerificationError, CorruptedRecordError, StorageError
 from ._record import Record
 from ._words import plural, short_hash
@@ -267,57 +268,68 @@ class Stream(Sequence[bytes]):  # collections.abc.Sequence
 
     # ---- data frames --------------------------------------------------------------------
 
-    def _columns(self, start: int, stop: Optional[int]) -> Tuple[List[int], List[int],
-                                                                  List[bytes],
-                                                                  List[Optional[bytes]],
-                                                                  List[bytes]]:
-        offsets: List[int] = []
-        sizes: List[int] = []
-        payloads: List[bytes] = []
-        prevs: List[Optional[bytes]] = []
-        hashes: List[bytes] = []
-        for r in self.records(start, stop):
-            offsets.append(r.offset)
-            sizes.append(len(r.payload))
-            payloads.append(r.payload)
-            prevs.append(r.prev_hash)
-            hashes.append(r.compute_hash())
-        return offsets, sizes, payloads, prevs, hashes
-
-    def to_pandas(self, start: int = 0, stop: Optional[int] = None) -> Any:
-        """Return the records from ``start`` to ``stop`` as a ``pandas.DataFrame``.
-
-        Columns: ``offset`` (int64), ``size`` (payload bytes, int64), ``payload`` (bytes),
-        ``prev_hash`` (32 bytes, None for genesis) and ``hash`` (the record's chain hash).
-        The frame holds every row in memory. Needs the ``pandas`` extra
-        (``pip install 'kimberlite[pandas]'``).
-        """
-        pd = _require("pandas", "pandas", "Stream.to_pandas()")
-        offsets, sizes, payloads, prevs, hashes = self._columns(start, stop)
-        return pd.DataFrame({
-            "offset": pd.Series(offsets, dtype="int64"),
-            "size": pd.Series(sizes, dtype="int64"),
-            "payload": pd.Series(payloads, dtype="object"),
-            "prev_hash": pd.Series(prevs, dtype="object"),
-            "hash": pd.Series(hashes, dtype="object"),
-        })
-
-    def to_arrow(self, start: int = 0, stop: Optional[int] = None) -> Any:
+    def to_arrow(self, start: int = 0, stop: Optional[int] = None, *,
+                 columns: Optional[Sequence[str]] = None) -> Any:
         """Return the records from ``start`` to ``stop`` as a ``pyarrow.Table``.
 
-        The columns of :meth:`to_pandas`, typed ``uint64``, ``uint32``, ``large_binary``
-        and ``binary(32)`` (``prev_hash`` null for genesis). Needs the ``arrow`` extra
+        Columns (``columns=`` picks any of them, in any order): ``offset`` (uint64),
+        ``size`` (uint32), ``payload`` (large_binary), ``prev_hash`` (fixed_size_binary(32),
+        null for genesis) and ``hash`` (the record's chain hash). The engine reads and
+        verifies the records straight into Arrow buffers: one contiguous payload buffer,
+        no Python object per event. Needs the ``arrow`` extra
         (``pip install 'kimberlite[arrow]'``).
         """
         pa = _require("pyarrow", "arrow", "Stream.to_arrow()")
-        offsets, sizes, payloads, prevs, hashes = self._columns(start, stop)
-        return pa.table({
-            "offset": pa.array(offsets, type=pa.uint64()),
-            "size": pa.array(sizes, type=pa.uint32()),
-            "payload": pa.array(payloads, type=pa.large_binary()),
-            "prev_hash": pa.array(prevs, type=pa.binary(32)),
-            "hash": pa.array(hashes, type=pa.binary(32)),
-        })
+
+        cols = _arrow.check_columns(columns, _arrow.ALL_COLUMNS)
+        a, b = _arrow.check_range(start, stop, len(self))
+        return _arrow.table(pa, self._storage, self._stream_id, a, b, cols, large=True)
+
+    def to_arrow_reader(self, start: int = 0, stop: Optional[int] = None, *,
+                        chunk_bytes: int = _arrow.DEFAULT_ARROW_CHUNK_BYTES,
+                        columns: Optional[Sequence[str]] = None) -> Any:
+        """Return a ``pyarrow.RecordBatchReader`` over the records ``start`` .. ``stop``.
+
+        Each batch holds about ``chunk_bytes`` of payload (default 4 MiB) (the event that crosses the budget
+        is included), read and verified when the consumer asks for it, so memory stays flat
+        however large the stream. ``stop`` (None: the end) is fixed when the reader is made:
+        events appended later are not read. Columns: ``offset`` and ``payload`` by default
+        (``binary``; ``large_binary`` when a batch could pass 2 GiB), or any of
+        :meth:`to_arrow`'s. The reader is single-use, as every ``RecordBatchReader``: once
+        consumed it is empty; ask the stream for a new one (``pa.table(stream)``, DuckDB and
+        Polars do, through ``__arrow_c_stream__``).
+        """
+        pa = _require("pyarrow", "arrow", "Stream.to_arrow_reader()")
+
+        cols = _arrow.check_columns(columns, _arrow.READER_COLUMNS)
+        _arrow.check_chunk_bytes(chunk_bytes)
+        a, b = _arrow.check_range(start, stop, len(self))
+        return _arrow.reader(pa, self._storage, self._stream_id, a, b, chunk_bytes, cols)
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        """The Arrow PyCapsule stream protocol: a fresh :meth:`to_arrow_reader` of the whole
+        stream (columns ``offset`` and ``payload``) each call, so ``pa.table(stream)``,
+        ``duckdb.sql("select * from stream")`` and ``polars.DataFrame(stream)`` read it in
+        batches without copies through Python. The stream itself can be read again."""
+        return self.to_arrow_reader().__arrow_c_stream__(requested_schema)
+
+    def to_pandas(self, start: int = 0, stop: Optional[int] = None, *,
+                  columns: Optional[Sequence[str]] = None) -> Any:
+        """Return the records from ``start`` to ``stop`` as a ``pandas.DataFrame``.
+
+        Columns as :meth:`to_arrow`: ``offset`` and ``size`` as int64, ``payload`` as
+        ``pd.ArrowDtype(pa.binary())`` (``large_binary`` past 2 GiB), ``prev_hash`` and
+        ``hash`` as ``pd.ArrowDtype(pa.binary(32))`` (``prev_hash`` is ``<NA>`` for
+        genesis). Arrow-backed binary columns keep pandas and Dask string inference away
+        from the payloads (an object column of bytes would be turned into strings). The
+        frame holds every row in memory. Needs the ``pandas`` and ``arrow`` extras.
+        """
+        pd = _require("pandas", "pandas", "Stream.to_pandas()")
+        pa = _require("pyarrow", "arrow", "Stream.to_pandas()")
+        cols = _arrow.check_columns(columns, _arrow.ALL_COLUMNS)
+        a, b = _arrow.check_range(start, stop, len(self))
+        t = _arrow.table(pa, self._storage, self._stream_id, a, b, cols, large=None)
+        return _arrow.to_pandas(pd, t)
 
     # ---- summaries ----------------------------------------------------------------------
 

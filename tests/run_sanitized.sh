@@ -10,8 +10,9 @@
 # exit. Leaks are checked by tests/c (make check, LeakSanitizer on) and by valgrind.
 #
 # Left out here, and only here (the normal test command runs them):
-#  - tests/test_leak.py, tests/test_tlog_leak.py and
-#    test_stream.py::test_reading_a_large_stream_keeps_rss_flat measure RSS, which ASan
+#  - tests/test_leak.py, tests/test_tlog_leak.py,
+#    test_stream.py::test_reading_a_large_stream_keeps_rss_flat and
+#    test_arrow.py::test_duckdb_streams_in_bounded_memory measure RSS, which ASan
 #    inflates by design (freed memory sits in its quarantine);
 #  - tests/test_c_library.py builds and runs the C suite under ASan itself; with the
 #    runtime preloaded into every child, ASan would report bugs in `make`, not in ours;
@@ -44,4 +45,5 @@ PYCRYPTODOME_DISABLE_DEEPBIND=1 \
     "$PYTHON" -m pytest -q -p no:cacheprovider tests \
         --ignore=tests/test_leak.py --ignore=tests/test_tlog_leak.py \
         --ignore=tests/test_c_library.py --ignore=tests/test_typing.py \
-        --deselect tests/test_stream.py::test_reading_a_large_stream_keeps_rss_flat "$@"
+        --deselect tests/test_stream.py::test_reading_a_large_stream_keeps_rss_flat \
+        --deselect tests/test_arrow.py::test_duckdb_streams_in_bounded_memory "$@"

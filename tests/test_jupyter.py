@@ -5,12 +5,14 @@ import sys
 
 import pytest
 
-_EXTRA = "pip install 'kimberlite-storage[notebook,pandas]'"
+_EXTRA = "pip install 'kimberlite-storage[notebook,pandas,arrow,sql]'"
 nbclient = pytest.importorskip("nbclient", reason=_EXTRA)
 nbformat = pytest.importorskip("nbformat", reason=_EXTRA)
 pytest.importorskip("ipykernel", reason=_EXTRA)   # the kernel the notebook runs in
 pytest.importorskip("matplotlib", reason=_EXTRA)  # the notebook plots
 pytest.importorskip("pandas", reason=_EXTRA)      # ... and shows a data frame
+pytest.importorskip("duckdb", reason=_EXTRA)      # ... queries a stream with DuckDB
+pytest.importorskip("polars", reason=_EXTRA)      # ... and Polars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "examples", "explore.ipynb")
@@ -44,4 +46,6 @@ def test_notebook_runs(tmp_path, monkeypatch):
     assert any("<table" in h and "prev_hash" in h for h in html)             # the frame
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "2000 events" in text
+    assert "duckdb: 20 buckets of 100 events" in text  # the DuckDB + Polars section
+    assert "polars:" in text and "events over 180 bytes" in text
     assert "detected:" in text  # the tampering was caught

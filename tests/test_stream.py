@@ -205,14 +205,14 @@ def test_reading_a_large_stream_keeps_rss_flat(tmp_path):
 # ---- data frames ----------------------------------------------------------------------------
 
 def test_to_pandas(filled):
-    pytest.importorskip("pandas", reason="pip install 'kimberlite-storage[pandas]'")
+    pd = pytest.importorskip("pandas", reason="pip install 'kimberlite-storage[pandas]'")
     df = filled.stream(1).to_pandas()
     assert list(df.columns) == ["offset", "size", "payload", "prev_hash", "hash"]
     assert len(df) == 200
     assert df["offset"].tolist() == list(range(200))
     assert df["size"].tolist() == [len(e) for e in EVENTS]
     assert df["payload"].tolist() == EVENTS
-    assert df["prev_hash"][0] is None
+    assert df["prev_hash"][0] is pd.NA  # Arrow-backed: null, not None (genesis)
     assert df["prev_hash"].tolist()[1:] == df["hash"].tolist()[:-1]
     assert df["hash"].iloc[-1] == filled.latest_chain_hash(1)
     part = filled.stream(1).to_pandas(10, 20)

@@ -51,10 +51,13 @@ def test_api_reference_builds(tmp_path):
     pytest.importorskip("pdoc", reason="pip install 'kimberlite-storage[docs]'")
     out = tmp_path / "api"
     p = _run(["-m", "pdoc", "kimberlite", "kimberlite.testing", "kimberlite.pytest_plugin",
-              "-o", str(out)], tmp_path)
+              "kimberlite.dask", "-o", str(out)], tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     page = (out / "kimberlite.html").read_text()
     for name in ("Storage", "MemoryStorage", "Stream", "iter_from", "to_pandas", "Record",
                  "ChainVerificationError"):
         assert name in page, name
     assert (out / "kimberlite" / "testing.html").exists()
+    dask_page = (out / "kimberlite" / "dask.html").read_text()
+    for name in ("read_stream", "read_streams", "verify", "StreamVerification"):
+        assert name in dask_page, name
