@@ -84,6 +84,24 @@ out:
     return rc;
 }
 
+/* The replace hooks save the stream's dirty indexes first, as close() would: the stream then
+ * reloads like a directory reopened after a clean close, not after a crash. */
+static void save_indexes(kmb_storage *st, stream_state *s)
+{
+    for (size_t k = 0; s && k < s->nsegs; k++) (void)save_index_if_dirty(st, s, &s->segs[k]);
+}
+
+/* ... and then forget what was cached about the stream, as if this storage had just been
+ * opened: the next call that uses it loads it again from the backend. */
+static void forget_stream(kmb_storage *st, stream_state *s)
+{
+    if (s) {
+        table_remove(st, s);
+        stream_free(s);
+    }
+    window_reset(st);
+}
+
 int kmb_storage_replace_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t seg,
                                       const void *data, size_t len)
 {
@@ -93,10 +111,8 @@ int kmb_storage_replace_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t
         rc = kmb_error_set(KMB_EREADONLY, 0, "cannot replace segment bytes in read-only mode");
         goto out;
     }
-    /* Save the stream's indexes first, as close() would: the stream then reloads like a
-     * directory reopened after a clean close, not after a crash. */
     stream_state *s = table_find(st, stream);
-    for (size_t k = 0; s && k < s->nsegs; k++) (void)save_index_if_dirty(st, s, &s->segs[k]);
+    save_indexes(st, s);
     int exists = 0;
     rc = st->backend->segment_exists(st->backend, stream, seg, &exists);
     if (rc == KMB_OK && !exists) {
@@ -107,13 +123,7 @@ int kmb_storage_replace_segment_bytes(kmb_storage *st, uint64_t stream, uint32_t
     if (rc == KMB_OK && len) rc = st->backend->write(st->backend, stream, seg, 0, data, len);
     if (rc == KMB_OK) rc = st->backend->truncate(st->backend, stream, seg, len);
     if (rc) rc = with_stream(st, rc, stream, seg);
-    /* Forget what was cached about the stream, as if this storage had just been opened:
-     * the next call that uses it loads it again from the backend. */
-    if (s) {
-        table_remove(st, s);
-        stream_free(s);
-    }
-    window_reset(st);
+    forget_stream(st, s);
 out:
     leave(st);
     return rc;
@@ -192,16 +202,10 @@ int kmb_storage_replace_tree_data(kmb_storage *st, uint64_t stream, const void *
         rc = kmb_error_set(KMB_EINVAL, 0, "this storage backend keeps no tree data");
         goto out;
     }
-    /* Save the stream's indexes first (as kmb_storage_replace_segment_bytes does): the stream
-     * then reloads like a directory reopened after a clean close. */
     stream_state *s = table_find(st, stream);
-    for (size_t k = 0; s && k < s->nsegs; k++) (void)save_index_if_dirty(st, s, &s->segs[k]);
+    save_indexes(st, s);
     rc = b->save_tree(b, stream, 0, data, len);
-    if (s) {
-        table_remove(st, s);
-        stream_free(s);
-    }
-    window_reset(st);
+    forget_stream(st, s);
 out:
     leave(st);
     return rc;
