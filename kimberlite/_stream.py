@@ -125,7 +125,7 @@ def _require(module: str, extra: str, what: str) -> Any:
     except ImportError as e:
         raise ImportError(
             f"{what} needs {module}, which is not installed; install it with "
-            f"pip install 'kimberlite[{extra}]'",
+            f"pip install 'kimberlite-storage[{extra}]'",
             name=module,
         ) from e
 
@@ -277,7 +277,7 @@ class Stream(Sequence[bytes]):  # collections.abc.Sequence
         null for genesis) and ``hash`` (the record's chain hash). The engine reads and
         verifies the records straight into Arrow buffers: one contiguous payload buffer,
         no Python object per event. Needs the ``arrow`` extra
-        (``pip install 'kimberlite[arrow]'``).
+        (``pip install 'kimberlite-storage[arrow]'``).
         """
         pa = _require("pyarrow", "arrow", "Stream.to_arrow()")
 

@@ -244,7 +244,7 @@ def test_closed_storage(filled):
 def test_missing_pyarrow_names_the_extra(filled, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     for method in ("to_arrow", "to_arrow_reader", "__arrow_c_stream__"):
-        with pytest.raises(ImportError, match=r"pip install 'kimberlite\[arrow\]'"):
+        with pytest.raises(ImportError, match=r"pip install 'kimberlite-storage\[arrow\]'"):
             getattr(filled.stream(1), method)()
 
 

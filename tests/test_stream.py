@@ -236,7 +236,7 @@ def test_to_arrow(filled):
     ("to_pandas", "pandas", "pandas"), ("to_arrow", "pyarrow", "arrow")])
 def test_missing_extra_says_what_to_install(filled, monkeypatch, method, module, extra):
     monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(ImportError, match=rf"pip install 'kimberlite\[{extra}\]'"):
+    with pytest.raises(ImportError, match=rf"pip install 'kimberlite-storage\[{extra}\]'"):
         getattr(filled.stream(1), method)()
 
 
