@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -31,12 +32,66 @@
 #define MIN_FILE_SIZE (KMB_INDEX_HEADER_SIZE + KMB_INDEX_TRAILER_SIZE)
 #define REBUILD_HINT "the index is a cache: it is rebuilt from its segment"
 
+/*
+ * Index buffers carry a 16-byte header (keeping the 16-byte alignment of what follows):
+ * the length of the mapping holding them, or 0 when they were malloc'd.
+ */
+#define BUFFER_HEADER 16
+#if defined(__linux__) && defined(MAP_ANONYMOUS) && !defined(MADV_POPULATE_WRITE)
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels refuse it (EINVAL): harmless */
+#endif
+#define BUFFER_MAP_MIN ((size_t)1 << 20)
+
+void *kmb_index_buffer_alloc(size_t len)
+{
+    if (len > SIZE_MAX - BUFFER_HEADER) return NULL;
+    size_t total = len + BUFFER_HEADER;
+    uint8_t *base = NULL;
+    size_t mapped = 0;
+#if defined(MAP_ANONYMOUS)
+    if (total >= BUFFER_MAP_MIN) {
+        void *m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m != MAP_FAILED) {
+            base = m;
+            mapped = total;
+            /* Both are hints: where a kernel lacks them the pages fault in one at a time. */
+#if defined(MADV_HUGEPAGE)
+            (void)madvise(m, total, MADV_HUGEPAGE);
+#endif
+#if defined(MADV_POPULATE_WRITE)
+            (void)madvise(m, total, MADV_POPULATE_WRITE);
+#endif
+        }
+    }
+#endif
+    if (base == NULL) base = malloc(total);
+    if (base == NULL) return NULL;
+    memcpy(base, &mapped, sizeof mapped);
+    return base + BUFFER_HEADER;
+}
+
+void kmb_index_buffer_free(void *buf)
+{
+    if (buf == NULL) return;
+    uint8_t *base = (uint8_t *)buf - BUFFER_HEADER;
+    size_t mapped;
+    memcpy(&mapped, base, sizeof mapped);
+#if defined(MAP_ANONYMOUS)
+    if (mapped) {
+        munmap(base, mapped);
+        return;
+    }
+#endif
+    free(base);
+}
+
 void kmb_index_init(kmb_index *ix) { memset(ix, 0, sizeof *ix); }
 
 void kmb_index_free(kmb_index *ix)
 {
     if (ix == NULL) return;
-    free(ix->positions);
+    if (ix->block) kmb_index_buffer_free(ix->block);
+    else free(ix->positions);
     memset(ix, 0, sizeof *ix);
 }
 
@@ -50,7 +105,18 @@ int kmb_index_reserve(kmb_index *ix, size_t extra)
     /* Grow geometrically so that appending one position at a time stays amortised O(1). */
     size_t cap = ix->capacity < 16 ? 16 : ix->capacity;
     while (cap < need) cap = cap > SIZE_MAX / sizeof(uint64_t) / 2 ? need : cap * 2;
-    uint64_t *p = realloc(ix->positions, cap * sizeof(uint64_t));
+    uint64_t *p;
+    if (ix->block) {
+        /* Adopted positions sit inside a file image: move them to an array of their own. */
+        p = malloc(cap * sizeof(uint64_t));
+        if (p != NULL) {
+            if (ix->count) memcpy(p, ix->positions, ix->count * sizeof(uint64_t));
+            kmb_index_buffer_free(ix->block);
+            ix->block = NULL;
+        }
+    } else {
+        p = realloc(ix->positions, cap * sizeof(uint64_t));
+    }
     if (p == NULL) {
         return kmb_error_set(KMB_ENOMEM, 0, "out of memory growing an offset index to %zu entries",
                              cap);
@@ -189,26 +255,26 @@ int kmb_index_adopt(kmb_index *out, uint8_t *data, size_t len)
     kmb_index_truncate(out, 0);
     if (!little || data == NULL || check_header(data, (uint64_t)len, &n) != KMB_OK || n == 0) {
         int rc = kmb_index_decode(out, data, len); /* reports the error, or decodes */
-        free(data);
+        kmb_index_buffer_free(data);
         return rc;
     }
     size_t body = len - KMB_INDEX_TRAILER_SIZE;
     uint32_t stored = kmb_load_u32le(data + body);
     uint32_t actual = kmb_crc32(data, body);
     if (stored != actual) {
-        free(data);
+        kmb_index_buffer_free(data);
         return kmb_error_set(KMB_EINDEX, 0,
                              "offset index CRC mismatch: stored 0x%08" PRIx32
                              ", computed 0x%08" PRIx32 " (%s)",
                              stored, actual, REBUILD_HINT);
     }
-    /* The entries are u64 little-endian, as the host's: slide them to the (malloc-aligned)
-     * start of the buffer and use it as is. */
-    memmove(data, data + kmb_idx_entry_at(0), (size_t)n * sizeof(uint64_t));
-    free(out->positions);
-    out->positions = (uint64_t *)(void *)data;
+    /* The entries are u64 little-endian, as the host's, and 8-aligned in the (malloc-
+     * aligned) buffer: use them where they are. */
+    kmb_index_free(out);
+    out->block = data;
+    out->positions = (uint64_t *)(void *)(data + kmb_idx_entry_at(0));
     out->count = (size_t)n;
-    out->capacity = len / sizeof(uint64_t); /* the buffer holds len bytes */
+    out->capacity = (size_t)n; /* the trailer follows: appending reallocates */
     return KMB_OK;
 }
 

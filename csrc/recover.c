@@ -202,10 +202,12 @@ static int index_confirmed(kmb_storage *st, stream_state *s, seg_state *g, uint6
     /* A record spans at least the overhead and at most the largest event this storage
      * accepts: a wider gap would make a read hold bytes no record of ours can need. */
     uint64_t widest = kmb_record_size(st->opts.max_event_size);
-    for (size_t i = 1; i < n; i++)
-        if (pos[i] < pos[i - 1] || pos[i] - pos[i - 1] < KMB_RECORD_OVERHEAD ||
-            pos[i] - pos[i - 1] > widest)
-            return 0;
+    /* One unsigned comparison per entry, without branches (the compiler vectorises it):
+     * a gap below the overhead, or a decreasing entry, wraps to a huge (gap - overhead). */
+    uint64_t span = widest - KMB_RECORD_OVERHEAD;
+    int bad = 0;
+    for (size_t i = 1; i < n; i++) bad |= pos[i] - pos[i - 1] - KMB_RECORD_OVERHEAD > span;
+    if (bad) return 0;
     if (pos[n - 1] >= disk_size) return 0;
     kmb_record rec;
     size_t size;
@@ -354,8 +356,20 @@ static void trust_index_to_watermark(const stream_state *s, seg_state *g)
 {
     if (!s->wm_known || g->number < s->wm_end.seg) return;
     size_t keep = 0;
-    if (g->number == s->wm_end.seg)
-        while (keep < g->ix.count && g->ix.positions[keep] < s->wm_end.pos) keep++;
+    if (g->number == s->wm_end.seg) {
+        /* The first entry at or past the watermark, by bisection: the entries kept are then
+         * checked to increase (index_confirmed), which is what makes the answer exact. On
+         * entries that do not increase, the bisection still stops at some i with
+         * positions[i-1] < wm <= positions[i], and index_confirmed rejects the index. */
+        const uint64_t *pos = g->ix.positions;
+        size_t lo = 0, hi = g->ix.count;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (pos[mid] < s->wm_end.pos) lo = mid + 1;
+            else hi = mid;
+        }
+        keep = lo;
+    }
     kmb_index_truncate(&g->ix, keep);
 }
 
@@ -377,7 +391,7 @@ static int load_stored_index(kmb_storage *st, stream_state *s, seg_state *g, uin
         rc = kmb_index_adopt(&g->ix, data, len); /* takes data */
         data = NULL;
     }
-    free(data);
+    kmb_index_buffer_free(data);
     return rc;
 }
 
