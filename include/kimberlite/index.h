@@ -104,6 +104,17 @@ void kmb_index_buffer_free(void *buf);
 int kmb_index_adopt(kmb_index *out, uint8_t *data, size_t len);
 
 /*
+ * kmb_index_adopt that also checks the gaps between successive entries in the same pass
+ * over the image as the CRC (one trip through memory for a large index). When `good` is
+ * not NULL, on KMB_OK *good is the number of leading entries whose successive gaps all lie
+ * in [min_gap, max_gap] (and are increasing): count when every gap does, and at least 1
+ * when count > 0 (one entry has no gap). *good is 0 on error. Same ownership and errors as
+ * kmb_index_adopt.
+ */
+int kmb_index_adopt_checked(kmb_index *out, uint8_t *data, size_t len, uint64_t min_gap,
+                            uint64_t max_gap, size_t *good);
+
+/*
  * Write the index to `path`: to "path.tmp" first, then renamed over `path`, so a reader
  * sees the old or the new file, never a mixture. Not synced (an index is a cache).
  * KMB_EIO (errno, path set) or KMB_ENOMEM.
