@@ -57,10 +57,11 @@ void *kmb_index_buffer_alloc(size_t len)
         void *m = mmap(NULL, want + BUFFER_HUGE, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m != MAP_FAILED) {
-            uintptr_t at = (uintptr_t)m, start = (at + BUFFER_HUGE - 1) & ~(uintptr_t)(BUFFER_HUGE - 1);
-            if (start > at) munmap(m, start - at);
-            if (BUFFER_HUGE - (start - at) > 0)
-                munmap((void *)(start + want), BUFFER_HUGE - (start - at));
+            uintptr_t at = (uintptr_t)m;
+            uintptr_t start = (at + BUFFER_HUGE - 1) & ~(uintptr_t)(BUFFER_HUGE - 1);
+            size_t head = (size_t)(start - at); /* < BUFFER_HUGE */
+            if (head) munmap(m, head);
+            munmap((void *)(start + want), BUFFER_HUGE - head);
             m = (void *)start;
             base = m;
             mapped = want;
