@@ -745,7 +745,7 @@ static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64
         kmb_error_set_path(path);
         goto done;
     }
-    data = malloc(st.st_size ? (size_t)st.st_size : 1);
+    data = kmb_index_buffer_alloc(st.st_size ? (size_t)st.st_size : 1);
     if (!data) {
         rc = kmb_error_set(KMB_ENOMEM, 0, "out of memory reading index %s", path);
         goto done;
@@ -759,7 +759,7 @@ static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64
     *len = (size_t)n;
     data = NULL;
 done:
-    free(data);
+    kmb_index_buffer_free(data);
     close(fd);
     return rc;
 }

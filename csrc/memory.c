@@ -283,7 +283,7 @@ static int mem_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_
                              "index of memory:%" PRIu64 "/segment_%06" PRIu32 ".log is %zu bytes, "
                              "more than its segment could need (%" PRIu64 ")",
                              stream, seg, n, max_len);
-    uint8_t *copy = malloc(n ? n : 1);
+    uint8_t *copy = kmb_index_buffer_alloc(n ? n : 1);
     if (!copy) return oom();
     if (n) memcpy(copy, s->index.data, n);
     *out = copy;

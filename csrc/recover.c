@@ -29,15 +29,15 @@
  * SCAN_CHUNK bytes (or len, if larger) at a time. *out points at byte `at`.
  * KMB_EEOF when fewer bytes exist than [at, at+len) needs (the file shrank).
  */
-static int window_get(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t at, size_t len,
-                      uint64_t end, const uint8_t **out)
+static int window_get_by(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t at,
+                         size_t len, uint64_t end, size_t chunk, const uint8_t **out)
 {
     window *w = &st->win;
     if (at >= w->start && at + len <= w->start + w->len) {
         *out = w->buf + (at - w->start);
         return KMB_OK;
     }
-    size_t want = len > SCAN_CHUNK ? len : SCAN_CHUNK;
+    size_t want = len > chunk ? len : chunk;
     if (end - at < want) want = (size_t)(end - at);
     if (want < len) return kmb_error_set(KMB_EEOF, 0, "segment ends inside a record");
     w->len = 0;
@@ -53,6 +53,16 @@ static int window_get(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t a
     return KMB_OK;
 }
 
+static int window_get(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t at, size_t len,
+                      uint64_t end, const uint8_t **out)
+{
+    return window_get_by(st, stream, seg, at, len, end, SCAN_CHUNK, out);
+}
+
+/* Bytes read at a time to check one record where it stands (read_record_at): a page, not a
+ * scanning chunk, so that probing a record costs a page of reading, not a megabyte. */
+#define PROBE_CHUNK ((size_t)4096)
+
 
 /*
  * Whether a valid record starts at byte `pos` of segment `seg` (readable end `end`): its
@@ -61,13 +71,13 @@ static int window_get(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t a
  * length never causes an allocation: memory stays one window whatever the bytes say.
  * On *valid, *offset and *total are the record's offset and size in bytes.
  */
-static int check_at(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t pos,
-                    uint64_t end, int *valid, uint64_t *offset, uint64_t *total)
+static int check_at_by(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t pos,
+                       uint64_t end, size_t chunk, int *valid, uint64_t *offset, uint64_t *total)
 {
     *valid = 0;
     if (pos > end || end - pos < KMB_RECORD_OVERHEAD) return KMB_OK;
     const uint8_t *p = NULL;
-    int rc = window_get(st, stream, seg, pos, KMB_HEADER_SIZE, end, &p);
+    int rc = window_get_by(st, stream, seg, pos, KMB_HEADER_SIZE, end, chunk, &p);
     if (rc) return rc == KMB_EEOF ? KMB_OK : rc;
     uint64_t off = kmb_rec_offset_of(p);
     uint64_t size = kmb_rec_size_of(p);
@@ -76,18 +86,24 @@ static int check_at(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t pos
     uint32_t crc = 0;
     for (uint64_t done = 0; done < body;) {
         size_t n = body - done > SCAN_CHUNK ? SCAN_CHUNK : (size_t)(body - done);
-        rc = window_get(st, stream, seg, pos + done, n, end, &p);
+        rc = window_get_by(st, stream, seg, pos + done, n, end, chunk, &p);
         if (rc) return rc == KMB_EEOF ? KMB_OK : rc;
         crc = kmb_crc32_update(crc, p, n);
         done += n;
     }
-    rc = window_get(st, stream, seg, pos + body, 4, end, &p);
+    rc = window_get_by(st, stream, seg, pos + body, 4, end, chunk, &p);
     if (rc) return rc == KMB_EEOF ? KMB_OK : rc;
     if (kmb_load_u32le(p) != crc) return KMB_OK;
     *valid = 1;
     *offset = off;
     *total = size;
     return KMB_OK;
+}
+
+static int check_at(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t pos,
+                    uint64_t end, int *valid, uint64_t *offset, uint64_t *total)
+{
+    return check_at_by(st, stream, seg, pos, end, SCAN_CHUNK, valid, offset, total);
 }
 
 /*
@@ -102,7 +118,7 @@ int read_record_at(kmb_storage *st, uint64_t stream, const seg_state *g, uint64_
     int valid = 0;
     uint64_t offset = 0, total = 0;
     window_reset(st); /* the window may hold another segment's bytes */
-    int rc = check_at(st, stream, g->number, pos, end, &valid, &offset, &total);
+    int rc = check_at_by(st, stream, g->number, pos, end, PROBE_CHUNK, &valid, &offset, &total);
     window_reset(st);
     if (rc) return rc;
     if (!valid) return kmb_error_set(KMB_ECORRUPT, 0, "no valid record at this position");
@@ -190,7 +206,7 @@ static int valid_record_follows(kmb_storage *st, uint64_t stream, seg_state *g, 
 
 /* Check a stored index against the segment; 1 if it can be used. *scan_from is its end. */
 static int index_confirmed(kmb_storage *st, stream_state *s, seg_state *g, uint64_t disk_size,
-                           int *base_known, uint64_t *scan_from)
+                           size_t gaps_good, int *base_known, uint64_t *scan_from)
 {
     size_t n = g->ix.count;
     const uint64_t *pos = g->ix.positions;
@@ -200,12 +216,9 @@ static int index_confirmed(kmb_storage *st, stream_state *s, seg_state *g, uint6
     }
     if (pos[0] != 0) return 0;
     /* A record spans at least the overhead and at most the largest event this storage
-     * accepts: a wider gap would make a read hold bytes no record of ours can need. */
-    uint64_t widest = kmb_record_size(st->opts.max_event_size);
-    for (size_t i = 1; i < n; i++)
-        if (pos[i] < pos[i - 1] || pos[i] - pos[i - 1] < KMB_RECORD_OVERHEAD ||
-            pos[i] - pos[i - 1] > widest)
-            return 0;
+     * accepts (a wider gap would make a read hold bytes no record of ours can need): the
+     * entries kept must lie within the prefix load_stored_index found to have such gaps. */
+    if (n > gaps_good) return 0;
     if (pos[n - 1] >= disk_size) return 0;
     kmb_record rec;
     size_t size;
@@ -354,8 +367,20 @@ static void trust_index_to_watermark(const stream_state *s, seg_state *g)
 {
     if (!s->wm_known || g->number < s->wm_end.seg) return;
     size_t keep = 0;
-    if (g->number == s->wm_end.seg)
-        while (keep < g->ix.count && g->ix.positions[keep] < s->wm_end.pos) keep++;
+    if (g->number == s->wm_end.seg) {
+        /* The first entry at or past the watermark, by bisection: the entries kept are then
+         * checked to increase (index_confirmed), which is what makes the answer exact. On
+         * entries that do not increase, the bisection still stops at some i with
+         * positions[i-1] < wm <= positions[i], and index_confirmed rejects the index. */
+        const uint64_t *pos = g->ix.positions;
+        size_t lo = 0, hi = g->ix.count;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (pos[mid] < s->wm_end.pos) lo = mid + 1;
+            else hi = mid;
+        }
+        keep = lo;
+    }
     kmb_index_truncate(&g->ix, keep);
 }
 
@@ -365,7 +390,8 @@ static void trust_index_to_watermark(const stream_state *s, seg_state *g)
  * KMB_RECORD_OVERHEAD bytes), so a huge or hostile .idx costs nothing: it is refused
  * (KMB_EINDEX) and rebuilt by scanning.
  */
-static int load_stored_index(kmb_storage *st, stream_state *s, seg_state *g, uint64_t disk_size)
+static int load_stored_index(kmb_storage *st, stream_state *s, seg_state *g, uint64_t disk_size,
+                             size_t *gaps_good)
 {
     uint8_t *data = NULL;
     size_t len = 0;
@@ -374,10 +400,12 @@ static int load_stored_index(kmb_storage *st, stream_state *s, seg_state *g, uin
     if (rc == KMB_OK && len > max_len)
         rc = kmb_error_set(KMB_EINDEX, 0, "index larger than its segment could need");
     if (rc == KMB_OK) {
-        rc = kmb_index_adopt(&g->ix, data, len); /* takes data */
+        /* takes data; checks the gaps in the same pass as the CRC (see index_confirmed) */
+        rc = kmb_index_adopt_checked(&g->ix, data, len, KMB_RECORD_OVERHEAD,
+                                     kmb_record_size(st->opts.max_event_size), gaps_good);
         data = NULL;
     }
-    free(data);
+    kmb_index_buffer_free(data);
     return rc;
 }
 
@@ -411,12 +439,13 @@ static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int a
 
     char path[KMB_PATH_MAX];
     uint64_t from = 0;
-    rc = load_stored_index(st, s, g, disk_size);
+    size_t gaps_good = 0;
+    rc = load_stored_index(st, s, g, disk_size, &gaps_good);
     if (rc == KMB_ENOMEM) return rc;
     size_t stored = g->ix.count; /* what the index file says: rewritten if it differs */
     if (rc == KMB_OK) trust_index_to_watermark(s, g);
     size_t indexed = g->ix.count;
-    if (rc == KMB_OK && !index_confirmed(st, s, g, disk_size, &base_known, &from)) {
+    if (rc == KMB_OK && !index_confirmed(st, s, g, disk_size, gaps_good, &base_known, &from)) {
         describe(st, s->id, number, path, sizeof(path));
         note(st, "index of %s does not match the segment; rebuilding it", path);
         kmb_index_truncate(&g->ix, 0);

@@ -31,9 +31,10 @@ extern "C" {
  * it (or call kmb_index_init) and release it with kmb_index_free. Not thread-safe.
  */
 typedef struct kmb_index {
-    uint64_t *positions; /* owned; NULL when capacity is 0 */
+    uint64_t *positions; /* owned (or inside `block`); NULL when capacity is 0 */
     size_t count;
     size_t capacity;
+    void *block; /* NULL, or the kmb_index_buffer_alloc buffer positions point into */
 } kmb_index;
 
 /* Make an empty index. Cannot fail (allocates nothing). */
@@ -80,13 +81,38 @@ int kmb_index_encode(const kmb_index *ix, uint8_t **out, size_t *len);
 int kmb_index_decode(kmb_index *out, const void *data, size_t len);
 
 /*
- * kmb_index_decode, taking ownership of `data` (malloc'd, `len` bytes) in every case: on a
- * little-endian host the entries are moved to the start of the buffer, which becomes the
- * index's positions (no second allocation or copy of a large index); elsewhere, or when
- * that is not possible, it is decoded and freed. Same errors as kmb_index_decode; `data`
- * is freed on error too.
+ * A buffer of `len` bytes for an encoded index (what a backend's load_index returns and
+ * kmb_index_adopt takes). A large one (1 MiB or more) is an anonymous mapping asked for
+ * huge pages and populated at once, because a new process otherwise pays a page fault per
+ * 4 KiB of a big index (an 8 MB index: ~2000 faults, most of the cost of opening a 1M-record
+ * stream); a small one is malloc'd. NULL when out of memory. Release it with
+ * kmb_index_buffer_free (never free()).
+ */
+void *kmb_index_buffer_alloc(size_t len);
+
+/* Release a buffer from kmb_index_buffer_alloc. NULL is ignored. */
+void kmb_index_buffer_free(void *buf);
+
+/*
+ * kmb_index_decode, taking ownership of `data` (from kmb_index_buffer_alloc, `len` bytes)
+ * in every case: on a
+ * little-endian host the buffer is kept and the index's positions point at its entries in
+ * place (no second allocation or copy of a large index); elsewhere, or when that is not
+ * possible, it is decoded and freed. Same errors as kmb_index_decode; `data` is freed on
+ * error too.
  */
 int kmb_index_adopt(kmb_index *out, uint8_t *data, size_t len);
+
+/*
+ * kmb_index_adopt that also checks the gaps between successive entries in the same pass
+ * over the image as the CRC (one trip through memory for a large index). When `good` is
+ * not NULL, on KMB_OK *good is the number of leading entries whose successive gaps all lie
+ * in [min_gap, max_gap] (and are increasing): count when every gap does, and at least 1
+ * when count > 0 (one entry has no gap). *good is 0 on error. Same ownership and errors as
+ * kmb_index_adopt.
+ */
+int kmb_index_adopt_checked(kmb_index *out, uint8_t *data, size_t len, uint64_t min_gap,
+                            uint64_t max_gap, size_t *good);
 
 /*
  * Write the index to `path`: to "path.tmp" first, then renamed over `path`, so a reader

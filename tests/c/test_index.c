@@ -173,8 +173,12 @@ TEST(index_adopt_matches_decode_takes_the_buffer_and_rejects_bit_flips)
         uint8_t *buf = NULL;
         size_t len = 0;
         CHECK_EQ_INT(kmb_index_encode(&ix, &buf, &len), KMB_OK);
+        uint8_t *owned = kmb_index_buffer_alloc(len);
+        CHECK(owned != NULL);
+        memcpy(owned, buf, len);
+        free(buf);
         CHECK(make_index(&back, 5)); /* previous entries are replaced */
-        int rc = kmb_index_adopt(&back, buf, len); /* owns buf now */
+        int rc = kmb_index_adopt(&back, owned, len); /* owns it now */
         int same = rc == KMB_OK && back.count == ix.count &&
                    (ix.count == 0 || memcmp(back.positions, ix.positions, 8 * ix.count) == 0);
         /* the adopted index grows like any other */
@@ -191,7 +195,7 @@ TEST(index_adopt_matches_decode_takes_the_buffer_and_rejects_bit_flips)
     kmb_index_free(&ix);
     int bad = 0;
     for (size_t bit = 0; bit < len * 8 && !bad; bit++) {
-        uint8_t *copy = malloc(len);
+        uint8_t *copy = kmb_index_buffer_alloc(len);
         CHECK(copy != NULL);
         memcpy(copy, buf, len);
         copy[bit / 8] ^= (uint8_t)(1u << (bit % 8));
@@ -203,6 +207,42 @@ TEST(index_adopt_matches_decode_takes_the_buffer_and_rejects_bit_flips)
         }
         kmb_index_free(&out);
     }
+    free(buf);
+}
+
+TEST(index_adopt_of_a_large_mapped_buffer_decodes_grows_and_rejects_damage)
+{
+    /* 200000 entries: 1.6 MB, past the size at which index buffers are mappings */
+    kmb_index ix, back;
+    CHECK(make_index(&ix, 200000));
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(kmb_index_encode(&ix, &buf, &len), KMB_OK);
+    for (int flip = 0; flip < 2; flip++) {
+        uint8_t *owned = kmb_index_buffer_alloc(len);
+        CHECK(owned != NULL);
+        memcpy(owned, buf, len);
+        if (flip) owned[len / 2] ^= 0x10; /* a bit in the middle of the entries */
+        CHECK(make_index(&back, 3));
+        int rc = kmb_index_adopt(&back, owned, len);
+        if (flip) {
+            CHECK_EQ_INT(rc, KMB_EINDEX);
+            CHECK_EQ_U64(back.count, 0);
+        } else {
+            CHECK_EQ_INT(rc, KMB_OK);
+            CHECK_EQ_U64(back.count, ix.count);
+            CHECK(memcmp(back.positions, ix.positions, 8 * ix.count) == 0);
+            /* growing moves the entries out of the file image, intact */
+            CHECK_EQ_INT(kmb_index_append(&back, (uint64_t)1 << 40), KMB_OK);
+            CHECK_EQ_U64(back.count, ix.count + 1);
+            CHECK(back.block == NULL);
+            CHECK(memcmp(back.positions, ix.positions, 8 * ix.count) == 0);
+            CHECK(back.positions[ix.count] == (uint64_t)1 << 40);
+        }
+        kmb_index_free(&back);
+    }
+    kmb_index_buffer_free(NULL); /* ignored */
+    kmb_index_free(&ix);
     free(buf);
 }
 

@@ -111,7 +111,8 @@ struct kmb_backend {
 
     /*
      * The stored index bytes of a segment (the .idx format, index.h), as saved by
-     * save_index: *out (malloc'd, owned by the caller; NULL when *len is 0) holds *len bytes.
+     * save_index: *out (from kmb_index_buffer_alloc, index.h, released by the caller with
+     * kmb_index_buffer_free; NULL when *len is 0) holds *len bytes.
      * A stored index larger than max_len bytes is not read at all: return KMB_EINDEX (no
      * index of a segment that exists can be that large; the engine rebuilds it).
      * KMB_ENOTFOUND if there is none. The engine decodes and checks the bytes itself.
