@@ -66,6 +66,7 @@ struct kmb_tree {
     uint64_t data_n;                   /* its entry count (its tiles: T(data_n)) */
     int data_bad;                      /* a tile read on demand was not usable: rebuild */
     int damaged_prefix;                /* built from a damaged stream's intact prefix */
+    int from_data;                     /* seeded from the tree data, not from the records */
     kmb_storage *st;                   /* for reading tiles on demand (the tree's owner) */
     uint64_t stream;
     uint8_t (*park)[HS];               /* entries range.size … + parked - 1, from appends */
@@ -97,6 +98,7 @@ static void tree_reset(struct kmb_tree *t)
     t->data_bad = 0;
     t->parked = 0;
     t->damaged_prefix = 0;
+    t->from_data = 0;
 }
 
 static int reserve(node_array *a, uint64_t want)
@@ -223,6 +225,7 @@ static int load_frontier(kmb_storage *st, stream_state *s, struct kmb_tree *t)
     }
     if (kmb_merkle_range_load(&t->range, tree_node, t, n) != KMB_OK) goto out;
     memcpy(t->last, front, HS);
+    t->from_data = 1;
     t->data_known = 1;
     t->data_n = n;
     ok = 1;
@@ -678,6 +681,12 @@ static int tree_enter(kmb_storage *st, uint64_t stream, stream_state **s, uint64
     rc = get_stream(st, stream, s);
     if (rc == KMB_OK && *s) {
         rc = (*s)->damaged ? tree_sync_damaged(st, *s) : tree_sync(st, *s);
+        /* The catch-up may be what finds the damage (a stream loaded without reading its
+         * records): answer from the intact prefix at once, as the next call would. */
+        if (rc && rc != KMB_EIO && rc != KMB_ENOMEM && (*s)->damaged) {
+            kmb_error_clear();
+            rc = tree_sync_damaged(st, *s);
+        }
     }
     if (rc) {
         leave(st);
@@ -827,7 +836,14 @@ int kmb_storage_durable_root(kmb_storage *st, uint64_t stream, uint8_t out[KMB_M
         goto out;
     }
     rc = make_durable(st, s, 1);
+    /* The tree data's CRCs catch accidents, not forgery: anyone who can write the directory
+     * can plant nodes with good CRCs. A root to be signed is built from the records, once
+     * per process (the nodes then stay, each confirmed by the checked reader). */
     if (rc == KMB_OK) rc = tree_sync(st, s);
+    if (rc == KMB_OK && s->tree->from_data) {
+        tree_reset(s->tree);
+        rc = tree_sync(st, s);
+    }
     if (rc == KMB_OK) {
         kmb_merkle_range_root(&s->tree->range, out);
         *size_out = s->next;

@@ -435,3 +435,59 @@ def test_damaged_stream_answers_within_its_intact_prefix(tmp_path, kind, where):
         s.checkpoint(1, signer)
     assert s.tree_root(1, 0) == hashlib.sha256(b"").digest()
     s.close()
+
+
+def forge_frontier_node(data, index_from_end=0):
+    """The tree data with one frontier node replaced and every CRC recomputed: what someone
+    who can write the directory can do (the CRCs catch accidents, not forgery)."""
+    import zlib
+    b = bytearray(data)
+    foot = len(b) - FOOTER
+    front = foot - 32 - 32 * frontier_nodes(N)
+    pos = foot - 32 * (index_from_end + 1)        # the last frontier nodes: the top levels'
+    b[pos:pos + 32] = hashlib.sha256(b"forged node").digest()
+    crc = zlib.crc32(bytes(b[foot:foot + 8]), zlib.crc32(bytes(b[front:foot])))
+    struct.pack_into("<I", b, foot + 8, crc)
+    return bytes(b)
+
+
+@pytest.mark.parametrize("stored_checkpoint", [False, True])
+def test_checkpoint_signs_the_records_root_never_forged_tree_data(tmp_path, template,
+                                                                  stored_checkpoint):
+    signer = tlog.Signer(tlog.generate_key("forge.example")[0])
+    verifier = tlog.Verifier(signer.verifier_key)
+    d = tmp_path / "d"
+    shutil.copytree(template[0], d)
+    if stored_checkpoint:       # an older checkpoint the forged root would have to extend
+        with km.Storage(d) as s:
+            assert s.checkpoint(1, signer).root_hash == ROOTS[N]
+    forged = forge_frontier_node(template[1])
+    (d / "1" / "tree").write_bytes(forged)
+    with km.Storage(d, read_only=True) as r:   # the forgery passes every CRC check ...
+        assert r._tree_data(1) == forged
+        forged_root = r.tree_root(1)
+    assert forged_root != ROOTS[N]              # ... so a root read from it is wrong
+    with km.Storage(d) as s:                    # a new process signing: from the records
+        cp = s.checkpoint(1, signer)
+        assert (cp.tree_size, cp.root_hash) == (N, ROOTS[N])
+        assert tlog.open_checkpoint(cp.note, verifier).root_hash == ROOTS[N]
+        check(s)                                # the rebuilt tree answers everything
+    assert (d / "1" / "tree").read_bytes() == template[1]   # and replaced the forgery
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_damage_found_by_the_first_tree_call_answers_the_intact_prefix_at_once(tmp_path,
+                                                                              read_only):
+    import kimberlite.testing as kt
+    evs = events(100)
+    d = tmp_path / "d"
+    with km.Storage(d) as s:
+        write(s, evs)
+    with km.Storage(d) as s:
+        kt.flip_bit(s, 1, 50, byte=44 + 2, bit=3)     # a payload bit of record 50
+    with km.Storage(d, read_only=read_only) as s:     # the damage is not known yet
+        assert s.tree_root(1, 10) == ref_mth(leaves(evs)[:10])      # the first call answers
+        assert s.tree_root(1, 10) == ref_mth(leaves(evs)[:10])
+        with pytest.raises(km.CorruptedRecordError) as e:
+            s.tree_root(1)
+        assert e.value.offset == 50
