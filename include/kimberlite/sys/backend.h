@@ -37,8 +37,13 @@
 extern "C" {
 #endif
 
-/* The interface's version. kmb_storage_open_backend refuses a backend built for another. */
-#define KMB_BACKEND_VERSION 2
+/*
+ * The interface's version. kmb_storage_open_backend refuses a backend built for another.
+ * 3: load_index's buffer comes from kmb_index_buffer_alloc (a version-2 backend's malloc'd
+ * buffer would be released with kmb_index_buffer_free: refused instead); the tree data
+ * callbacks.
+ */
+#define KMB_BACKEND_VERSION 3
 #define KMB_WATERMARK_MAX 64 /* bytes of a stream's durable watermark record */
 
 /*
@@ -196,8 +201,7 @@ struct kmb_backend {
      *   creating the data if needed), write `len` bytes of data after them and drop whatever
      *   followed. Never synced: whatever a crash leaves is checked on load. Only writers call it.
      * NULL (all three): no tree data; each process rebuilds a stream's tree from its records.
-     * Added in interface version 2 after save/load_checkpoint, so older version-2 backends
-     * that zero their struct have none.
+     * Added in interface version 3.
      */
     int (*tree_size)(kmb_backend *b, uint64_t stream, uint64_t *len);
     int (*load_tree)(kmb_backend *b, uint64_t stream, uint64_t pos, void *buf, size_t len);
