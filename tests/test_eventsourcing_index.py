@@ -204,3 +204,58 @@ def test_notifications_found_across_blocks_and_records_without_events(tmp_path,
     check(f.process_recorder())
     assert f.process_recorder().max_tracking_id("up") == 32
     f.close()
+
+
+def _forge_last_block(path, sid=1, **change):
+    """Rewrite the last block of the index file of stream ``sid`` with ``change`` applied
+    to its watermark, keys, columns or tracking ids, CRCs recomputed (a valid block)."""
+    name = os.path.join(path, "eventsourcing", f"stream-{sid}.idx")
+    with open(name, "rb") as fh:
+        data = fh.read()
+    found = kes._parse_index(data, sid)
+    assert found.damage is None and found.runs
+    run = found.runs[-1]
+    fields = dict(start=run.start, end=run.end, first_id=run.first_id,
+                  next_id=found.next_id, head=found.head, keys=run.keys,
+                  cols=run.cols, tracking=found.tracking)
+    fields.update(change)
+    block = kes._encode_block(**fields)
+    with open(name, "r+b") as fh:
+        fh.truncate(run.pos)
+        fh.seek(run.pos)
+        fh.write(block)
+    found = kes._parse_index(data[:run.pos] + block, sid)
+    assert found.damage is None and len(found.runs) == len(kes._parse_index(data, sid).runs)
+    return found
+
+
+def test_a_forged_next_id_is_not_trusted(tmp_path, caplog):
+    # A valid block (CRCs recomputed) whose next notification id is 2 although ids 1..5
+    # are used: the next insert must not be handed id 2 again.
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    a = uuid.uuid4()
+    assert rec.insert_events([ev(a, v) for v in range(1, 6)]) == [1, 2, 3, 4, 5]
+    f.close()
+    forged = _forge_last_block(tmp_path / "d", next_id=2)
+    assert forged.runs[-1].first_id == 1 and forged.next_id == 2
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    assert rec.max_notification_id() == 5
+    assert rec.insert_events([ev(uuid.uuid4(), 1)]) == [6]
+    assert [n.id for n in rec.select_notifications(1, 10)] == [1, 2, 3, 4, 5, 6]
+    assert any("next notification id 2" in r.getMessage() for r in caplog.records)
+    f.close()
+
+
+def test_a_forged_tracking_id_of_the_last_record_is_not_trusted(tmp_path, caplog):
+    from eventsourcing.persistence import Tracking
+    f = factory(tmp_path / "d")
+    rec = f.process_recorder()
+    rec.insert_events([ev(uuid.uuid4(), 1)], tracking=Tracking("up", 7))
+    f.close()
+    _forge_last_block(tmp_path / "d", tracking={"up": 3})
+    f = factory(tmp_path / "d")
+    assert f.process_recorder().max_tracking_id("up") == 7
+    assert any("tracking id of 'up'" in r.getMessage() for r in caplog.records)
+    f.close()
