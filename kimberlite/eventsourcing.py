@@ -835,6 +835,22 @@ class _Store:
                 rec = self.storage.read_records(sid, found.end - 1, 1)[0]
             if rec.compute_hash() != found.head:
                 why = f"the chain hash of record {found.end - 1} differs"
+            else:
+                # The next notification id comes from the index: a wrong one would hand
+                # out ids already used. It must follow the last covered record's events.
+                try:
+                    first_id, tracking, rows = _scan_record(rec.payload)
+                except DataError as e:
+                    first_id, tracking, rows = -1, None, []
+                    why = f"record {found.end - 1} cannot be decoded ({e})"
+                if why is None and first_id + len(rows) != found.next_id:
+                    why = (f"its next notification id {found.next_id} does not follow "
+                           f"record {found.end - 1} (ids {first_id}.."
+                           f"{first_id + len(rows) - 1})")
+                elif why is None and tracking is not None and found.tracking.get(
+                        tracking.application_name) != tracking.notification_id:
+                    why = (f"its tracking id of {tracking.application_name!r} differs "
+                           f"from record {found.end - 1}'s")
         if why is not None:
             _log.warning("kimberlite.eventsourcing index %s is stale (%s); rebuilding it",
                          name, why)
@@ -1266,9 +1282,10 @@ class _Store:
                                              chunk_bytes=_READ_CHUNK)
             for rec in records:
                 first_id, _, events = decode_record(rec.payload)
-                if rec.offset == offset and first_id != expect_first:
+                if rec.offset == offset and (first_id != expect_first or first_id > first):
+                    # (a record starting after ``first`` would skip the ids before it)
                     raise _IndexMismatch(f"record {offset} starts at id {first_id}, "
-                                         f"the index says {expect_first}")
+                                         f"the index says {expect_first}, for id {first}")
                 for i, ev in enumerate(events):
                     nid = first_id + i
                     if nid < first:

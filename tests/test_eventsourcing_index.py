@@ -204,3 +204,109 @@ def test_notifications_found_across_blocks_and_records_without_events(tmp_path,
     check(f.process_recorder())
     assert f.process_recorder().max_tracking_id("up") == 32
     f.close()
+
+
+def _forge_last_block(path, sid=1, **change):
+    """Rewrite the last block of the index file of stream ``sid`` with ``change`` applied
+    to its watermark, keys, columns or tracking ids, CRCs recomputed (a valid block)."""
+    name = os.path.join(path, "eventsourcing", f"stream-{sid}.idx")
+    with open(name, "rb") as fh:
+        data = fh.read()
+    found = kes._parse_index(data, sid)
+    assert found.damage is None and found.runs
+    run = found.runs[-1]
+    fields = dict(start=run.start, end=run.end, first_id=run.first_id,
+                  next_id=found.next_id, head=found.head, keys=run.keys,
+                  cols=run.cols, tracking=found.tracking)
+    fields.update(change)
+    block = kes._encode_block(**fields)
+    with open(name, "r+b") as fh:
+        fh.truncate(run.pos)
+        fh.seek(run.pos)
+        fh.write(block)
+    found = kes._parse_index(data[:run.pos] + block, sid)
+    assert found.damage is None and len(found.runs) == len(kes._parse_index(data, sid).runs)
+    return found
+
+
+def test_a_forged_next_id_is_not_trusted(tmp_path, caplog):
+    # A valid block (CRCs recomputed) whose next notification id is 2 although ids 1..5
+    # are used: the next insert must not be handed id 2 again.
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    a = uuid.uuid4()
+    assert rec.insert_events([ev(a, v) for v in range(1, 6)]) == [1, 2, 3, 4, 5]
+    f.close()
+    forged = _forge_last_block(tmp_path / "d", next_id=2)
+    assert forged.runs[-1].first_id == 1 and forged.next_id == 2
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    assert rec.max_notification_id() == 5
+    assert rec.insert_events([ev(uuid.uuid4(), 1)]) == [6]
+    assert [n.id for n in rec.select_notifications(1, 10)] == [1, 2, 3, 4, 5, 6]
+    assert any("next notification id 2" in r.getMessage() for r in caplog.records)
+    f.close()
+
+
+def test_a_forged_tracking_id_of_the_last_record_is_not_trusted(tmp_path, caplog):
+    from eventsourcing.persistence import Tracking
+    f = factory(tmp_path / "d")
+    rec = f.process_recorder()
+    rec.insert_events([ev(uuid.uuid4(), 1)], tracking=Tracking("up", 7))
+    f.close()
+    _forge_last_block(tmp_path / "d", tracking={"up": 3})
+    f = factory(tmp_path / "d")
+    assert f.process_recorder().max_tracking_id("up") == 7
+    assert any("tracking id of 'up'" in r.getMessage() for r in caplog.records)
+    f.close()
+
+
+def test_forged_unsorted_record_ids_never_drop_notifications(tmp_path):
+    # A valid block whose entries' record first ids (and offsets, kept consistent with
+    # genuine records) are out of order: bisect may land on any entry at or before the
+    # start id (never after: bisect_right's result is <= it for any list), and the record
+    # read is checked to start at the entry's id, so every notification is still returned.
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    expected = []
+    for v in range(1, 9):  # records 0..7, ids 1..8, one aggregate each
+        a = uuid.uuid4()
+        expected += list(zip(rec.insert_events([ev(a, 1)]), [a]))
+    f.close()
+    name = os.path.join(tmp_path / "d", "eventsourcing", "stream-1.idx")
+    with open(name, "rb") as fh:
+        run = kes._parse_index(fh.read(), 1).runs[-1]
+    n = run.n
+    assert n == 8 and list(run.ids) == list(range(1, 9))
+    order = [4, 0, 7, 2, 6, 1, 5, 3]  # entries moved whole: each still names its record
+    keys = b"".join(run.keys[i * 16:(i + 1) * 16] for i in order)
+    cols = kes.array("q", [run.cols[j * n + i] for j in range(kes._NCOL) for i in order])
+    _forge_last_block(tmp_path / "d", keys=keys, cols=cols)
+    for start in range(0, 10):
+        f = factory(tmp_path / "d")
+        rec = f.application_recorder()
+        got = rec.select_notifications(start, 20, inclusive_of_start=False)
+        assert [(x.id, x.originator_id) for x in got] == [e for e in expected if e[0] > start]
+        f.close()
+
+
+def test_a_record_past_the_start_id_is_a_mismatch(tmp_path, monkeypatch, caplog):
+    # The guard behind the bisect: had the index pointed at a record starting after the
+    # start id (its own id consistent), the ids before it would be skipped; it rebuilds.
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    for _ in range(4):
+        rec.insert_events([ev(uuid.uuid4(), 1)])
+    st = f.store.stream(f.stream_id)
+    real = kes._Store._record_for
+    calls = []
+
+    def later(self, state, nid):
+        calls.append(nid)
+        return (2, 3) if len(calls) == 1 else real(self, state, nid)
+
+    monkeypatch.setattr(kes._Store, "_record_for", later)
+    assert [x.id for x in rec.select_notifications(1, 10)] == [1, 2, 3, 4]
+    assert len(calls) == 2 and st is not f.store.streams[f.stream_id]  # rebuilt
+    assert any("for id 1" in r.getMessage() for r in caplog.records)
+    f.close()
