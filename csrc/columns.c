@@ -111,11 +111,10 @@ void kmb_columns_free(kmb_columns *c)
  * reaching it would; anything else wrong is the reader's to find.
  */
 static int plan(kmb_storage *st, stream_state *s, uint64_t from, uint64_t stop,
-                uint64_t max_bytes, size_t *n_out, uint64_t *bytes_out, uint32_t *last_len)
+                uint64_t max_bytes, size_t *n_out, uint64_t *bytes_out)
 {
     uint64_t sum = 0, offset = from;
     size_t n = 0;
-    *last_len = 0;
     while (offset < stop && sum < max_bytes) {
         if (s->damaged && !s->tamper && offset == s->damage_offset) return damaged_error(st, s);
         long k = locate(s, offset);
@@ -126,7 +125,6 @@ static int plan(kmb_storage *st, stream_state *s, uint64_t from, uint64_t stop,
             if (s->damaged && !s->tamper && offset == s->damage_offset) break;
             uint64_t len = rec_end(g, i) - g->ix.positions[i] - KMB_RECORD_OVERHEAD;
             sum += len;
-            *last_len = (uint32_t)len;
             n++;
             offset++;
         }
@@ -174,21 +172,26 @@ int kmb_storage_read_columns(kmb_storage *st, uint64_t stream, uint64_t from, ui
     stream_state *s;
     rc = get_stream(st, stream, &s);
     if (rc || !s) goto out;
-    if (stop > s->next) stop = s->next;
+    if (stop > s->next) {
+        /* Damage at the end hides how many records follow (as read_from): a range past
+         * the known end reaches it, and is not cut short quietly. */
+        if ((s->damaged && !s->tamper && s->damage_offset >= s->next) ||
+            (s->nsegs > 0 && s->segs[s->nsegs - 1].damaged)) {
+            rc = damaged_error(st, s);
+            goto out;
+        }
+        stop = s->next;
+    }
     size_t n = 0;
     uint64_t bytes = 0;
-    uint32_t last_len = 0;
-    rc = plan(st, s, from, stop, max_bytes, &n, &bytes, &last_len);
+    rc = plan(st, s, from, stop, max_bytes, &n, &bytes);
     if (rc || n == 0) goto out;
     rc = allocate(out, flags, n, bytes);
     if (rc) goto out;
     fill f = {out, n, 0, bytes};
-    /*
-     * The reader's own budget: exactly these n records when the last has a payload; when it
-     * is empty, one byte more (the reader then plans on past the range, and the callback
-     * stops it once the n records are in).
-     */
-    rc = read_each_locked(st, s, from, last_len ? bytes : bytes + 1, fill_columns, &f);
+    /* Exactly these n records: the reader plans nothing past them, so damage after the
+     * range (or a long run of empty records) is not the read's concern. */
+    rc = read_n_locked(st, s, from, n, KMB_NO_LIMIT, fill_columns, &f);
     if (rc == FILLED) rc = KMB_OK;
     if (rc == KMB_OK && (out->count < n || f.at != bytes))
         rc = kmb_error_set(KMB_ERROR, 0, "stream changed while it was read; read it again");

@@ -290,6 +290,12 @@ void free_chunks(kmb_storage *st);
  */
 int read_each_locked(kmb_storage *st, stream_state *s, uint64_t from, uint64_t max_bytes,
                      kmb_read_fn fn, void *ctx);
+/*
+ * read_each_locked of at most max_records records (SIZE_MAX: no limit): the read plans no
+ * record past them, so damage after the last one wanted is neither read nor reported.
+ */
+int read_n_locked(kmb_storage *st, stream_state *s, uint64_t from, size_t max_records,
+                  uint64_t max_bytes, kmb_read_fn fn, void *ctx);
 
 /* ---------------------------------------------------------------- tree.c */
 

@@ -349,15 +349,16 @@ void kmb_read_result_free(kmb_read_result *r)
     memset(r, 0, sizeof(*r));
 }
 
-/* Plan a read: how many records from `from`, and how many bytes they take. */
-static int plan_read(kmb_storage *st, stream_state *s, uint64_t from, uint64_t max_bytes,
-                     size_t *n_out, uint64_t *bytes_out)
+/* Plan a read: how many records from `from` (at most max_records), and how many bytes
+ * they take. */
+static int plan_read(kmb_storage *st, stream_state *s, uint64_t from, size_t max_records,
+                     uint64_t max_bytes, size_t *n_out, uint64_t *bytes_out)
 {
     uint64_t sum = 0, bytes = 0, offset = from;
     size_t n = 0;
     long k = from < s->next ? locate(s, from) : (long)s->nsegs - 1;
     if (k < 0) return unreachable(st, s, from);
-    while (sum < max_bytes) {
+    while (sum < max_bytes && n < max_records) {
         /* Reaching known corruption is an error, even when no valid record follows it. */
         if (s->damaged && !s->tamper && offset == s->damage_offset) return damaged_error(st, s);
         if (offset >= s->next) {
@@ -388,11 +389,11 @@ static int plan_read(kmb_storage *st, stream_state *s, uint64_t from, uint64_t m
     return KMB_OK;
 }
 
-int read_each_locked(kmb_storage *st, stream_state *s, uint64_t from, uint64_t max_bytes,
-                     kmb_read_fn fn, void *ctx)
+int read_n_locked(kmb_storage *st, stream_state *s, uint64_t from, size_t max_records,
+                  uint64_t max_bytes, kmb_read_fn fn, void *ctx)
 {
     int rc = KMB_OK;
-    if (max_bytes == 0) return KMB_OK;
+    if (max_bytes == 0 || max_records == 0) return KMB_OK;
     if (from >= s->next && !s->segs[s->nsegs - 1].damaged &&
         !(s->damaged && !s->tamper && from == s->damage_offset))
         return KMB_OK;
@@ -401,7 +402,7 @@ int read_each_locked(kmb_storage *st, stream_state *s, uint64_t from, uint64_t m
         size_t n = 0;
         uint64_t bytes = 0;
         reader r;
-        rc = plan_read(st, s, from, max_bytes, &n, &bytes);
+        rc = plan_read(st, s, from, max_records, max_bytes, &n, &bytes);
         if (rc || n == 0) break;
         reader_init(&r, st, s, from, n, bytes, fn, ctx);
         rc = reader_run(&r);
@@ -413,9 +414,16 @@ int read_each_locked(kmb_storage *st, stream_state *s, uint64_t from, uint64_t m
         if (rc == KMB_ECHAIN) mark_tampered(s);
         if (rc != KMB_ECORRUPT || was_damaged || !retry_after_failure(st, s, r.offset)) break;
         from += r.delivered;
+        if (max_records != SIZE_MAX) max_records -= r.delivered;
         if (max_bytes != KMB_NO_LIMIT) max_bytes -= r.delivered_payload;
     }
     return rc;
+}
+
+int read_each_locked(kmb_storage *st, stream_state *s, uint64_t from, uint64_t max_bytes,
+                     kmb_read_fn fn, void *ctx)
+{
+    return read_n_locked(st, s, from, SIZE_MAX, max_bytes, fn, ctx);
 }
 
 int kmb_storage_read_each(kmb_storage *st, uint64_t stream, uint64_t from, uint64_t max_bytes,

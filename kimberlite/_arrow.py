@@ -26,7 +26,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (as _stream.py)
 if TYPE_CHECKING:
-    from typing import Any, Iterator, List, Optional, Sequence, Tuple
+    from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = ["ALL_COLUMNS", "READER_COLUMNS", "DEFAULT_ARROW_CHUNK_BYTES"]
 
@@ -65,8 +65,11 @@ def check_chunk_bytes(chunk_bytes: Any) -> int:
     return chunk_bytes
 
 
-def check_range(start: Any, stop: Any, length: int) -> Tuple[int, int]:
-    """start/stop as offsets (non-negative ints; stop None: the end), stop clamped."""
+def check_range(start: Any, stop: Any, length: Callable[[], int]) -> Tuple[int, int]:
+    """start/stop as offsets (non-negative ints). stop None: the end, ``length()`` (called
+    only then). A given stop is left as it is: the engine clamps it to the end, so a range
+    that stops before known damage reads without asking where the stream ends (which
+    raises once damage is known)."""
     for name, v in (("start", start), ("stop", stop)):
         if v is None and name == "stop":
             continue
@@ -76,7 +79,7 @@ def check_range(start: Any, stop: Any, length: int) -> Tuple[int, int]:
             raise ValueError(f"{name} must be a non-negative offset, got {v}")
     if stop is not None and stop < start:
         raise ValueError(f"stop ({stop}) must not be before start ({start})")
-    end = length if stop is None else min(stop, length)
+    end = length() if stop is None else stop
     return start, max(start, end)  # start past the end: an empty range
 
 

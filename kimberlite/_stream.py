@@ -144,7 +144,10 @@ class Stream(Sequence[bytes]):  # collections.abc.Sequence
     __module__ = "kimberlite"
 
     def __init__(self, storage: _StorageLike, stream_id: int) -> None:
-        storage.next_offset(stream_id)  # TypeError/ValueError for a bad id, closed storage
+        try:  # TypeError/ValueError for a bad id, closed storage
+            storage.next_offset(stream_id)
+        except CorruptedRecordError:
+            pass  # damage hides where the stream ends: its intact prefix is still readable
         self._storage = storage
         self._stream_id = stream_id
 
@@ -282,7 +285,7 @@ class Stream(Sequence[bytes]):  # collections.abc.Sequence
         pa = _require("pyarrow", "arrow", "Stream.to_arrow()")
 
         cols = _arrow.check_columns(columns, _arrow.ALL_COLUMNS)
-        a, b = _arrow.check_range(start, stop, len(self))
+        a, b = _arrow.check_range(start, stop, self.__len__)
         return _arrow.table(pa, self._storage, self._stream_id, a, b, cols, large=True)
 
     def to_arrow_reader(self, start: int = 0, stop: Optional[int] = None, *,
@@ -292,8 +295,9 @@ class Stream(Sequence[bytes]):  # collections.abc.Sequence
 
         Each batch holds about ``chunk_bytes`` of payload (default 4 MiB) (the event that crosses the budget
         is included), read and verified when the consumer asks for it, so memory stays flat
-        however large the stream. ``stop`` (None: the end) is fixed when the reader is made:
-        events appended later are not read. Columns: ``offset`` and ``payload`` by default
+        however large the stream. ``stop=None`` means the end when the reader is made: events
+        appended later are not read (a given ``stop`` past the end reads up to it whatever
+        is there when each batch is read). Columns: ``offset`` and ``payload`` by default
         (``binary``; ``large_binary`` when a batch could pass 2 GiB), or any of
         :meth:`to_arrow`'s. The reader is single-use, as every ``RecordBatchReader``: once
         consumed it is empty; ask the stream for a new one (``pa.table(stream)``, DuckDB and
@@ -303,7 +307,7 @@ class Stream(Sequence[bytes]):  # collections.abc.Sequence
 
         cols = _arrow.check_columns(columns, _arrow.READER_COLUMNS)
         _arrow.check_chunk_bytes(chunk_bytes)
-        a, b = _arrow.check_range(start, stop, len(self))
+        a, b = _arrow.check_range(start, stop, self.__len__)
         return _arrow.reader(pa, self._storage, self._stream_id, a, b, chunk_bytes, cols)
 
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
@@ -327,7 +331,7 @@ class Stream(Sequence[bytes]):  # collections.abc.Sequence
         pd = _require("pandas", "pandas", "Stream.to_pandas()")
         pa = _require("pyarrow", "arrow", "Stream.to_pandas()")
         cols = _arrow.check_columns(columns, _arrow.ALL_COLUMNS)
-        a, b = _arrow.check_range(start, stop, len(self))
+        a, b = _arrow.check_range(start, stop, self.__len__)
         t = _arrow.table(pa, self._storage, self._stream_id, a, b, cols, large=None)
         return _arrow.to_pandas(pd, t)
 

@@ -62,14 +62,17 @@ _OPENED_MAX = 8
 
 def _open(path: str) -> Any:
     """A read-only Storage of `path`, shared by the tasks of this process (at most
-    _OPENED_MAX paths are kept; the oldest is closed first)."""
+    _OPENED_MAX paths are kept; the oldest is dropped first). A dropped Storage is not
+    closed here: a task on another thread may still be reading through it. It closes
+    when the last task holding it lets it go (Storage closes itself when collected)."""
     from ._storage import Storage
 
     with _opened_lock:
         s = _opened.get(path)
         if s is None or s.closed:
+            _opened.pop(path, None)
             while len(_opened) >= _OPENED_MAX:
-                _opened.pop(next(iter(_opened))).close()
+                del _opened[next(iter(_opened))]
             s = _opened[path] = Storage(path, read_only=True)
         return s
 

@@ -351,3 +351,53 @@ def test_duckdb_streams_in_bounded_memory(tmp_path):
     n, total, growth = map(int, out.stdout.split()[-3:])
     assert (n, total) == (24 * 2048, 24 * 2048 * 4096)
     assert growth < 64 << 20, f"peak RSS grew by {growth >> 20} MiB"
+
+
+# ---- ranges stop at stop, and read beside known damage -------------------------------------
+
+def test_range_ending_in_an_empty_record_stops_at_stop(disk):
+    # bit rot in record 2, right after an empty record 1: [0, 2) is intact and reads
+    s = disk.open()
+    s.append_batch(1, [b"a" * 10, b"", b"b" * 10, b"c" * 10, b"d" * 10])
+    s.close()
+    kt.flip_bit(disk.data_dir, 1, 2)
+    s = disk.open(read_only=True)
+    assert s.verify_range(1, 0, 2)[0] == 2
+    assert s.verify_range(1, 1, 2)[0] == 1
+    assert s.stream(1).to_arrow(0, 2).column("payload").to_pylist() == [b"a" * 10, b""]
+    assert s.stream(1).to_arrow_reader(1, 2).read_all().column("payload").to_pylist() == [b""]
+    with pytest.raises(kimberlite.CorruptedRecordError) as e:
+        s.verify_range(1, 0, 3)
+    assert e.value.offset == 2
+    assert s.verify_range(1, 0, 2)[0] == 2  # and still once the damage is known
+
+
+def test_intact_prefix_reads_once_damage_is_known(disk):
+    s = disk.open()  # one segment: damage hides where the stream ends
+    for i in range(0, len(EVENTS), 30):
+        s.append_batch(1, EVENTS[i:i + 30])
+    s.close()
+    kt.flip_bit(disk.data_dir, 1, 50)
+    s = disk.open(read_only=True)
+    early = s.stream(1)  # made before the damage is known
+    with pytest.raises(kimberlite.CorruptedRecordError):
+        s.verify_range(1)
+    with pytest.raises(kimberlite.CorruptedRecordError):  # where the stream ends is unknown
+        len(early)
+    assert early.to_arrow(0, 3).num_rows == 3
+    stream = s.stream(1)  # and made after
+    assert s.verify_range(1, 0, 10)[0] == 10
+    for a, b in [(0, 10), (5, 50)]:
+        want = EVENTS[a:b]
+        assert stream.to_arrow(a, b).column("payload").to_pylist() == want
+        assert stream.to_arrow_reader(a, b, chunk_bytes=64).read_all() \
+            .column("payload").to_pylist() == want
+        assert [bytes(p) for p in stream.to_pandas(a, b)["payload"]] == want
+    for a, b in [(0, 51), (40, 1000), (0, None)]:  # ranges that reach the damage raise it
+        with pytest.raises(kimberlite.CorruptedRecordError) as e:
+            stream.to_arrow(a, b)
+        assert e.value.offset == 50
+        with pytest.raises(kimberlite.CorruptedRecordError):
+            stream.to_arrow_reader(a, b).read_all()
+        with pytest.raises(kimberlite.CorruptedRecordError):
+            stream.to_pandas(a, b)

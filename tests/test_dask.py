@@ -196,3 +196,33 @@ def test_bad_arguments(data):
         kd.read_stream(data, -1)
     with pytest.raises(kimberlite.StorageError):
         kd.read_stream(data.parent / "missing", 1)
+
+
+def test_open_cache_never_closes_a_storage_in_use(tmp_path, monkeypatch):
+    # a task on another thread still holds the storage the cache drops: it must stay open
+    monkeypatch.setattr(kd, "_opened", {})
+    monkeypatch.setattr(kd, "_OPENED_MAX", 2)
+    paths = []
+    for k in range(4):
+        fill(tmp_path / str(k), n=20).close()
+        paths.append(str(tmp_path / str(k)))
+    held = kd._open(paths[0])
+    start, done, errors = threading.Event(), threading.Event(), []
+
+    def task():
+        start.wait()
+        try:
+            assert held.stream(1).to_arrow(0, 20).num_rows == 20
+        except Exception as e:  # reported to the test thread
+            errors.append(e)
+        done.set()
+
+    t = threading.Thread(target=task)
+    t.start()
+    for p in paths[1:]:  # evicts paths[0]
+        kd._open(p)
+    assert paths[0] not in kd._opened and not held.closed
+    start.set()
+    t.join(30)
+    assert done.is_set() and not errors
+    assert kd._open(paths[0]) is not held  # a fresh open once dropped

@@ -262,3 +262,59 @@ TEST(segment_bounds_cover_the_stream)
     CHECK_EQ_INT(kmb_storage_read_columns(st, 1, 0, 1, KMB_NO_LIMIT, 0, &c), KMB_ECLOSED);
     kmb_storage_free(st);
 }
+
+/*
+ * A range whose last record is empty ends at `stop`: the reader reads nothing past it, so
+ * damage right after the range is not reported (events: 10 B, empty, 10 B, ...; bit rot
+ * in record 2).
+ */
+TEST(columns_stop_at_stop_when_the_last_record_is_empty)
+{
+    kmb_options o;
+    kmb_options_init(&o);
+    kmb_storage *st = NULL;
+    CHECK_EQ_INT(kmb_storage_open_memory(&st, &o), KMB_OK);
+    uint8_t ten[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    kmb_slice s[4] = {{ten, 10}, {ten, 0}, {ten, 10}, {ten, 10}};
+    CHECK_EQ_INT(kmb_storage_append(st, 1, s, 4, NULL, 0, NULL), KMB_OK);
+    kmb_segment_bounds *b = NULL;
+    size_t nb = 0;
+    CHECK_EQ_INT(kmb_storage_segment_bounds(st, 1, &b, &nb), KMB_OK);
+    CHECK(nb == 1);
+    uint32_t seg = b[0].number;
+    free(b);
+    uint8_t *bytes = NULL;
+    size_t blen = 0;
+    CHECK_EQ_INT(kmb_storage_segment_bytes(st, 1, seg, &bytes, &blen), KMB_OK);
+    /* record 2 starts after two records of 10 and 0 payload bytes; flip its first payload byte */
+    size_t pos = 2 * KMB_RECORD_OVERHEAD + 10;
+    kmb_record r;
+    size_t used;
+    CHECK(kmb_record_decode(&r, &used, bytes + pos, blen - pos) == KMB_OK && r.offset == 2);
+    bytes[pos + KMB_HEADER_SIZE] ^= 1;
+    int rc = kmb_storage_replace_segment_bytes(st, 1, seg, bytes, blen);
+    free(bytes);
+    CHECK_EQ_INT(rc, KMB_OK);
+
+    uint64_t count;
+    uint8_t first[KMB_HASH_SIZE], last[KMB_HASH_SIZE];
+    CHECK_EQ_INT(kmb_storage_verify_range(st, 1, 0, 2, &count, first, last), KMB_OK);
+    CHECK_EQ_U64(count, 2);
+    CHECK_EQ_INT(kmb_storage_verify_range(st, 1, 1, 2, &count, first, last), KMB_OK);
+    CHECK_EQ_U64(count, 1);
+    kmb_columns c;
+    CHECK_EQ_INT(kmb_storage_read_columns(st, 1, 0, 2, KMB_NO_LIMIT,
+                                          KMB_COLUMN_PAYLOAD | KMB_COLUMN_OFFSET, &c),
+                 KMB_OK);
+    CHECK_EQ_U64(c.count, 2);
+    CHECK_EQ_U64(c.payload_bytes, 10);
+    CHECK_EQ_U64(c.offsets[1], 1);
+    kmb_columns_free(&c);
+    /* a range that reaches the damage still reports it */
+    CHECK_EQ_INT(kmb_storage_verify_range(st, 1, 0, 3, &count, first, last), KMB_ECORRUPT);
+    CHECK(kmb_error_last()->has_offset && kmb_error_last()->offset == 2);
+    /* and a range before it still reads, now that the damage is known */
+    CHECK_EQ_INT(kmb_storage_verify_range(st, 1, 0, 2, &count, first, last), KMB_OK);
+    CHECK_EQ_U64(count, 2);
+    kmb_storage_free(st);
+}
