@@ -29,6 +29,19 @@ with km.Storage(sys.argv[1], max_segment_size=2048) as s:
 """
 
 
+
+def _kill_when_ready(p, delay):
+    """SIGKILL the child `delay` seconds after it printed "ready"."""
+    try:
+        assert p.stdout.readline() == b"ready\n", p.stderr.read()
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
 def test_kill_rounds(tmp_path):
     d = tmp_path / "d"
     rng = random.Random(7)
@@ -37,15 +50,7 @@ def test_kill_rounds(tmp_path):
     for rnd in range(6):
         p = subprocess.Popen([sys.executable, "-c", WRITER, str(d), SKEY], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert p.stdout.readline() == b"ready\n", p.stderr.read()
-            time.sleep(rng.uniform(0.05, 0.4))
-            p.send_signal(signal.SIGKILL)
-            p.wait(timeout=30)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill_when_ready(p, rng.uniform(0.05, 0.4))
         with km.Storage(d) as s:
             cp = s.latest_checkpoint(1)
             assert cp is not None, f"round {rnd}: no checkpoint"
@@ -118,15 +123,7 @@ def test_kill_rounds_while_building_and_saving_tree_data(tmp_path):
     for rnd in range(5):
         p = subprocess.Popen([sys.executable, "-c", BUILDER, str(d)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert p.stdout.readline() == b"ready\n", p.stderr.read()
-            time.sleep(rng.uniform(0.02, 0.5))
-            p.send_signal(signal.SIGKILL)
-            p.wait(timeout=30)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill_when_ready(p, rng.uniform(0.02, 0.5))
         with km.Storage(d) as s:
             want = _reference_root(s)
             assert s.tree_root(1) == want, f"round {rnd}"
