@@ -617,7 +617,6 @@ static int size_error(uint64_t stream, const char *what, uint64_t value, uint64_
                          stream, what, value, next);
 }
 
-/* Lock, load the stream and catch its tree up; *s NULL for a stream that does not exist. */
 /*
  * A damaged stream (SPEC §3: reads that reach the damage raise, the rest work): its tree is
  * built from the records before the damage only — read and checked like any catch-up, the
@@ -672,9 +671,24 @@ static int tree_sync_damaged(kmb_storage *st, stream_state *s)
     return rc;
 }
 
-/* Lock, load the stream and catch its tree up; *s NULL for a stream that does not exist.
- * *next: the sizes the tree can answer for (a damaged stream: its intact prefix). */
-static int tree_enter(kmb_storage *st, uint64_t stream, stream_state **s, uint64_t *next)
+/* A damaged stream: the whole stream (size ALL) or a size past the intact prefix raises the
+ * damage (CorruptedRecordError / ChainVerificationError; the stream's true length may be
+ * unknown, so never a ValueError about it); other sizes are answered. */
+static int tree_limit(kmb_storage *st, stream_state *s, uint64_t size, uint64_t next)
+{
+    if (s && s->damaged && (size == KMB_TREE_SIZE_ALL || size > next))
+        return damaged_error(st, s);
+    return KMB_OK;
+}
+
+/*
+ * Lock, load the stream and catch its tree up; *s NULL for a stream that does not exist.
+ * *next: the sizes the tree can answer for (a damaged stream: its intact prefix); *size
+ * (KMB_TREE_SIZE_ALL: *next) is checked against the damage (tree_limit). On KMB_OK the
+ * caller holds the lock.
+ */
+static int tree_enter(kmb_storage *st, uint64_t stream, uint64_t *size, stream_state **s,
+                      uint64_t *next)
 {
     int rc = enter(st);
     if (rc) return rc;
@@ -688,21 +702,15 @@ static int tree_enter(kmb_storage *st, uint64_t stream, stream_state **s, uint64
             rc = tree_sync_damaged(st, *s);
         }
     }
+    if (rc == KMB_OK) {
+        *next = !*s ? 0 : (*s)->damaged ? (*s)->tree->range.size : (*s)->next;
+        rc = tree_limit(st, *s, *size, *next);
+    }
     if (rc) {
         leave(st);
         return rc;
     }
-    *next = !*s ? 0 : (*s)->damaged ? (*s)->tree->range.size : (*s)->next;
-    return KMB_OK;
-}
-
-/* A damaged stream: the whole stream (size ALL) or a size past the intact prefix raises the
- * damage (CorruptedRecordError / ChainVerificationError; the stream's true length may be
- * unknown, so never a ValueError about it); other sizes are answered. */
-static int tree_limit(kmb_storage *st, stream_state *s, uint64_t size, uint64_t next)
-{
-    if (s && s->damaged && (size == KMB_TREE_SIZE_ALL || size > next))
-        return damaged_error(st, s);
+    if (*size == KMB_TREE_SIZE_ALL) *size = *next;
     return KMB_OK;
 }
 
@@ -711,13 +719,8 @@ int kmb_storage_tree_root(kmb_storage *st, uint64_t stream, uint64_t size,
 {
     stream_state *s;
     uint64_t next;
-    int rc = tree_enter(st, stream, &s, &next);
+    int rc = tree_enter(st, stream, &size, &s, &next);
     if (rc) return rc;
-    if ((rc = tree_limit(st, s, size, next)) != KMB_OK) {
-        leave(st);
-        return rc;
-    }
-    if (size == KMB_TREE_SIZE_ALL) size = next;
     if (size > next) {
         rc = size_error(stream, "tree_size", size, next);
     } else if (size == 0) {
@@ -740,13 +743,8 @@ int kmb_storage_inclusion_proof(kmb_storage *st, uint64_t stream, uint64_t index
 {
     stream_state *s;
     uint64_t next;
-    int rc = tree_enter(st, stream, &s, &next);
+    int rc = tree_enter(st, stream, &size, &s, &next);
     if (rc) return rc;
-    if ((rc = tree_limit(st, s, size, next)) != KMB_OK) {
-        leave(st);
-        return rc;
-    }
-    if (size == KMB_TREE_SIZE_ALL) size = next;
     if (size == 0 || size > next) {
         rc = size_error(stream, "tree_size", size, next);
     } else if (index >= size) {
@@ -769,13 +767,8 @@ int kmb_storage_consistency_proof(kmb_storage *st, uint64_t stream, uint64_t old
 {
     stream_state *s;
     uint64_t next;
-    int rc = tree_enter(st, stream, &s, &next);
+    int rc = tree_enter(st, stream, &new_size, &s, &next);
     if (rc) return rc;
-    if ((rc = tree_limit(st, s, new_size, next)) != KMB_OK) {
-        leave(st);
-        return rc;
-    }
-    if (new_size == KMB_TREE_SIZE_ALL) new_size = next;
     if (new_size == 0 || new_size > next) {
         rc = size_error(stream, "new_size", new_size, next);
     } else if (old_size == 0 || old_size > new_size) {
