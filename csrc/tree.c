@@ -820,12 +820,12 @@ int kmb_storage_durable_root(kmb_storage *st, uint64_t stream, uint8_t out[KMB_M
     }
     rc = get_stream(st, stream, &s);
     if (rc) goto out;
-    if (!s || s->next == 0) {
-        kmb_merkle_empty_root(out);
+    if (s && s->damaged) { /* before the size: damage at offset 0 leaves next at 0 */
+        rc = damaged_error(st, s);
         goto out;
     }
-    if (s->damaged) {
-        rc = damaged_error(st, s);
+    if (!s || s->next == 0) {
+        kmb_merkle_empty_root(out);
         goto out;
     }
     rc = make_durable(st, s, 1);

@@ -491,3 +491,18 @@ def test_damage_found_by_the_first_tree_call_answers_the_intact_prefix_at_once(t
         with pytest.raises(km.CorruptedRecordError) as e:
             s.tree_root(1)
         assert e.value.offset == 50
+
+
+@pytest.mark.parametrize("kind", ["disk", "memory"])
+def test_checkpoint_of_a_stream_damaged_at_offset_0_raises_the_damage(tmp_path, kind):
+    """Not ValueError("no records"): damage at offset 0 hides every record, it adds none."""
+    import kimberlite.testing as kt
+    signer = tlog.Signer(tlog.generate_key("damage.example")[0])
+    s = km.Storage(tmp_path / "d") if kind == "disk" else km.MemoryStorage()
+    with s:
+        s.append_batch(1, [b"a" * 10, b"b" * 10])
+        kt.flip_bit(s, 1, 0, byte=44 + 2, bit=1)
+        with pytest.raises(km.CorruptedRecordError) as e:
+            s.checkpoint(1, signer)
+        assert e.value.offset == 0
+        assert s.latest_checkpoint(1) is None
