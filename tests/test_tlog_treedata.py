@@ -506,3 +506,23 @@ def test_checkpoint_of_a_stream_damaged_at_offset_0_raises_the_damage(tmp_path, 
             s.checkpoint(1, signer)
         assert e.value.offset == 0
         assert s.latest_checkpoint(1) is None
+
+
+@pytest.mark.parametrize("kind", ["disk", "memory"])
+@pytest.mark.parametrize("damage_at", [50, 51, 70])
+def test_read_verified_against_a_checkpoint_before_the_damage(tmp_path, kind, damage_at):
+    """A checkpoint of the first 50 records still verifies their reads once damage appears
+    at or after record 50; a read past the checkpoint is never attempted."""
+    import kimberlite.testing as kt
+    signer = tlog.Signer(tlog.generate_key("before.example")[0])
+    evs = events(100)
+    s = km.Storage(tmp_path / "d") if kind == "disk" else km.MemoryStorage()
+    with s:
+        s.append_batch(1, evs[:50])
+        cp = s.checkpoint(1, signer)
+        s.append_batch(1, evs[50:])
+        kt.flip_bit(s, 1, damage_at, byte=44 + 2, bit=1)
+        with pytest.raises(km.CorruptedRecordError):
+            s.verify(1)
+        assert s.read_verified(1, checkpoint=cp) == evs[:50]
+        assert s.read_verified(1, 20, checkpoint=cp) == evs[20:50]
