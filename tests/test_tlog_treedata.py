@@ -511,8 +511,8 @@ def test_checkpoint_of_a_stream_damaged_at_offset_0_raises_the_damage(tmp_path, 
 @pytest.mark.parametrize("kind", ["disk", "memory"])
 @pytest.mark.parametrize("damage_at", [50, 51, 70])
 def test_read_verified_against_a_checkpoint_before_the_damage(tmp_path, kind, damage_at):
-    """A checkpoint of the first 50 records still verifies their reads once damage appears
-    at or after record 50; a read past the checkpoint is never attempted."""
+    """A checkpoint of the first 50 records still verifies their reads, and exports its
+    tiles, once damage appears at or after record 50; nothing past it is read."""
     import kimberlite.testing as kt
     signer = tlog.Signer(tlog.generate_key("before.example")[0])
     evs = events(100)
@@ -526,3 +526,6 @@ def test_read_verified_against_a_checkpoint_before_the_damage(tmp_path, kind, da
             s.verify(1)
         assert s.read_verified(1, checkpoint=cp) == evs[:50]
         assert s.read_verified(1, 20, checkpoint=cp) == evs[20:50]
+        out = tmp_path / "tiles"
+        s.export_tiles(1, out, cp)
+        assert (out / "checkpoint").read_bytes() == cp.note
