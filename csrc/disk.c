@@ -49,6 +49,8 @@ typedef struct disk_backend {
     kmb_io io;
     fd_slot slots[KMB_DISK_MAX_FDS];
     uint64_t tick;
+    int tree_fd;          /* the tree data tree_size last opened (-1: none), for load_tree */
+    uint64_t tree_stream; /* ... and its stream */
 } disk_backend;
 
 static disk_backend *D(kmb_backend *b) { return (disk_backend *)b; }
@@ -590,23 +592,44 @@ static int open_tree(disk_backend *d, uint64_t stream, int flags, int *fd, uint6
     return KMB_OK;
 }
 
+static void tree_forget(disk_backend *d)
+{
+    if (d->tree_fd >= 0) close(d->tree_fd);
+    d->tree_fd = -1;
+}
+
+/*
+ * tree_size opens the tree data and keeps the descriptor for the load_tree calls that
+ * follow (the engine asks the size first, then reads the header, frontier and, on demand,
+ * tiles): they read the very file whose size was taken, even if a writer renames a new one
+ * into place meanwhile, and a proof's tiles cost a pread each, not an open each. A save
+ * forgets it (the next reads open the name again).
+ */
 static int disk_tree_size(kmb_backend *b, uint64_t stream, uint64_t *len)
 {
+    disk_backend *d = D(b);
     int fd;
-    int rc = open_tree(D(b), stream, O_RDONLY, &fd, len);
-    if (rc == KMB_OK) close(fd);
-    return rc;
+    int rc = open_tree(d, stream, O_RDONLY, &fd, len);
+    if (rc == KMB_OK || d->tree_stream == stream) tree_forget(d);
+    if (rc) return rc;
+    d->tree_fd = fd;
+    d->tree_stream = stream;
+    return KMB_OK;
 }
 
 static int disk_load_tree(kmb_backend *b, uint64_t stream, uint64_t pos, void *buf, size_t len)
 {
-    int fd;
+    disk_backend *d = D(b);
+    int fd = d->tree_fd >= 0 && d->tree_stream == stream ? d->tree_fd : -1;
+    int own = fd < 0;
     uint64_t size;
-    int rc = open_tree(D(b), stream, O_RDONLY, &fd, &size);
-    if (rc) return rc;
-    ssize_t got = kmb_io_pread(&D(b)->io, fd, buf, len, pos);
+    if (own) {
+        int rc = open_tree(d, stream, O_RDONLY, &fd, &size);
+        if (rc) return rc;
+    }
+    ssize_t got = kmb_io_pread(&d->io, fd, buf, len, pos);
     int err = errno;
-    close(fd);
+    if (own) close(fd);
     if (got < 0) return kmb_error_set(KMB_EIO, err, "cannot read tree data");
     if ((size_t)got != len) return kmb_error_set(KMB_ECORRUPT, 0, "tree data is too short");
     return KMB_OK;
@@ -620,6 +643,7 @@ static int disk_save_tree(kmb_backend *b, uint64_t stream, uint64_t pos, const v
     disk_backend *d = D(b);
     int fd, rc;
     uint64_t size;
+    if (d->tree_stream == stream) tree_forget(d);
     if (pos > 0) {
         rc = open_tree(d, stream, O_WRONLY, &fd, &size);
         if (rc) return rc;
@@ -820,6 +844,7 @@ static void disk_free(kmb_backend *b)
     if (!d) return;
     for (int i = 0; i < KMB_DISK_MAX_FDS; i++)
         if (d->slots[i].fd >= 0) close(d->slots[i].fd);
+    tree_forget(d);
     if (d->lock_fd >= 0) {
         /*
          * Unlock explicitly, then close: a child forked from this process may still hold a
@@ -907,6 +932,7 @@ int kmb_backend_disk_open(kmb_backend **out, const char *path, int read_only)
     disk_backend *d = calloc(1, sizeof(*d));
     if (!d) return kmb_error_set(KMB_ENOMEM, 0, "out of memory opening %s", path);
     d->lock_fd = -1;
+    d->tree_fd = -1;
     d->pid = getpid();
     for (int i = 0; i < KMB_DISK_MAX_FDS; i++) d->slots[i].fd = -1;
     kmb_io_init(&d->io);
