@@ -238,10 +238,7 @@ class _StorageMixin:
                 raise ValueError(f"max_bytes must be >= 0 or None, got {max_bytes}")
         core = cast("Any", self)
         n = checkpoint.tree_size
-        try:
-            have: Optional[int] = core.next_offset(stream_id)
-        except (CorruptedRecordError, ChainVerificationError):
-            have = None  # damage hides the end: tree_root answers sizes within the intact prefix
+        have = _next_offset_if_known(core, stream_id)
         if have is not None and n > have:
             raise ChainVerificationError(
                 f"stream {stream_id}: the checkpoint is of a tree of {n} records but the stream "
@@ -312,10 +309,7 @@ class _StorageMixin:
                             f"{type(checkpoint).__name__}")
         core = cast("Any", self)
         n = checkpoint.tree_size
-        try:
-            have: Optional[int] = core.next_offset(stream_id)
-        except (CorruptedRecordError, ChainVerificationError):
-            have = None  # damage hides the end: tree_root answers sizes within the intact prefix
+        have = _next_offset_if_known(core, stream_id)
         if (n == 0 or (have is not None and n > have)
                 or core.tree_root(stream_id, n) != checkpoint.root_hash):
             raise ChainVerificationError(
@@ -422,6 +416,15 @@ _STORED_MAGIC = b"kimberlite-checkpoint 1\n"
 
 def _encode_stored_checkpoint(verifier_key: str, note: bytes) -> bytes:
     return _STORED_MAGIC + verifier_key.encode("ascii") + b"\n" + note
+
+
+def _next_offset_if_known(core: Any, stream_id: int) -> Optional[int]:
+    """The stream's next offset, or None when damage hides where it ends (the tree still
+    answers sizes within the intact prefix; larger ones raise the damage)."""
+    try:
+        return cast(int, core.next_offset(stream_id))
+    except (CorruptedRecordError, ChainVerificationError):
+        return None
 
 
 def _decode_stored_checkpoint(stream_id: int, blob: bytes) -> tlog.Checkpoint:
