@@ -148,7 +148,8 @@ static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
         size_t nj = j < count ? piece_end(events, count, j, pos - start + bytes, total, &next_bytes)
                               : j;
         if (j < count) encode_bodies(buf[k ^ 1], g, events, j, nj, next, pos + bytes, copies);
-        kmb_hasher_stalled(w, kmb_hasher_wait(w, j - i)); /* piece [i, j) is hashed */
+        if (!kmb_hasher_stalled(w, kmb_hasher_wait(w, j - i))) /* piece [i, j) is hashed */
+            kmb_hasher_recovered(w);
         if (j < count) {
             job.count = nj - j;
             job.out = hashes + j;

@@ -13,8 +13,8 @@
  *
  * Fallback: the caller hashes inline whenever the pool would not help — on a process
  * limited to one CPU (unless the pool size was given explicitly), when no thread can be
- * started, and for a few operations after the pool stalled (the machine was too busy to
- * give it a CPU of its own). Which operations are large enough to hand off is the
+ * started, and for a few milliseconds after the pool stalled (the machine was too busy to
+ * give it a CPU of its own; the backoff doubles while stalls repeat). Which operations are large enough to hand off is the
  * engine's decision (engine.h worker_use, pool_use).
  *
  * All state is in the kmb_hasher of one storage: no globals.
@@ -35,8 +35,8 @@
 #define WORKER_YIELD_NS 2000000u /* a caller spins KMB_HASHER_SPIN_NS, then yields its CPU
                                     this long, then sleeps */
 #define WORKER_LINGER_NS 200000u /* the worker spins this long for a next job, then sleeps */
-#define WORKER_STALL_NS 300000u /* a wait this long means the worker had no CPU, */
-#define WORKER_BACKOFF_OPS 8     /* so this many operations go without it */
+#define WORKER_STALL_NS 300000u /* a wait this long means the worker had no CPU */
+#define WORKER_YIELD_LATE_NS 20000u /* a lingering worker's yield this long: the CPU is wanted */
 
 /* Check and hash record i of a read job (see kmb_hash_job). */
 static void check_one(const kmb_hash_job *j, size_t i)
@@ -248,9 +248,9 @@ static int worker_start(kmb_hasher *w)
  */
 int kmb_hasher_ready(kmb_hasher *w)
 {
-    if (w->backoff) {
-        w->backoff--;
-        return 0;
+    if (w->backoff_until) {
+        if (now_ns() < w->backoff_until) return 0;
+        w->backoff_until = 0;
     }
     return worker_start(w);
 }
@@ -331,7 +331,7 @@ uint64_t kmb_hasher_wait(kmb_hasher *w, size_t need)
 int kmb_hasher_stalled(kmb_hasher *w, uint64_t waited)
 {
     if (waited <= WORKER_STALL_NS) return 0;
-    w->backoff = WORKER_BACKOFF_OPS;
+    kmb_hasher_backoff(w);
     return 1;
 }
 
@@ -344,7 +344,31 @@ void kmb_hasher_forget(kmb_hasher *w)
     w->forced = forced;
 }
 
-void kmb_hasher_backoff(kmb_hasher *w) { w->backoff = WORKER_BACKOFF_OPS; }
+void kmb_hasher_backoff(kmb_hasher *w)
+{
+    uint64_t len = w->backoff_ns ? w->backoff_ns : KMB_HASHER_BACKOFF_MIN_NS;
+    w->backoff_until = now_ns() + len;
+    w->backoff_ns = len * 2 > KMB_HASHER_BACKOFF_MAX_NS ? KMB_HASHER_BACKOFF_MAX_NS : len * 2;
+    w->good = 0;
+    w->slow = 0;
+}
+
+int kmb_hasher_slow(kmb_hasher *w)
+{
+    w->good = 0;
+    if (++w->slow < 2) return 0;
+    kmb_hasher_backoff(w);
+    return 1;
+}
+
+void kmb_hasher_recovered(kmb_hasher *w)
+{
+    if (++w->good < KMB_HASHER_GOOD_STREAK) return;
+    w->good = 0;
+    w->slow = 0;
+    w->backoff_ns /= 2;
+    if (w->backoff_ns < KMB_HASHER_BACKOFF_MIN_NS) w->backoff_ns = 0;
+}
 
 void kmb_hasher_finish(kmb_hasher *w, int cancel)
 {

@@ -38,6 +38,10 @@
  */
 #define KMB_HASHER_SPIN_NS 50000u
 
+/* The shortest and longest backoff after a stall (kmb_hasher_backoff). */
+#define KMB_HASHER_BACKOFF_MIN_NS 8000000u
+#define KMB_HASHER_BACKOFF_MAX_NS 1000000000u
+
 /* The most threads a pool can have (the read_threads option is capped at KMB_POOL_MAX + 1). */
 #define KMB_POOL_MAX 63
 /* The default cap: a pool sized from the CPUs has at most this many threads, caller included. */
@@ -91,7 +95,10 @@ typedef struct kmb_hasher {
     kmb_pool_thread threads[KMB_POOL_MAX];
     pid_t pid;            /* process that started the threads; 0 when there are none */
     pid_t single_cpu_pid; /* process found to run on one CPU: no worker there */
-    unsigned backoff;     /* operations to do without the worker after it stalled */
+    uint64_t backoff_until; /* CLOCK_MONOTONIC ns: no pool before then (it stalled) */
+    uint64_t backoff_ns;    /* the next backoff's length: doubles while stalls repeat */
+    unsigned good;          /* chunks the pool shared well in a row */
+    unsigned slow;          /* slow chunks (kmb_hasher_slow) since the last good streak */
     cpu_set_t allowed;    /* the CPUs the process may use */
     atomic_int cpu;       /* the CPU thread 0 last started a job on */
     pthread_mutex_t mu;
@@ -163,7 +170,7 @@ uint64_t kmb_hasher_wait(kmb_hasher *h, size_t need);
 
 /*
  * Note how long the caller waited (kmb_hasher_wait); 1 if that means the hasher stalled
- * (had no CPU of its own), and then the next few operations go without it.
+ * (had no CPU of its own), and then the pool is not used for a while (kmb_hasher_backoff).
  */
 int kmb_hasher_stalled(kmb_hasher *h, uint64_t waited);
 
@@ -175,8 +182,29 @@ int kmb_hasher_stalled(kmb_hasher *h, uint64_t waited);
  */
 void kmb_hasher_forget(kmb_hasher *h);
 
-/* Make the next few operations go without the hasher (as after a stall). */
+/*
+ * Go without the pool for a while, as after a stall: kmb_hasher_ready answers 0 until the
+ * backoff ends. It is measured in time, not operations (one hiccup of a quiet machine must
+ * not cost the rest of a long read): KMB_HASHER_BACKOFF_MIN_NS at first, twice as long as
+ * the one before while trouble repeats (a machine busy for good: the caller then works
+ * alone nearly all the time), at most KMB_HASHER_BACKOFF_MAX_NS.
+ */
 void kmb_hasher_backoff(kmb_hasher *h);
+
+/*
+ * The pool did under its share of a chunk while the caller waited for it: a hint that it
+ * has no CPU of its own, weaker than a stall. The second such chunk before a good streak
+ * starts a backoff (a quiet machine's single hiccup does not). 1 if it did.
+ */
+int kmb_hasher_slow(kmb_hasher *h);
+
+/*
+ * The pool did its share of one more chunk: after KMB_HASHER_GOOD_STREAK of them in a row
+ * the next backoff is half as long (the machine is quieter again).
+ */
+void kmb_hasher_recovered(kmb_hasher *h);
+
+#define KMB_HASHER_GOOD_STREAK 32
 
 /* Wait for the whole current job to end (cancelling it first when `cancel`). */
 void kmb_hasher_finish(kmb_hasher *h, int cancel);

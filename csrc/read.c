@@ -81,9 +81,10 @@ typedef struct reader {
     size_t left;                     /* records still to read */
     uint8_t running[KMB_HASH_SIZE];  /* hash of the record before the next chunk to link */
     int have_running;
-    int use_worker;
+    int pool_ok;                     /* large enough for the pool (read_threads >= 2) */
+    int use_worker;                  /* the pool shares the chunks (not backing off) */
+    int fresh;                       /* the pool was just (re)joined: next chunk not judged */
     int busy;                        /* the worker has a job of this reader */
-    size_t chunks_checked;           /* with the worker */
     int stopped;                     /* the callback asked to stop */
     kmb_read_fn fn;
     void *ctx;
@@ -204,9 +205,16 @@ static kmb_hash_job chunk_job(const reader *r, rchunk *c)
     return j;
 }
 
-/* Hand chunk c's checking and hashing to the worker (large reads only). */
+/*
+ * Hand chunk c's checking and hashing to the worker (large reads only). A read that went
+ * on alone after the pool stalled takes it back once the backoff is over.
+ */
 static void chunk_start(reader *r, rchunk *c)
 {
+    if (!r->use_worker && r->pool_ok) {
+        r->use_worker = kmb_hasher_ready(&r->st->worker);
+        r->fresh = 1;
+    }
     if (!r->use_worker) return;
     kmb_hash_job job = chunk_job(r, c);
     kmb_hasher_post(&r->st->worker, &job);
@@ -231,16 +239,22 @@ static void chunk_finish(reader *r, rchunk *c)
     uint64_t waited = kmb_hasher_wait(w, c->count);
     r->busy = 0;
     /*
-     * A worker that did under a quarter of a chunk while this thread waited for it has no
-     * CPU of its own (a busy machine): finish this read without it, and the next few. (Not
-     * judged on the first chunk, which the worker may have woken up late for.)
+     * A worker that did under a quarter of a chunk while this thread waited for it may
+     * have no CPU of its own (a busy machine); one that kept it waiting for a stall's
+     * length surely has none. After a stall, or a second slow chunk before a good streak,
+     * go on alone for a while (kmb_hasher_backoff: 8 ms at first, twice as long while
+     * trouble repeats), then try the pool again. Not judged on the first chunk after the
+     * pool was (re)joined, which the worker may have woken up late for.
      */
-    int slow = r->chunks_checked++ > 0 && waited > KMB_HASHER_SPIN_NS / 4 &&
-               (c->count - mine) * 4 < c->count;
-    if (kmb_hasher_stalled(w, waited) || slow) {
-        kmb_hasher_backoff(w);
+    int judged = !r->fresh;
+    r->fresh = 0;
+    int slow = judged && waited > KMB_HASHER_SPIN_NS / 4 && (c->count - mine) * 4 < c->count;
+    int stalled = kmb_hasher_stalled(w, waited); /* a stall starts a backoff itself */
+    if (!stalled && slow) stalled = kmb_hasher_slow(w);
+    if (stalled)
         r->use_worker = 0;
-    }
+    else if (judged && !slow)
+        kmb_hasher_recovered(w);
 }
 
 /*
@@ -337,6 +351,8 @@ static void reader_init(reader *r, kmb_storage *st, stream_state *s, uint64_t fr
     r->fn = fn;
     r->ctx = ctx;
     r->use_worker = pool_use(st, bytes);
+    r->pool_ok = st->opts.read_threads >= 2 && bytes >= st->par_min;
+    r->fresh = 1;
 }
 
 /* ---------------------------------------------------------------- read and read_each */
