@@ -164,7 +164,9 @@ size_t kmb_hash_job_run(const kmb_hash_job *j, kmb_hasher *h);
 
 /*
  * Wait until the current job has finished `need` items, or has ended. Spins, then yields,
- * then sleeps (see hasher.c). Returns the nanoseconds waited (0 if no wait was needed).
+ * then sleeps (see hasher.c). Returns the longest time, in nanoseconds, during which the
+ * job made no progress while this thread waited (0 if no wait was needed): the measure of
+ * a stall, which a long wait for a busy worker is not.
  */
 uint64_t kmb_hasher_wait(kmb_hasher *h, size_t need);
 

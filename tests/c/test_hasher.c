@@ -86,3 +86,74 @@ TEST(hasher_is_ready_again_once_the_backoff_is_over)
     kmb_hasher_stop(&w);
     CHECK_EQ_INT(w.nthreads, 0);
 }
+
+/* ---- kmb_hasher_wait measures stalls, not waits ---------------------------------------- */
+
+#include <pthread.h>
+#include <time.h>
+
+typedef struct feeder {
+    kmb_hasher *w;
+    size_t steps;     /* publish progress this many times, */
+    long step_us;     /* this far apart, */
+    long first_us;    /* after this long */
+} feeder;
+
+static void sleep_us(long us)
+{
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+/* Stands in for the pool's thread: publishes progress as worker_progress does. */
+static void *feed(void *arg)
+{
+    feeder *f = arg;
+    sleep_us(f->first_us);
+    for (size_t i = 1; i <= f->steps; i++) {
+        if (i > 1) sleep_us(f->step_us);
+        atomic_store(&f->w->done, i);
+        pthread_mutex_lock(&f->w->mu);
+        pthread_cond_broadcast(&f->w->cv_done);
+        pthread_mutex_unlock(&f->w->mu);
+    }
+    return NULL;
+}
+
+static uint64_t wait_fed(kmb_hasher *w, feeder *f, uint64_t *elapsed)
+{
+    atomic_store(&w->done, 0);
+    atomic_store(&w->has_job, 1); /* a job in progress, as far as the waiter knows */
+    pthread_t t;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    if (pthread_create(&t, NULL, feed, f) != 0) return UINT64_MAX;
+    uint64_t still = kmb_hasher_wait(w, f->steps);
+    pthread_join(t, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    atomic_store(&w->has_job, 0);
+    *elapsed = (uint64_t)(b.tv_sec - a.tv_sec) * 1000000000u + (uint64_t)b.tv_nsec -
+               (uint64_t)a.tv_nsec;
+    return still;
+}
+
+TEST(hasher_wait_reports_the_longest_time_without_progress)
+{
+    kmb_hasher w;
+    memset(&w, 0, sizeof(w));
+    kmb_hasher_configure(&w, 1, 1);
+    CHECK_EQ_INT(kmb_hasher_ready(&w), 1); /* the mutex and condition variables */
+    uint64_t elapsed = 0;
+    /* nothing for 5 ms, then everything: a stall of at least 5 ms */
+    feeder stall = {&w, 1, 0, 5000};
+    uint64_t still = wait_fed(&w, &stall, &elapsed);
+    CHECKF(still >= 5000000u && still <= elapsed, "still %llu elapsed %llu",
+           (unsigned long long)still, (unsigned long long)elapsed);
+    /* steady progress every 1 ms for 30 ms: a long wait, but no stall of its length */
+    feeder steady = {&w, 30, 1000, 0};
+    still = wait_fed(&w, &steady, &elapsed);
+    CHECKF(elapsed >= 29000000u && still < elapsed / 2, "still %llu elapsed %llu",
+           (unsigned long long)still, (unsigned long long)elapsed);
+    kmb_hasher_stop(&w);
+}
