@@ -180,6 +180,12 @@ static inline uint64_t seg_pos(const seg_state *g, size_t i)
     return g->ix.positions[i];
 }
 
+/* Whether the entries [a, b) of g's index are all loaded (a partial index lacks 1 .. lo-1). */
+static inline int seg_loaded(const seg_state *g, size_t a, size_t b)
+{
+    return g->ix.lo == 0 || b <= 1 || a >= g->ix.lo;
+}
+
 /* seg_pos's check for the entries [i0, i0+n) of g, used through a pointer. */
 static inline void seg_range_check(const seg_state *g, size_t i0, size_t n)
 {
@@ -304,10 +310,13 @@ int retry_after_failure(kmb_storage *st, stream_state *s, uint64_t fallback_offs
  * only I/O errors on the segment and KMB_ENOMEM are returned.
  */
 int index_complete(kmb_storage *st, stream_state *s, seg_state *g);
-/* Make entry i of g's index usable: index_complete if it is not loaded. */
-static inline int index_need(kmb_storage *st, stream_state *s, seg_state *g, size_t i)
+/*
+ * Make entries [a, b) of g's index usable: index_complete if one is not loaded. (Reading
+ * record i takes entries i and i+1: rec_end.)
+ */
+static inline int index_need(kmb_storage *st, stream_state *s, seg_state *g, size_t a, size_t b)
 {
-    return kmb_index_has(&g->ix, i) ? KMB_OK : index_complete(st, s, g);
+    return seg_loaded(g, a, b) ? KMB_OK : index_complete(st, s, g);
 }
 /*
  * index_need for the records [from, to) of s and the one before `from` (whose hash a read

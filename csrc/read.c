@@ -381,7 +381,7 @@ static int plan_read(kmb_storage *st, stream_state *s, uint64_t from, size_t max
         /* A partial index (index_need): the entries read, and for the first record the
          * one before it (its hash links the read), must be loaded. Completing the index
          * may rebuild it (a bad one): then look at the segment again. */
-        if (!kmb_index_has(&g->ix, i) || (offset == from && i && !kmb_index_has(&g->ix, i - 1))) {
+        if (!seg_loaded(g, offset == from && i ? i - 1 : i, i + 2 < g->ix.count ? i + 2 : g->ix.count)) {
             int rc = index_complete(st, s, g);
             if (rc) return rc;
             continue;

@@ -752,11 +752,22 @@ int get_stream(kmb_storage *st, uint64_t id, stream_state **out)
 
 /* ---------------------------------------------------------------- retrying after a failed check */
 
-/*
- * After a check failed on segment g: if its index came from disk unconfirmed, rebuild it by
- * scanning and return 1 (the caller retries; damage the scan finds is marked). Otherwise
- * return 0 and change nothing.
- */
+/* After a rescan of g's [0, end) that stopped at `stop`: the note, and damage if records
+ * no longer scan (the index had `before` entries). */
+static int rebuilt(kmb_storage *st, stream_state *s, seg_state *g, size_t before, uint64_t end,
+                   uint64_t stop, const char *why)
+{
+    char path[KMB_PATH_MAX];
+    describe(st, s->id, g->number, path, sizeof(path));
+    note(st, "index of %s %s; rebuilt it by scanning", path, why);
+    if (stop < end || g->ix.count != before) {
+        uint64_t offset = g->base + g->ix.count;
+        g->size = stop < end ? stop : end;
+        mark_damaged(st, s, g, offset, stop, "corrupted record");
+    }
+    return KMB_OK;
+}
+
 /*
  * Rebuild g's index by scanning its valid bytes [0, g->size), as a bad index at open is;
  * records that no longer scan are damage. `why` completes the note. The scan's error, if it
@@ -773,15 +784,7 @@ static int rebuild_by_scan(kmb_storage *st, stream_state *s, seg_state *g, const
     uint64_t stop;
     int rc = scan(st, s, g, 0, end, &base_known, &stop);
     if (rc) return rc;
-    char path[KMB_PATH_MAX];
-    describe(st, s->id, g->number, path, sizeof(path));
-    note(st, "index of %s %s; rebuilt it by scanning", path, why);
-    if (stop < end || g->ix.count != before) {
-        uint64_t offset = g->base + g->ix.count;
-        g->size = stop < end ? stop : end;
-        mark_damaged(st, s, g, offset, stop, "corrupted record");
-    }
-    return KMB_OK;
+    return rebuilt(st, s, g, before, end, stop, why);
 }
 
 int index_complete(kmb_storage *st, stream_state *s, seg_state *g)
@@ -789,8 +792,29 @@ int index_complete(kmb_storage *st, stream_state *s, seg_state *g)
     if (g->ix.lo == 0) return KMB_OK;
     int rc = read_whole_index(st, s, g);
     if (rc == KMB_OK || rc == KMB_ENOMEM) return rc;
-    /* Damaged, replaced, shortened or unreadable since the partial load: a bad index. */
-    rc = rebuild_by_scan(st, s, g, "was damaged or replaced since open");
+    /*
+     * Damaged, replaced, shortened, removed or unreadable since the partial load: a bad
+     * index, rebuilt by scanning as at open. The scan fills a new index; if it fails (an
+     * I/O error on the segment), the partial one is kept as it was and the error returned,
+     * so that the operation fails without changing anything and a later one tries again.
+     */
+    kmb_index partial = g->ix;
+    int verified = g->index_verified, dirty = g->index_dirty;
+    kmb_index_init(&g->ix);
+    g->index_verified = 1;
+    g->index_dirty = 1;
+    int base_known = 1;
+    uint64_t stop;
+    rc = scan(st, s, g, 0, g->size, &base_known, &stop);
+    if (rc) {
+        kmb_index_free(&g->ix);
+        g->ix = partial;
+        g->index_verified = verified;
+        g->index_dirty = dirty;
+        return rc;
+    }
+    rc = rebuilt(st, s, g, partial.count, g->size, stop, "changed or was damaged since open");
+    kmb_index_free(&partial);
     update_next(s);
     return rc;
 }
@@ -802,7 +826,9 @@ int index_need_range(kmb_storage *st, stream_state *s, uint64_t from, uint64_t t
         seg_state *g = &s->segs[k];
         uint64_t n = seg_records(g);
         if (n == 0 || lo >= g->base + n || to <= g->base) continue;
-        int rc = index_need(st, s, g, (size_t)(lo > g->base ? lo - g->base : 0));
+        uint64_t a = lo > g->base ? lo - g->base : 0;
+        uint64_t b = to - g->base < n ? to - g->base + 1 : n; /* rec_end: entry i+1 */
+        int rc = index_need(st, s, g, (size_t)a, (size_t)b);
         if (rc) return rc;
     }
     return KMB_OK;
@@ -817,6 +843,11 @@ int index_complete_all(kmb_storage *st, stream_state *s)
     return KMB_OK;
 }
 
+/*
+ * After a check failed on segment g: if its index came from disk unconfirmed, rebuild it by
+ * scanning and return 1 (the caller retries; damage the scan finds is marked). Otherwise
+ * return 0 and change nothing.
+ */
 static int rescan_after_failure(kmb_storage *st, stream_state *s, seg_state *g)
 {
     if (g->index_verified) return 0;
