@@ -514,7 +514,6 @@ static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int a
     rc = load_stored_index(st, s, g, disk_size, 1, &gaps_good);
     if (rc == KMB_ENOMEM) return rc;
     size_t stored = g->ix.count; /* what the index file says: rewritten if it differs */
-    g->ix_used = g->ix.count;
     if (rc == KMB_OK && g->ix.lo && s->wm_known &&
         (g->number == s->wm_end.seg && g->ix.positions[g->ix.lo] >= s->wm_end.pos)) {
         /* The watermark lies before the loaded window: the bisection needs the whole index,
@@ -526,7 +525,7 @@ static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int a
     }
     if (rc == KMB_OK) trust_index_to_watermark(s, g);
     size_t indexed = g->ix.count;
-    g->ix_used = indexed;
+    g->ix_used = indexed; /* the entries from the file: a completion compares them */
     if (rc == KMB_OK && !index_confirmed(st, s, g, disk_size, gaps_good, &base_known, &from)) {
         describe(st, s->id, number, path, sizeof(path));
         note(st, "index of %s does not match the segment; rebuilding it", path);
