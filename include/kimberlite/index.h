@@ -69,7 +69,8 @@ void kmb_index_truncate(kmb_index *ix, size_t count);
 
 /*
  * Make `dst` (initialised) hold the same entries as `src`. KMB_ENOMEM if it cannot grow;
- * `dst` is then empty. `src` is not changed; the two must not be the same index.
+ * `dst` is then empty. `src` is not changed; the two must not be the same index. A partial
+ * `src` gives a partial `dst` (the same lo).
  */
 int kmb_index_copy(kmb_index *dst, const kmb_index *src);
 
