@@ -314,6 +314,10 @@ static int stream_for_append(kmb_storage *st, uint64_t stream, size_t count,
     stream_state *s = NULL;
     int rc = get_stream(st, stream, &s);
     if (rc) return rc;
+    /* An append adds to the active segment's index, which is saved whole: complete it
+     * (a bad stored index is rebuilt, and damage found is refused below). */
+    if (s) rc = index_complete(st, s, active_seg(s));
+    if (rc) return rc;
     if (s && s->damaged) return damaged_error(st, s);
     if (s && s->cut_pending) {
         rc = cut_back(st, s);

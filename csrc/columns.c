@@ -123,7 +123,7 @@ static int plan(kmb_storage *st, stream_state *s, uint64_t from, uint64_t stop,
         for (size_t i = (size_t)(offset - g->base); i < g->ix.count; i++) {
             if (offset >= stop || sum >= max_bytes) break;
             if (s->damaged && !s->tamper && offset == s->damage_offset) break;
-            uint64_t len = rec_end(g, i) - g->ix.positions[i] - KMB_RECORD_OVERHEAD;
+            uint64_t len = rec_end(g, i) - seg_pos(g, i) - KMB_RECORD_OVERHEAD;
             sum += len;
             n++;
             offset++;
@@ -172,6 +172,8 @@ int kmb_storage_read_columns(kmb_storage *st, uint64_t stream, uint64_t from, ui
     stream_state *s;
     rc = get_stream(st, stream, &s);
     if (rc || !s) goto out;
+    rc = index_need_range(st, s, from, stop); /* plan reads the index below */
+    if (rc) goto out;
     if (stop > s->next) {
         /* Damage at the end hides how many records follow (as read_from): a range past
          * the known end reaches it, and is not cut short quietly. */
@@ -239,7 +241,7 @@ int kmb_storage_segment_bounds(kmb_storage *st, uint64_t stream, kmb_segment_bou
         b[k].number = g->number;
         b[k].first = g->base;
         b[k].next = g->base + seg_records(g);
-        b[k].bytes = g->ix.count ? g->size - g->ix.positions[0] : 0;
+        b[k].bytes = g->ix.count ? g->size - seg_pos(g, 0) : 0;
     }
     *out = b;
     *count = s->nsegs;

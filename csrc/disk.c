@@ -731,14 +731,15 @@ fail:
  * The index bytes, never more than max_len: a larger file (a sparse 64 GiB one, say) is
  * refused from its size alone, before anything is allocated or read.
  */
-static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t max_len,
-                           uint8_t **out, size_t *len)
+/*
+ * Open a segment's index file for reading and check its size against max_len: *fd and
+ * *size on KMB_OK (the caller closes *fd), path filled in either way.
+ */
+static int open_index(disk_backend *d, uint64_t stream, uint32_t seg, uint64_t max_len,
+                      char *path, size_t path_cap, int *fd_out, uint64_t *size)
 {
-    disk_backend *d = D(b);
-    *out = NULL;
-    *len = 0;
-    char path[PATH_MAX];
-    int rc = segment_path(d, stream, seg, ".idx", path, sizeof(path));
+    *fd_out = -1;
+    int rc = segment_path(d, stream, seg, ".idx", path, path_cap);
     if (rc) return rc;
     mode_t found;
     int fd = kmb_io_open_regular(&d->io, path, O_RDONLY, 0, &found);
@@ -756,10 +757,10 @@ static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64
         return io_error(errno, path, "cannot open index");
     }
     struct stat st;
-    uint8_t *data = NULL;
     if (fstat(fd, &st) != 0) {
         rc = io_error(errno, path, "cannot stat index");
-        goto done;
+        close(fd);
+        return rc;
     }
     if ((uint64_t)st.st_size > max_len || (uint64_t)st.st_size > SIZE_MAX - 1) {
         rc = kmb_error_set(KMB_EINDEX, 0,
@@ -767,14 +768,31 @@ static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64
                            "need (%" PRIu64 "): not read; it is rebuilt from the segment",
                            path, (uint64_t)st.st_size, max_len);
         kmb_error_set_path(path);
-        goto done;
+        close(fd);
+        return rc;
     }
-    data = kmb_index_buffer_alloc(st.st_size ? (size_t)st.st_size : 1);
+    *fd_out = fd;
+    *size = (uint64_t)st.st_size;
+    return KMB_OK;
+}
+
+static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t max_len,
+                           uint8_t **out, size_t *len)
+{
+    disk_backend *d = D(b);
+    *out = NULL;
+    *len = 0;
+    char path[PATH_MAX];
+    int fd;
+    uint64_t size = 0;
+    int rc = open_index(d, stream, seg, max_len, path, sizeof(path), &fd, &size);
+    if (rc) return rc;
+    uint8_t *data = kmb_index_buffer_alloc(size ? (size_t)size : 1);
     if (!data) {
         rc = kmb_error_set(KMB_ENOMEM, 0, "out of memory reading index %s", path);
         goto done;
     }
-    ssize_t n = kmb_io_pread(&d->io, fd, data, (size_t)st.st_size, 0);
+    ssize_t n = kmb_io_pread(&d->io, fd, data, (size_t)size, 0);
     if (n < 0) {
         rc = io_error(errno, path, "cannot read index");
         goto done;
@@ -784,6 +802,30 @@ static int disk_load_index(kmb_backend *b, uint64_t stream, uint32_t seg, uint64
     data = NULL;
 done:
     kmb_index_buffer_free(data);
+    close(fd);
+    return rc;
+}
+
+/* Both ends of a large index from one open file (see backend.h). */
+static int disk_load_index_ends(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t max_len,
+                                uint64_t min_size, uint8_t *head, size_t head_len, uint8_t *tail,
+                                size_t tail_len, uint64_t *size)
+{
+    disk_backend *d = D(b);
+    char path[PATH_MAX];
+    int fd;
+    *size = 0;
+    int rc = open_index(d, stream, seg, max_len, path, sizeof(path), &fd, size);
+    if (rc) return rc;
+    if (*size >= min_size && *size >= (uint64_t)head_len + tail_len) {
+        ssize_t n = kmb_io_pread(&d->io, fd, head, head_len, 0);
+        ssize_t m = n < 0 || (size_t)n < head_len
+                        ? -1
+                        : kmb_io_pread(&d->io, fd, tail, tail_len, *size - tail_len);
+        if (n < 0 || m < 0) rc = io_error(errno, path, "cannot read index");
+        else if ((size_t)m < tail_len)
+            rc = kmb_error_set(KMB_EINDEX, 0, "index file %s became shorter while read", path);
+    }
     close(fd);
     return rc;
 }
@@ -908,6 +950,7 @@ static void fill_table(kmb_backend *b, int read_only)
     b->create_segment = disk_create_segment;
     b->quarantine = disk_quarantine;
     b->load_index = disk_load_index;
+    b->load_index_ends = disk_load_index_ends;
     b->save_index = disk_save_index;
     b->describe = disk_describe;
     b->free = disk_free;

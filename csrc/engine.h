@@ -48,7 +48,8 @@ typedef struct seg_state {
     uint32_t number;
     uint64_t base;      /* offset of the segment's first record */
     uint64_t size;      /* end of the last valid record: where the next append goes */
-    kmb_index ix;       /* positions of the valid records */
+    kmb_index ix;       /* positions of the valid records (maybe partial: index_need) */
+    size_t ix_used;     /* while ix is partial: its entries that came from the stored file */
     int index_dirty;    /* ix differs from the stored index */
     int index_verified; /* ix was built by scanning in this process */
     int damaged;        /* invalid data at `size` that is not a torn tail */
@@ -147,7 +148,15 @@ struct kmb_storage {
     size_t hashes_cap;
     kmb_event_fn event_fn;
     void *event_ctx;
+    /* Stored indexes of idx_lazy_min entries or more are loaded in part: the last
+     * idx_lazy_window entries (recover.c; 0: never). KIMBERLITE_INDEX_LAZY overrides both. */
+    size_t idx_lazy_min, idx_lazy_window;
 };
+
+#define IDX_LAZY_MIN ((size_t)64 << 10) /* entries: a 512 KiB .idx */
+#define IDX_LAZY_WINDOW ((size_t)4096)  /* entries: the last 32 KiB of it */
+#define IDX_LAZY_ENV "KIMBERLITE_INDEX_LAZY"  /* "MIN[,WINDOW]" entries, for tests */
+#define IDX_CHECKS_ENV "KIMBERLITE_INDEX_CHECKS" /* "1": abort on an unloaded entry used */
 
 /* ---------------------------------------------------------------- small helpers (inline) */
 
@@ -156,10 +165,37 @@ static inline int oom(void) { return kmb_error_set(KMB_ENOMEM, 0, "out of memory
 /* Number of records of segment g (not to be confused with a stream's number of segments). */
 static inline uint64_t seg_records(const seg_state *g) { return g->ix.count; }
 
+/* An entry of a partial index used before index_need loaded it (recover.c): an engine bug. */
+void index_missed(const seg_state *g, size_t i);
+
+/*
+ * Entry i of g's index: where record i starts. Every read of g->ix.positions goes through
+ * it (or checks kmb_index_has itself): an entry of a partial index that was not loaded
+ * (index_need) reads as 0, which no record check passes, and under KIMBERLITE_INDEX_CHECKS=1
+ * (the tests) aborts the process.
+ */
+static inline uint64_t seg_pos(const seg_state *g, size_t i)
+{
+    if (!kmb_index_has(&g->ix, i)) index_missed(g, i);
+    return g->ix.positions[i];
+}
+
+/* Whether the entries [a, b) of g's index are all loaded (a partial index lacks 1 .. lo-1). */
+static inline int seg_loaded(const seg_state *g, size_t a, size_t b)
+{
+    return g->ix.lo == 0 || b <= 1 || a >= g->ix.lo;
+}
+
+/* seg_pos's check for the entries [i0, i0+n) of g, used through a pointer. */
+static inline void seg_range_check(const seg_state *g, size_t i0, size_t n)
+{
+    if (n && g->ix.lo && i0 < g->ix.lo && i0 + n > 1) index_missed(g, i0 ? i0 : 1);
+}
+
 /* End of record i of g: the next record's start, or the end of the valid bytes. */
 static inline uint64_t rec_end(const seg_state *g, size_t i)
 {
-    return i + 1 < g->ix.count ? g->ix.positions[i + 1] : g->size;
+    return i + 1 < g->ix.count ? seg_pos(g, i + 1) : g->size;
 }
 
 /* The active (last) segment of a stream. */
@@ -267,6 +303,28 @@ int get_stream(kmb_storage *st, uint64_t id, stream_state **out);
 int scan(kmb_storage *st, stream_state *s, seg_state *g, uint64_t pos, uint64_t end,
          int *base_known, uint64_t *stop);
 int retry_after_failure(kmb_storage *st, stream_state *s, uint64_t fallback_offset);
+/*
+ * Make g's index whole (a no-op unless it is partial): read the whole stored index, check
+ * it (CRC, gaps) and that it agrees with the entries already used. An index that fails is
+ * rebuilt by scanning the segment, as a bad index at open is (damage found is marked), so
+ * only I/O errors on the segment and KMB_ENOMEM are returned.
+ */
+int index_complete(kmb_storage *st, stream_state *s, seg_state *g);
+/*
+ * Make entries [a, b) of g's index usable: index_complete if one is not loaded. (Reading
+ * record i takes entries i and i+1: rec_end.)
+ */
+static inline int index_need(kmb_storage *st, stream_state *s, seg_state *g, size_t a, size_t b)
+{
+    return seg_loaded(g, a, b) ? KMB_OK : index_complete(st, s, g);
+}
+/*
+ * index_need for the records [from, to) of s and the one before `from` (whose hash a read
+ * from `from` checks the link with).
+ */
+int index_need_range(kmb_storage *st, stream_state *s, uint64_t from, uint64_t to);
+/* index_complete for every segment of s. */
+int index_complete_all(kmb_storage *st, stream_state *s);
 
 /* ---------------------------------------------------------------- watermark.c */
 

@@ -155,6 +155,22 @@ int kmb_storage_read_stats(kmb_storage *st, uint64_t *helped, unsigned *threads)
     return KMB_OK;
 }
 
+int kmb_storage_index_window(kmb_storage *st, uint64_t stream, size_t *out, size_t cap,
+                             size_t *nsegs)
+{
+    *nsegs = 0;
+    int rc = enter(st);
+    if (rc) return rc;
+    stream_state *s;
+    rc = get_stream(st, stream, &s);
+    if (rc == KMB_OK && s) {
+        *nsegs = s->nsegs;
+        for (size_t k = 0; k < s->nsegs && k < cap; k++) out[k] = s->segs[k].ix.lo;
+    }
+    leave(st);
+    return rc;
+}
+
 int kmb_storage_tree_data(kmb_storage *st, uint64_t stream, uint8_t **out, size_t *len)
 {
     *out = NULL;

@@ -43,7 +43,7 @@
 #define BUFFER_MAP_MIN ((size_t)1 << 20)
 #define BUFFER_HUGE ((size_t)2 << 20) /* x86-64 and arm64 (4 KiB pages) huge page */
 
-void *kmb_index_buffer_alloc(size_t len)
+static void *buffer_alloc(size_t len, int populate)
 {
     if (len > SIZE_MAX - BUFFER_HEADER) return NULL;
     size_t total = len + BUFFER_HEADER;
@@ -68,19 +68,26 @@ void *kmb_index_buffer_alloc(size_t len)
             total = want;
             /* Both are hints: where a kernel lacks them the pages fault in one at a time. */
 #if defined(MADV_HUGEPAGE)
-            (void)madvise(m, total, MADV_HUGEPAGE);
+            if (populate) (void)madvise(m, total, MADV_HUGEPAGE);
 #endif
 #if defined(MADV_POPULATE_WRITE)
-            (void)madvise(m, total, MADV_POPULATE_WRITE);
+            if (populate) (void)madvise(m, total, MADV_POPULATE_WRITE);
 #endif
         }
     }
 #endif
-    if (base == NULL) base = malloc(total);
-    if (base == NULL) return NULL;
+    if (base == NULL) {
+        base = malloc(total);
+        if (base == NULL) return NULL;
+        if (!populate) memset(base, 0, total); /* a mapping is zero; so is this */
+    }
     memcpy(base, &mapped, sizeof mapped);
     return base + BUFFER_HEADER;
 }
+
+void *kmb_index_buffer_alloc(size_t len) { return buffer_alloc(len, 1); }
+
+void *kmb_index_buffer_reserve(size_t len) { return buffer_alloc(len, 0); }
 
 void kmb_index_buffer_free(void *buf)
 {
@@ -121,7 +128,14 @@ int kmb_index_reserve(kmb_index *ix, size_t extra)
     if (ix->block) {
         /* Adopted positions sit inside a file image: move them to an array of their own. */
         p = malloc(cap * sizeof(uint64_t));
-        if (p != NULL) {
+        if (p != NULL && ix->lo) {
+            /* Partial: only the loaded entries are copied (the rest stays unread; zero). */
+            memset(p, 0, ix->lo * sizeof(uint64_t));
+            p[0] = ix->positions[0];
+            memcpy(p + ix->lo, ix->positions + ix->lo, (ix->count - ix->lo) * sizeof(uint64_t));
+            kmb_index_buffer_free(ix->block);
+            ix->block = NULL;
+        } else if (p != NULL) {
             if (ix->count) memcpy(p, ix->positions, ix->count * sizeof(uint64_t));
             kmb_index_buffer_free(ix->block);
             ix->block = NULL;
@@ -141,10 +155,12 @@ int kmb_index_reserve(kmb_index *ix, size_t extra)
 int kmb_index_copy(kmb_index *dst, const kmb_index *src)
 {
     dst->count = 0;
+    dst->lo = 0;
     int rc = kmb_index_reserve(dst, src->count);
     if (rc != KMB_OK) return rc;
     if (src->count) memcpy(dst->positions, src->positions, src->count * sizeof(uint64_t));
     dst->count = src->count;
+    dst->lo = src->lo;
     return KMB_OK;
 }
 
@@ -159,17 +175,21 @@ int kmb_index_append(kmb_index *ix, uint64_t position)
 void kmb_index_truncate(kmb_index *ix, size_t count)
 {
     if (count < ix->count) ix->count = count;
+    if (ix->count <= 1) ix->lo = 0; /* entry 0 is always loaded */
 }
 
 int kmb_index_lookup(const kmb_index *ix, uint64_t i, uint64_t *out)
 {
-    if (i >= ix->count) return 0;
+    if (i >= ix->count || !kmb_index_has(ix, (size_t)i)) return 0;
     *out = ix->positions[i];
     return 1;
 }
 
 int kmb_index_encode(const kmb_index *ix, uint8_t **out, size_t *len)
 {
+    if (ix->lo)
+        return kmb_error_set(KMB_EINVAL, 0, "a partially loaded offset index cannot be "
+                             "encoded: complete it first (an engine bug)");
     /* count entries already sit in memory, so 8*count cannot overflow a size_t. */
     size_t size = (size_t)kmb_index_encoded_size(ix->count);
     uint8_t *buf = malloc(size);
@@ -318,6 +338,80 @@ int kmb_index_adopt_checked(kmb_index *out, uint8_t *data, size_t len, uint64_t 
     out->count = count;
     out->capacity = count; /* the trailer follows: appending reallocates */
     if (good) *good = found;
+    return KMB_OK;
+}
+
+int kmb_index_adopt_partial(kmb_index *out, uint8_t *data, size_t len, size_t lo,
+                            uint64_t min_gap, uint64_t max_gap, size_t *good)
+{
+    const uint16_t probe = 1;
+    uint64_t n = 0;
+    if (good) *good = 0;
+    kmb_index_free(out);
+    int rc = KMB_OK;
+    if (*(const uint8_t *)&probe != 1) {
+        rc = kmb_error_set(KMB_EINVAL, 0, "partial offset index loads need a little-endian "
+                           "host");
+    } else if (data == NULL) {
+        rc = kmb_error_set(KMB_EINVAL, 0, "no offset index image");
+    } else {
+        rc = check_header(data, (uint64_t)len, &n);
+        if (rc == KMB_OK && (lo < 1 || lo >= n))
+            rc = kmb_error_set(KMB_EINVAL, 0, "partial offset index window from entry %zu "
+                               "of %" PRIu64 ": it must start in 1 .. N-1", lo, n);
+    }
+    if (rc != KMB_OK) {
+        kmb_index_buffer_free(data);
+        return rc;
+    }
+    out->block = data;
+    out->positions = (uint64_t *)(void *)(data + kmb_idx_entry_at(0));
+    out->count = (size_t)n;
+    out->capacity = (size_t)n;
+    out->lo = lo;
+    if (good) *good = gaps_good(out->positions, lo + 1, (size_t)n, min_gap, max_gap);
+    return KMB_OK;
+}
+
+int kmb_index_complete(kmb_index *ix, size_t used, uint8_t *data, size_t len, uint64_t min_gap,
+                       uint64_t max_gap)
+{
+    if (ix->lo == 0) {
+        kmb_index_buffer_free(data);
+        return KMB_OK;
+    }
+    kmb_index whole;
+    size_t good = 0;
+    kmb_index_init(&whole);
+    int rc = kmb_index_adopt_checked(&whole, data, len, min_gap, max_gap, &good);
+    if (rc != KMB_OK) return rc; /* data freed */
+    size_t lo = ix->lo, count = ix->count;
+    if (used > count) used = count;
+    const char *why = NULL;
+    if (whole.count < used) why = "it has fewer entries than were used";
+    else if (good < used) why = "an entry is out of order or too far from the one before it";
+    else if (whole.positions[0] != ix->positions[0]) why = "entry 0 differs";
+    else if (used > lo && memcmp(whole.positions + lo, ix->positions + lo,
+                                 (used - lo) * sizeof(uint64_t)) != 0)
+        why = "entries already used differ";
+    if (why) {
+        kmb_index_free(&whole);
+        return kmb_error_set(KMB_EINDEX, 0, "offset index changed or damaged since it was "
+                             "partly loaded: %s (%s)", why, REBUILD_HINT);
+    }
+    if (ix->block && count <= whole.count) {
+        /* Still the partial image: take the whole one, with what was added since. */
+        if (count > used)
+            memcpy(whole.positions + used, ix->positions + used, (count - used) * sizeof(uint64_t));
+        kmb_index_free(ix);
+        *ix = whole;
+        ix->count = count;
+    } else {
+        /* The array (or the partial image) has room for entries 1 .. lo-1: fill them in. */
+        memcpy(ix->positions + 1, whole.positions + 1, (lo - 1) * sizeof(uint64_t));
+        kmb_index_free(&whole);
+    }
+    ix->lo = 0;
     return KMB_OK;
 }
 

@@ -281,6 +281,42 @@ static PyObject *storage_read_stats(StorageObject *self, PyObject *Py_UNUSED(ign
     return Py_BuildValue("(KI)", (unsigned long long)helped, threads);
 }
 
+PyDoc_STRVAR(index_window_doc,
+"_index_window($self, stream, /)\n--\n\n"
+"FOR TESTS ONLY. For each segment of the stream, 0 when its offset index is loaded whole,\n"
+"else the first entry of the window loaded at open (a partial index).");
+
+static PyObject *storage_index_window(StorageObject *self, PyObject *arg)
+{
+    unsigned long long stream = PyLong_AsUnsignedLongLong(arg);
+    if (stream == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (kmb_storage_check_open(self) < 0) return NULL;
+    size_t n = 0, cap = 0, *out = NULL;
+    int rc = kmb_storage_index_window(self->st, stream, NULL, 0, &n);
+    while (rc == KMB_OK && n > cap) {
+        cap = n;
+        size_t *p = realloc(out, cap * sizeof *p);
+        if (!p) {
+            free(out);
+            return PyErr_NoMemory();
+        }
+        out = p;
+        rc = kmb_storage_index_window(self->st, stream, out, cap, &n);
+    }
+    if (kmb_storage_finish(self, rc) < 0) {
+        free(out);
+        return NULL;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    for (size_t k = 0; list && k < n; k++) {
+        PyObject *x = PyLong_FromSize_t(out[k]);
+        if (!x) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, (Py_ssize_t)k, x);
+    }
+    free(out);
+    return list;
+}
+
 #define KW_METHOD(name, fn, doc) \
     {name, (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS, doc}
 
@@ -289,6 +325,7 @@ static PyMethodDef testing_methods[] = {
     {"_io_calls", (PyCFunction)storage_io_calls, METH_NOARGS, io_calls_doc},
     KW_METHOD("_set_read_tuning", storage_set_read_tuning, set_read_tuning_doc),
     {"_read_stats", (PyCFunction)storage_read_stats, METH_NOARGS, read_stats_doc},
+    {"_index_window", (PyCFunction)storage_index_window, METH_O, index_window_doc},
     {"_segment_bytes", (PyCFunction)storage_segment_bytes, METH_VARARGS, segment_bytes_doc},
     {"_replace_segment_bytes", (PyCFunction)storage_replace_segment_bytes, METH_VARARGS,
      replace_segment_bytes_doc},

@@ -41,7 +41,7 @@ static int chain_broken(kmb_storage *st, stream_state *s, const seg_state *g, ui
 static int read_range(kmb_storage *st, stream_state *s, seg_state *g, size_t i0, size_t i1,
                       uint8_t *buf)
 {
-    uint64_t start = g->ix.positions[i0], end = rec_end(g, i1 - 1);
+    uint64_t start = seg_pos(g, i0), end = rec_end(g, i1 - 1);
     size_t n = 0;
     int rc = st->backend->read(st->backend, s->id, g->number, start, buf, (size_t)(end - start), &n);
     if (rc) return with_stream(st, rc, s->id, g->number);
@@ -60,7 +60,7 @@ static int hash_before(kmb_storage *st, stream_state *s, uint64_t offset,
     if (k < 0) return unreachable(st, s, offset - 1);
     seg_state *g = &s->segs[k];
     size_t i = (size_t)(offset - 1 - g->base);
-    uint64_t pos = g->ix.positions[i];
+    uint64_t pos = seg_pos(g, i);
     kmb_record rec;
     size_t size;
     int rc = read_record_at(st, s->id, g, pos, rec_end(g, i), &rec, &size);
@@ -145,7 +145,7 @@ static int read_chunk(reader *r, rchunk *c)
     seg_state *g = &s->segs[k];
     size_t i0 = (size_t)(r->offset - g->base);
     size_t lim = g->ix.count - i0 < r->left ? g->ix.count : i0 + r->left;
-    uint64_t start = g->ix.positions[i0];
+    uint64_t start = seg_pos(g, i0);
     size_t i1 = i0 + 1;
     while (i1 < lim && rec_end(g, i1) - start <= st->read_chunk) i1++;
     /*
@@ -163,7 +163,7 @@ static int read_chunk(reader *r, rchunk *c)
             r->have_running = 1;
         }
     }
-    uint64_t from = g->ix.positions[first];
+    uint64_t from = seg_pos(g, first);
     rc = grow_chunk(c, (size_t)(rec_end(g, i1 - 1) - from), i1 - i0);
     if (rc) return rc;
     rc = read_range(st, s, g, first, i1, c->buf);
@@ -192,6 +192,7 @@ static kmb_hash_job chunk_job(const reader *r, rchunk *c)
     memset(&j, 0, sizeof(j));
     j.count = c->count;
     j.out = c->hash;
+    seg_range_check(c->g, c->i0, c->count);
     j.pos = c->g->ix.positions + c->i0;
     j.end = rec_end(c->g, c->i0 + c->count - 1);
     j.first = c->g->base + c->i0;
@@ -267,7 +268,7 @@ static int chunk_verdict(reader *r, const rchunk *c)
     const seg_state *g = c->g;
     for (size_t j = 0; j < c->count; j++) {
         uint64_t offset = g->base + c->i0 + j;
-        uint64_t pos = g->ix.positions[c->i0 + j];
+        uint64_t pos = seg_pos(g, c->i0 + j);
         if (c->status[j] == KMB_CHECK_BAD_CRC)
             return corrupt(r->st, r->s->id, g->number, offset, pos, "record fails its CRC check");
         if (c->status[j] == KMB_CHECK_BAD_OFFSET)
@@ -393,7 +394,15 @@ static int plan_read(kmb_storage *st, stream_state *s, uint64_t from, size_t max
             continue;
         }
         size_t i = (size_t)(offset - g->base);
-        uint64_t size = rec_end(g, i) - g->ix.positions[i];
+        /* A partial index (index_need): the entries read, and for the first record the
+         * one before it (its hash links the read), must be loaded. Completing the index
+         * may rebuild it (a bad one): then look at the segment again. */
+        if (!seg_loaded(g, offset == from && i ? i - 1 : i, i + 2 < g->ix.count ? i + 2 : g->ix.count)) {
+            int rc = index_complete(st, s, g);
+            if (rc) return rc;
+            continue;
+        }
+        uint64_t size = rec_end(g, i) - seg_pos(g, i);
         sum += size - KMB_RECORD_OVERHEAD;
         bytes += size;
         n++;
@@ -573,6 +582,8 @@ int kmb_storage_verify(kmb_storage *st, uint64_t stream, const uint8_t *expected
         if (expected_head) rc = head_mismatch(stream, expected_head, NULL, 0);
         goto out;
     }
+    rc = index_complete_all(st, s); /* verify reads every record */
+    if (rc) goto out;
     for (;;) {
         if (s->damaged) {
             rc = damaged_error(st, s);

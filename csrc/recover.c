@@ -209,28 +209,29 @@ static int index_confirmed(kmb_storage *st, stream_state *s, seg_state *g, uint6
                            size_t gaps_good, int *base_known, uint64_t *scan_from)
 {
     size_t n = g->ix.count;
-    const uint64_t *pos = g->ix.positions;
     if (n == 0) {
         *scan_from = 0;
         return 1;
     }
-    if (pos[0] != 0) return 0;
+    /* Entry 0 and the last entry are loaded even in a partial index. */
+    const uint64_t first = seg_pos(g, 0), last = seg_pos(g, n - 1);
+    if (first != 0) return 0;
     /* A record spans at least the overhead and at most the largest event this storage
      * accepts (a wider gap would make a read hold bytes no record of ours can need): the
      * entries kept must lie within the prefix load_stored_index found to have such gaps. */
     if (n > gaps_good) return 0;
-    if (pos[n - 1] >= disk_size) return 0;
+    if (last >= disk_size) return 0;
     kmb_record rec;
     size_t size;
     /* The first and last entries must hold records with the offsets the index implies. */
-    if (read_record_at(st, s->id, g, pos[0], disk_size, &rec, &size) != KMB_OK) return 0;
+    if (read_record_at(st, s->id, g, first, disk_size, &rec, &size) != KMB_OK) return 0;
     if (*base_known && rec.offset != g->base) return 0;
     uint64_t base = rec.offset;
-    if (read_record_at(st, s->id, g, pos[n - 1], disk_size, &rec, &size) != KMB_OK) return 0;
+    if (read_record_at(st, s->id, g, last, disk_size, &rec, &size) != KMB_OK) return 0;
     if (rec.offset != base + n - 1) return 0;
     g->base = base;
     *base_known = 1;
-    *scan_from = pos[n - 1] + size;
+    *scan_from = last + size;
     return 1;
 }
 
@@ -368,12 +369,14 @@ static void trust_index_to_watermark(const stream_state *s, seg_state *g)
     if (!s->wm_known || g->number < s->wm_end.seg) return;
     size_t keep = 0;
     if (g->number == s->wm_end.seg) {
+        /* (A partial index is completed first unless the watermark lies past its first
+         * loaded entry: load_segment.) The search starts there. */
         /* The first entry at or past the watermark, by bisection: the entries kept are then
          * checked to increase (index_confirmed), which is what makes the answer exact. On
          * entries that do not increase, the bisection still stops at some i with
          * positions[i-1] < wm <= positions[i], and index_confirmed rejects the index. */
         const uint64_t *pos = g->ix.positions;
-        size_t lo = 0, hi = g->ix.count;
+        size_t lo = g->ix.lo, hi = g->ix.count;
         while (lo < hi) {
             size_t mid = lo + (hi - lo) / 2;
             if (pos[mid] < s->wm_end.pos) lo = mid + 1;
@@ -391,22 +394,90 @@ static void trust_index_to_watermark(const stream_state *s, seg_state *g)
  * (KMB_EINDEX) and rebuilt by scanning.
  */
 static int load_stored_index(kmb_storage *st, stream_state *s, seg_state *g, uint64_t disk_size,
-                             size_t *gaps_good)
+                             int lazy, size_t *gaps_good)
 {
     uint8_t *data = NULL;
     size_t len = 0;
     uint64_t max_len = kmb_index_encoded_size(disk_size / KMB_RECORD_OVERHEAD);
-    int rc = st->backend->load_index(st->backend, s->id, g->number, max_len, &data, &len);
+    uint64_t max_gap = kmb_record_size(st->opts.max_event_size);
+    kmb_backend *b = st->backend;
+    size_t win = st->idx_lazy_window;
+    if (lazy && b->load_index_ends && st->idx_lazy_min && win) {
+        /* A large index: its header, entry 0 and last `win` entries only (see index.h,
+         * kmb_index_adopt_partial); the rest is read when something needs it. */
+        uint8_t head[KMB_INDEX_HEADER_SIZE + 8];
+        size_t tail_len = win * 8 + KMB_INDEX_TRAILER_SIZE;
+        size_t least = st->idx_lazy_min > win + 2 ? st->idx_lazy_min : win + 2;
+        uint64_t min_size = kmb_index_encoded_size(least), size = 0;
+        uint8_t *tail = malloc(tail_len);
+        if (!tail) return oom();
+        int rc = b->load_index_ends(b, s->id, g->number, max_len, min_size, head, sizeof head,
+                                    tail, tail_len, &size);
+        if (rc == KMB_OK && size >= min_size && size <= max_len) {
+            uint64_t n = (size - KMB_INDEX_HEADER_SIZE - KMB_INDEX_TRAILER_SIZE) / 8;
+            data = kmb_index_buffer_reserve((size_t)size);
+            if (!data) rc = oom();
+            if (data) {
+                memcpy(data, head, sizeof head);
+                memcpy(data + size - tail_len, tail, tail_len);
+                /* takes data; checks the header and the window's gaps */
+                rc = kmb_index_adopt_partial(&g->ix, data, (size_t)size, (size_t)(n - win),
+                                             KMB_RECORD_OVERHEAD, max_gap, gaps_good);
+                data = NULL;
+            }
+            free(tail);
+            if (rc != KMB_EINVAL) return rc; /* EINVAL (a big-endian host): read it whole */
+        } else {
+            free(tail);
+            if (rc != KMB_OK) return rc;
+            if (size > max_len)
+                return kmb_error_set(KMB_EINDEX, 0, "index larger than its segment could need");
+        }
+    }
+    int rc = b->load_index(b, s->id, g->number, max_len, &data, &len);
     if (rc == KMB_OK && len > max_len)
         rc = kmb_error_set(KMB_EINDEX, 0, "index larger than its segment could need");
     if (rc == KMB_OK) {
         /* takes data; checks the gaps in the same pass as the CRC (see index_confirmed) */
-        rc = kmb_index_adopt_checked(&g->ix, data, len, KMB_RECORD_OVERHEAD,
-                                     kmb_record_size(st->opts.max_event_size), gaps_good);
+        rc = kmb_index_adopt_checked(&g->ix, data, len, KMB_RECORD_OVERHEAD, max_gap, gaps_good);
         data = NULL;
     }
     kmb_index_buffer_free(data);
     return rc;
+}
+
+/*
+ * Read the whole stored index of g and make its partial index whole with it
+ * (kmb_index_complete). KMB_EINDEX (or the backend's error) when the stored index cannot
+ * complete it: the index is then unchanged, still partial. KMB_ENOMEM.
+ */
+static int read_whole_index(kmb_storage *st, stream_state *s, seg_state *g)
+{
+    uint8_t *data = NULL;
+    size_t len = 0;
+    uint64_t disk_size = 0;
+    int rc = st->backend->segment_size(st->backend, s->id, g->number, &disk_size);
+    if (rc) return with_stream(st, rc, s->id, g->number);
+    uint64_t max_len = kmb_index_encoded_size(disk_size / KMB_RECORD_OVERHEAD);
+    rc = st->backend->load_index(st->backend, s->id, g->number, max_len, &data, &len);
+    if (rc == KMB_OK && len > max_len) {
+        kmb_index_buffer_free(data);
+        rc = kmb_error_set(KMB_EINDEX, 0, "index larger than its segment could need");
+    }
+    if (rc) return rc;
+    return kmb_index_complete(&g->ix, g->ix_used, data, len, KMB_RECORD_OVERHEAD,
+                              kmb_record_size(st->opts.max_event_size));
+}
+
+void index_missed(const seg_state *g, size_t i)
+{
+    const char *env = getenv(IDX_CHECKS_ENV);
+    if (env && env[0] == '1') {
+        fprintf(stderr, "kimberlite: internal error: entry %zu of the partial index of segment "
+                "%" PRIu32 " (entries 1..%zu not loaded) used before it was loaded\n",
+                i, g->number, g->ix.lo - 1);
+        abort();
+    }
 }
 
 /*
@@ -440,11 +511,21 @@ static int load_segment(kmb_storage *st, stream_state *s, uint32_t number, int a
     char path[KMB_PATH_MAX];
     uint64_t from = 0;
     size_t gaps_good = 0;
-    rc = load_stored_index(st, s, g, disk_size, &gaps_good);
+    rc = load_stored_index(st, s, g, disk_size, 1, &gaps_good);
     if (rc == KMB_ENOMEM) return rc;
     size_t stored = g->ix.count; /* what the index file says: rewritten if it differs */
+    if (rc == KMB_OK && g->ix.lo && s->wm_known &&
+        (g->number == s->wm_end.seg && g->ix.positions[g->ix.lo] >= s->wm_end.pos)) {
+        /* The watermark lies before the loaded window: the bisection needs the whole index,
+         * loaded and judged exactly as a small one is. */
+        kmb_index_free(&g->ix);
+        rc = load_stored_index(st, s, g, disk_size, 0, &gaps_good);
+        if (rc == KMB_ENOMEM) return rc;
+        stored = g->ix.count;
+    }
     if (rc == KMB_OK) trust_index_to_watermark(s, g);
     size_t indexed = g->ix.count;
+    g->ix_used = indexed; /* the entries from the file: a completion compares them */
     if (rc == KMB_OK && !index_confirmed(st, s, g, disk_size, gaps_good, &base_known, &from)) {
         describe(st, s->id, number, path, sizeof(path));
         note(st, "index of %s does not match the segment; rebuilding it", path);
@@ -485,10 +566,10 @@ static int load_head(kmb_storage *st, stream_state *s)
         size_t i = g->ix.count - 1;
         kmb_record rec;
         size_t size;
-        int rc = read_record_at(st, s->id, g, g->ix.positions[i], g->size, &rec, &size);
+        int rc = read_record_at(st, s->id, g, seg_pos(g, i), g->size, &rec, &size);
         if (rc == KMB_EIO || rc == KMB_ENOMEM) return rc;
         if (rc) {
-            mark_damaged(st, s, g, g->base + i, g->ix.positions[i], "corrupted last record");
+            mark_damaged(st, s, g, g->base + i, seg_pos(g, i), "corrupted last record");
             return KMB_OK;
         }
         kmb_record_hash(s->head, &rec);
@@ -670,6 +751,97 @@ int get_stream(kmb_storage *st, uint64_t id, stream_state **out)
 
 /* ---------------------------------------------------------------- retrying after a failed check */
 
+/* After a rescan of g's [0, end) that stopped at `stop`: the note, and damage if records
+ * no longer scan (the index had `before` entries). */
+static int rebuilt(kmb_storage *st, stream_state *s, seg_state *g, size_t before, uint64_t end,
+                   uint64_t stop, const char *why)
+{
+    char path[KMB_PATH_MAX];
+    describe(st, s->id, g->number, path, sizeof(path));
+    note(st, "index of %s %s; rebuilt it by scanning", path, why);
+    if (stop < end || g->ix.count != before) {
+        uint64_t offset = g->base + g->ix.count;
+        g->size = stop < end ? stop : end;
+        mark_damaged(st, s, g, offset, stop, "corrupted record");
+    }
+    return KMB_OK;
+}
+
+/*
+ * Rebuild g's index by scanning its valid bytes [0, g->size), as a bad index at open is;
+ * records that no longer scan are damage. `why` completes the note. The scan's error, if it
+ * fails (the index is then whatever it found).
+ */
+static int rebuild_by_scan(kmb_storage *st, stream_state *s, seg_state *g, const char *why)
+{
+    size_t before = g->ix.count;
+    uint64_t end = g->size;
+    kmb_index_truncate(&g->ix, 0);
+    g->index_verified = 1;
+    g->index_dirty = 1;
+    int base_known = 1;
+    uint64_t stop;
+    int rc = scan(st, s, g, 0, end, &base_known, &stop);
+    if (rc) return rc;
+    return rebuilt(st, s, g, before, end, stop, why);
+}
+
+int index_complete(kmb_storage *st, stream_state *s, seg_state *g)
+{
+    if (g->ix.lo == 0) return KMB_OK;
+    int rc = read_whole_index(st, s, g);
+    if (rc == KMB_OK || rc == KMB_ENOMEM) return rc;
+    /*
+     * Damaged, replaced, shortened, removed or unreadable since the partial load: a bad
+     * index, rebuilt by scanning as at open. The scan fills a new index; if it fails (an
+     * I/O error on the segment), the partial one is kept as it was and the error returned,
+     * so that the operation fails without changing anything and a later one tries again.
+     */
+    kmb_index partial = g->ix;
+    int verified = g->index_verified, dirty = g->index_dirty;
+    kmb_index_init(&g->ix);
+    g->index_verified = 1;
+    g->index_dirty = 1;
+    int base_known = 1;
+    uint64_t stop;
+    rc = scan(st, s, g, 0, g->size, &base_known, &stop);
+    if (rc) {
+        kmb_index_free(&g->ix);
+        g->ix = partial;
+        g->index_verified = verified;
+        g->index_dirty = dirty;
+        return rc;
+    }
+    rc = rebuilt(st, s, g, partial.count, g->size, stop, "changed or was damaged since open");
+    kmb_index_free(&partial);
+    update_next(s);
+    return rc;
+}
+
+int index_need_range(kmb_storage *st, stream_state *s, uint64_t from, uint64_t to)
+{
+    uint64_t lo = from ? from - 1 : 0; /* and the record before: its hash links `from` */
+    for (size_t k = 0; k < s->nsegs; k++) {
+        seg_state *g = &s->segs[k];
+        uint64_t n = seg_records(g);
+        if (n == 0 || lo >= g->base + n || to <= g->base) continue;
+        uint64_t a = lo > g->base ? lo - g->base : 0;
+        uint64_t b = to - g->base < n ? to - g->base + 1 : n; /* rec_end: entry i+1 */
+        int rc = index_need(st, s, g, (size_t)a, (size_t)b);
+        if (rc) return rc;
+    }
+    return KMB_OK;
+}
+
+int index_complete_all(kmb_storage *st, stream_state *s)
+{
+    for (size_t k = 0; k < s->nsegs; k++) {
+        int rc = index_complete(st, s, &s->segs[k]);
+        if (rc) return rc;
+    }
+    return KMB_OK;
+}
+
 /*
  * After a check failed on segment g: if its index came from disk unconfirmed, rebuild it by
  * scanning and return 1 (the caller retries; damage the scan finds is marked). Otherwise
@@ -681,23 +853,7 @@ static int rescan_after_failure(kmb_storage *st, stream_state *s, seg_state *g)
     const kmb_error *e = kmb_error_last();
     int code = e->code;
     if (code != KMB_ECORRUPT) return 0;
-    size_t before = g->ix.count;
-    uint64_t end = g->size;
-    kmb_index_truncate(&g->ix, 0);
-    g->index_verified = 1;
-    g->index_dirty = 1;
-    int base_known = 1;
-    uint64_t stop;
-    int rc = scan(st, s, g, 0, end, &base_known, &stop);
-    if (rc) return 0;
-    char path[KMB_PATH_MAX];
-    describe(st, s->id, g->number, path, sizeof(path));
-    note(st, "index of %s pointed at bad records; rebuilt it by scanning", path);
-    if (stop < end || g->ix.count != before) {
-        uint64_t offset = g->base + g->ix.count;
-        g->size = stop < end ? stop : end;
-        mark_damaged(st, s, g, offset, stop, "corrupted record");
-    }
+    if (rebuild_by_scan(st, s, g, "pointed at bad records") != KMB_OK) return 0;
     return 1;
 }
 

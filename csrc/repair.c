@@ -83,7 +83,7 @@ static int find_cut(kmb_storage *st, stream_state *s, cut *c)
                 const kmb_error *e = kmb_error_last();
                 uint64_t bad = e->has_offset && e->offset >= g->base ? e->offset - g->base : 0;
                 if (bad > seg_records(g)) bad = 0;
-                cut_at(c, k, bad < seg_records(g) ? g->ix.positions[bad] : stop, 0);
+                cut_at(c, k, bad < seg_records(g) ? seg_pos(g, bad) : stop, 0);
                 return KMB_OK;
             }
             if (rc) return rc;

@@ -91,9 +91,12 @@ int corrupt(kmb_storage *st, uint64_t stream, uint32_t seg, uint64_t offset, uin
 int save_index_if_dirty(kmb_storage *st, stream_state *s, seg_state *g)
 {
     if (st->opts.read_only || !g->index_dirty || g->damaged) return KMB_OK;
+    int rc = index_complete(st, s, g); /* a partial index is saved whole */
+    if (rc) return rc;
+    if (g->damaged) return KMB_OK;
     uint8_t *data = NULL;
     size_t len = 0;
-    int rc = kmb_index_encode(&g->ix, &data, &len);
+    rc = kmb_index_encode(&g->ix, &data, &len);
     if (rc) return rc;
     rc = st->backend->save_index(st->backend, s->id, g->number, data, len);
     free(data);
@@ -170,6 +173,36 @@ static int resolve_read_threads(unsigned opt, unsigned *out, int *forced)
     return KMB_OK;
 }
 
+/*
+ * The partial index loads in force (recover.c): IDX_LAZY_MIN and IDX_LAZY_WINDOW entries,
+ * or KIMBERLITE_INDEX_LAZY="MIN[,WINDOW]" (a knob for tests, which need the partial path
+ * on small stores; MIN 0 turns it off). KMB_EINVAL for a bad variable.
+ */
+static int resolve_index_lazy(size_t *min, size_t *window)
+{
+    *min = IDX_LAZY_MIN;
+    *window = IDX_LAZY_WINDOW;
+    const char *env = getenv(IDX_LAZY_ENV);
+    if (!env || !*env) return KMB_OK;
+    char *end;
+    errno = 0;
+    unsigned long long m = strtoull(env, &end, 10), w = IDX_LAZY_WINDOW;
+    int bad = errno || end == env || env[0] == '-' || env[0] == '+';
+    if (!bad && *end == ',') {
+        const char *p = end + 1;
+        w = strtoull(p, &end, 10);
+        bad = errno || end == p || p[0] == '-' || p[0] == '+' || w < 1 || w > (1u << 24);
+    }
+    if (bad || *end || m > ((size_t)1 << 40))
+        return kmb_error_set(KMB_EINVAL, 0,
+                             "environment variable " IDX_LAZY_ENV "=%.40s is not MIN[,WINDOW] "
+                             "(numbers of index entries, WINDOW from 1 to 2**24); fix or unset "
+                             "it", env);
+    *min = (size_t)m;
+    *window = (size_t)w;
+    return KMB_OK;
+}
+
 /* A backend this engine can use: its version, and every required callback present. */
 static int check_backend(const kmb_backend *b)
 {
@@ -211,6 +244,9 @@ static int check_options(const kmb_options *opts)
                              KMB_MAX_READ_THREADS);
     unsigned n;
     int forced;
+    size_t lazy_min, lazy_window;
+    int rc = resolve_index_lazy(&lazy_min, &lazy_window);
+    if (rc) return rc;
     return resolve_read_threads(opts ? opts->read_threads : 0, &n, &forced);
 }
 
@@ -252,6 +288,7 @@ int kmb_storage_open_backend(kmb_storage **out, kmb_backend *backend, const kmb_
                          forced && o.read_threads > 1);
     st->par_min = WORKER_MIN_BYTES;
     st->read_chunk = READ_CHUNK;
+    (void)resolve_index_lazy(&st->idx_lazy_min, &st->idx_lazy_window); /* checked above */
     *out = st;
     return KMB_OK;
 }

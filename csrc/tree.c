@@ -647,6 +647,8 @@ static int tree_sync_damaged(kmb_storage *st, stream_state *s)
      * the index) stops the read there. Zero-length records just before the damage fall
      * outside the budget: the prefix answered is then shorter (never longer). */
     uint64_t budget = 0;
+    rc = index_need_range(st, s, 0, lim);
+    if (rc) return rc;
     long k = locate(s, 0);
     for (uint64_t off = 0; k >= 0 && off < lim;) {
         const seg_state *g = &s->segs[k];
@@ -655,7 +657,7 @@ static int tree_sync_damaged(kmb_storage *st, stream_state *s)
             continue;
         }
         size_t i = (size_t)(off - g->base);
-        budget += rec_end(g, i) - g->ix.positions[i] - KMB_RECORD_OVERHEAD;
+        budget += rec_end(g, i) - seg_pos(g, i) - KMB_RECORD_OVERHEAD;
         off++;
     }
     catch_up c = {.t = t};

@@ -24,6 +24,10 @@ if os.environ.get("KIMBERLITE_TEST_PATH"):
 elif glob.glob(os.path.join(ROOT, "kimberlite", "_core*.so")) and ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# A partial offset index's unloaded entry used without its guard aborts the test process
+# (docs/DESIGN.md, "Open reads the end of a large index"); subprocesses inherit it.
+os.environ.setdefault("KIMBERLITE_INDEX_CHECKS", "1")
+
 _common = dict(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,

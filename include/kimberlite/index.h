@@ -35,7 +35,19 @@ typedef struct kmb_index {
     size_t count;
     size_t capacity;
     void *block; /* NULL, or the kmb_index_buffer_alloc buffer positions point into */
+    /*
+     * 0 for a whole index. Otherwise the index is partial (kmb_index_adopt_partial):
+     * entries 1 .. lo-1 are not loaded yet (they read as 0 and must not be used: complete
+     * the index first, kmb_index_complete); entry 0 and entries lo .. count-1 are.
+     */
+    size_t lo;
 } kmb_index;
+
+/* Whether entry i of the index is loaded (always, for a whole index). */
+static inline int kmb_index_has(const kmb_index *ix, size_t i)
+{
+    return i == 0 || i >= ix->lo;
+}
 
 /* Make an empty index. Cannot fail (allocates nothing). */
 void kmb_index_init(kmb_index *ix);
@@ -49,16 +61,20 @@ int kmb_index_append(kmb_index *ix, uint64_t position);
 /* Make room for `extra` more entries. KMB_ENOMEM on failure (index unchanged). */
 int kmb_index_reserve(kmb_index *ix, size_t extra);
 
-/* Drop the entries from `count` on (no-op if count >= ix->count). */
+/*
+ * Drop the entries from `count` on (no-op if count >= ix->count). A partial index
+ * truncated to one entry or none is whole again.
+ */
 void kmb_index_truncate(kmb_index *ix, size_t count);
 
 /*
  * Make `dst` (initialised) hold the same entries as `src`. KMB_ENOMEM if it cannot grow;
- * `dst` is then empty. `src` is not changed; the two must not be the same index.
+ * `dst` is then empty. `src` is not changed; the two must not be the same index. A partial
+ * `src` gives a partial `dst` (the same lo).
  */
 int kmb_index_copy(kmb_index *dst, const kmb_index *src);
 
-/* 1 and *out = position of entry i if i < count, else 0. */
+/* 1 and *out = position of entry i if i < count and the entry is loaded, else 0. */
 int kmb_index_lookup(const kmb_index *ix, uint64_t i, uint64_t *out);
 
 /* Size in bytes of the encoded file of an index with `count` entries. */
@@ -69,7 +85,8 @@ static inline uint64_t kmb_index_encoded_size(uint64_t count)
 
 /*
  * Encode the index in the .idx format into a new buffer. On KMB_OK the caller owns *out
- * (free() it) of *len bytes. KMB_ENOMEM on allocation failure.
+ * (free() it) of *len bytes. KMB_ENOMEM on allocation failure; KMB_EINVAL for a partial
+ * index (complete it first).
  */
 int kmb_index_encode(const kmb_index *ix, uint8_t **out, size_t *len);
 
@@ -90,7 +107,15 @@ int kmb_index_decode(kmb_index *out, const void *data, size_t len);
  */
 void *kmb_index_buffer_alloc(size_t len);
 
-/* Release a buffer from kmb_index_buffer_alloc. NULL is ignored. */
+/*
+ * kmb_index_buffer_alloc for a partial load: the `len` bytes are zero and cost nothing
+ * until touched (a large one is mapped but neither populated nor asked for huge pages), so
+ * that reading a few KiB of an 8 MB index into it touches a few pages only. Released with
+ * kmb_index_buffer_free. NULL when out of memory.
+ */
+void *kmb_index_buffer_reserve(size_t len);
+
+/* Release a buffer from kmb_index_buffer_alloc or kmb_index_buffer_reserve. NULL is ignored. */
 void kmb_index_buffer_free(void *buf);
 
 /*
@@ -113,6 +138,35 @@ int kmb_index_adopt(kmb_index *out, uint8_t *data, size_t len);
  */
 int kmb_index_adopt_checked(kmb_index *out, uint8_t *data, size_t len, uint64_t min_gap,
                             uint64_t max_gap, size_t *good);
+
+/*
+ * Adopt a partly read .idx image as a partial index (for a large index of which a new
+ * process needs only the end). `data` (from kmb_index_buffer_reserve, `len` bytes: the
+ * whole file's length) holds the file's first 24 bytes (the header and entry 0) and its
+ * entries lo .. N-1 at their places; the rest is zero, and the trailing CRC is not read.
+ * Checked: the header against len (as kmb_index_decode), 1 <= lo < N, and the gaps of
+ * entries lo .. N-1 as kmb_index_adopt_checked does (*good: N when every gap from entry lo
+ * on is good, else the first entry >= lo+1 whose gap is not). The CRC is not checked: the
+ * index must be completed (kmb_index_complete) before anything below entry lo is used.
+ * Takes ownership of `data` in every case. KMB_EINDEX (bad header), KMB_EINVAL (lo out of
+ * range, or a big-endian host: load the whole file instead); `out` is then empty.
+ */
+int kmb_index_adopt_partial(kmb_index *out, uint8_t *data, size_t len, size_t lo,
+                            uint64_t min_gap, uint64_t max_gap, size_t *good);
+
+/*
+ * Complete a partial index from the whole .idx image `data` (from kmb_index_buffer_alloc,
+ * `len` bytes; ownership taken in every case), read after the partial load, possibly from
+ * a file written since. The image must pass every check of kmb_index_adopt_checked (magic,
+ * version, size, CRC), hold at least `used` entries whose gaps are all in [min_gap,
+ * max_gap], and agree with the index on entry 0 and on every loaded entry below `used` (the
+ * entries of the index that came from the file: entries at or past `used` were added
+ * since, by a scan or an append, and are kept). On KMB_OK the index is whole (lo = 0) and
+ * keeps its count. On KMB_EINDEX (with a message that says which check failed) or
+ * KMB_ENOMEM the index is unchanged, still partial. A whole index: KMB_OK, data freed.
+ */
+int kmb_index_complete(kmb_index *ix, size_t used, uint8_t *data, size_t len, uint64_t min_gap,
+                       uint64_t max_gap);
 
 /*
  * Write the index to `path`: to "path.tmp" first, then renamed over `path`, so a reader

@@ -342,6 +342,16 @@ int kmb_storage_set_read_tuning(kmb_storage *st, uint64_t min_bytes, size_t chun
 int kmb_storage_read_stats(kmb_storage *st, uint64_t *helped, unsigned *threads);
 
 /*
+ * Testing hook (not for applications): how much of each segment's offset index is loaded,
+ * loading the stream if needed. out[k] (k < cap) is 0 when segment k's index is whole, else
+ * the first entry of its loaded window (entries 1 .. out[k]-1 are not read yet: a partial
+ * index, docs/DESIGN.md); *nsegs is the stream's number of segments (0: no such stream).
+ * Errors: KMB_ECLOSED, the load's.
+ */
+int kmb_storage_index_window(kmb_storage *st, uint64_t stream, size_t *out, size_t cap,
+                             size_t *nsegs);
+
+/*
  * Testing hooks for a stream's tree data (the Merkle tree cache, tree.c). kmb_storage_tree_data
  * copies it into *out (malloc'd, owned by the caller; NULL with *len 0 when there is none).
  * kmb_storage_replace_tree_data stores `len` bytes as the tree data (len 0: empty data) and

@@ -418,3 +418,205 @@ TEST(index_save_into_missing_directory_is_eio)
     kt_remove_tree(dir);
     CHECK(ok);
 }
+
+/* ---------------------------------------------------------------- partial indexes */
+
+/* The .idx image of make_index(n) (malloc'd, *len bytes). */
+static uint8_t *image_of(size_t n, size_t *len)
+{
+    kmb_index ix;
+    uint8_t *buf = NULL;
+    if (!make_index(&ix, n)) return NULL;
+    if (kmb_index_encode(&ix, &buf, len) != KMB_OK) buf = NULL;
+    kmb_index_free(&ix);
+    return buf;
+}
+
+/* What a partial load reads of `img`: the first 24 bytes and entries lo.. (and the CRC). */
+static uint8_t *partial_buffer(const uint8_t *img, size_t len, size_t lo)
+{
+    uint8_t *p = kmb_index_buffer_reserve(len);
+    if (!p) return NULL;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] != 0) return NULL; /* reserved buffers are zero */
+    }
+    memcpy(p, img, 24);
+    size_t at = KMB_INDEX_HEADER_SIZE + 8 * lo;
+    memcpy(p + at, img + at, len - at);
+    return p;
+}
+
+/* A whole-image buffer for kmb_index_complete. */
+static uint8_t *whole_buffer(const uint8_t *img, size_t len)
+{
+    uint8_t *p = kmb_index_buffer_alloc(len);
+    if (p) memcpy(p, img, len);
+    return p;
+}
+
+TEST(index_partial_adopt_loads_entry_zero_and_the_window_only)
+{
+    static const size_t sizes[] = {10, 5000, 200000}; /* 200000: a mapped buffer */
+    for (size_t s = 0; s < 3; s++) {
+        size_t n = sizes[s], len = 0, lo = n - 4, good = 0;
+        uint8_t *img = image_of(n, &len);
+        CHECK(img != NULL);
+        kmb_index ix;
+        CHECK(make_index(&ix, 3)); /* replaced */
+        CHECK_EQ_INT(kmb_index_adopt_partial(&ix, partial_buffer(img, len, lo), len, lo, 54, 54,
+                                             &good),
+                     KMB_OK);
+        CHECK_EQ_U64(ix.count, n);
+        CHECK_EQ_U64(ix.lo, lo);
+        CHECK_EQ_U64(good, n);
+        uint64_t pos = 1;
+        CHECK(kmb_index_has(&ix, 0) && kmb_index_lookup(&ix, 0, &pos) == 1 && pos == 0);
+        CHECK(!kmb_index_has(&ix, 1) && kmb_index_lookup(&ix, 1, &pos) == 0);
+        CHECK(!kmb_index_has(&ix, lo - 1) && kmb_index_has(&ix, lo));
+        CHECK(kmb_index_lookup(&ix, n - 1, &pos) == 1 && pos == 54 * (uint64_t)(n - 1));
+        CHECK(ix.positions[1] == 0); /* unread entries are zero: no record starts there */
+        /* a partial index cannot be saved */
+        uint8_t *enc = NULL;
+        size_t elen = 0;
+        CHECK_EQ_INT(kmb_index_encode(&ix, &enc, &elen), KMB_EINVAL);
+        /* completed by the whole image: whole, the same as a full load */
+        CHECK_EQ_INT(kmb_index_complete(&ix, n, whole_buffer(img, len), len, 54, 54), KMB_OK);
+        CHECK_EQ_U64(ix.lo, 0);
+        CHECK_EQ_U64(ix.count, n);
+        int same = 1;
+        for (size_t i = 0; i < n; i++) same = same && ix.positions[i] == 54 * (uint64_t)i;
+        CHECK(same);
+        kmb_index_free(&ix);
+        free(img);
+    }
+}
+
+TEST(index_partial_adopt_checks_the_header_the_window_and_lo)
+{
+    size_t n = 100, len = 0, good = 0;
+    uint8_t *img = image_of(n, &len);
+    CHECK(img != NULL);
+    kmb_index ix;
+    kmb_index_init(&ix);
+    /* lo out of range: 0 and n */
+    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, partial_buffer(img, len, 1), len, 0, 54, 54, &good),
+                 KMB_EINVAL);
+    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, partial_buffer(img, len, 1), len, n, 54, 54, &good),
+                 KMB_EINVAL);
+    CHECK(ix.count == 0 && ix.lo == 0 && good == 0);
+    /* a length that does not match the header */
+    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, partial_buffer(img, len, 90), len - 8, 90, 54, 54,
+                                         &good),
+                 KMB_EINDEX);
+    /* bad magic */
+    uint8_t *p = partial_buffer(img, len, 90);
+    p[0] ^= 1;
+    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, p, len, 90, 54, 54, &good), KMB_EINDEX);
+    /* a bad gap inside the window: *good says where; one before it is not looked at */
+    p = partial_buffer(img, len, 90);
+    kmb_store_u64le(p + KMB_INDEX_HEADER_SIZE + 8 * 95, 54 * 95 + 1);
+    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, p, len, 90, 54, 54, &good), KMB_OK);
+    CHECK_EQ_U64(good, 95);
+    p = partial_buffer(img, len, 90);
+    kmb_store_u64le(p + KMB_INDEX_HEADER_SIZE + 8 * 50, 7); /* unread anyway */
+    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, p, len, 90, 54, 54, &good), KMB_OK);
+    CHECK_EQ_U64(good, n);
+    kmb_index_free(&ix);
+    free(img);
+}
+
+TEST(index_complete_refuses_an_image_that_disagrees_and_keeps_the_partial_index)
+{
+    size_t n = 300, len = 0, lo = 200, good = 0;
+    uint8_t *img = image_of(n, &len);
+    CHECK(img != NULL);
+    kmb_index ix;
+    kmb_index_init(&ix);
+    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, partial_buffer(img, len, lo), len, lo, 54, 54,
+                                         &good),
+                 KMB_OK);
+    uint8_t *bad = whole_buffer(img, len);
+    bad[KMB_INDEX_HEADER_SIZE + 8 * 10] ^= 1; /* an early entry: the CRC fails */
+    CHECK_EQ_INT(kmb_index_complete(&ix, n, bad, len, 54, 54), KMB_EINDEX);
+    CHECK(strstr(kmb_error_last()->message, "CRC") != NULL);
+    bad = whole_buffer(img, len);
+    kmb_store_u64le(bad + KMB_INDEX_HEADER_SIZE + 8 * 10, 54 * 10 + 1); /* CRC ok, gap not */
+    reseal(bad, len);
+    CHECK_EQ_INT(kmb_index_complete(&ix, n, bad, len, 54, 54), KMB_EINDEX);
+    CHECK(strstr(kmb_error_last()->message, "out of order") != NULL);
+    /* a valid image whose loaded entries differ (another segment's index, say) */
+    kmb_index other;
+    kmb_index_init(&other);
+    for (size_t i = 0; i < n; i++) CHECK_EQ_INT(kmb_index_append(&other, 60 * i), KMB_OK);
+    uint8_t *enc = NULL;
+    size_t elen = 0;
+    CHECK_EQ_INT(kmb_index_encode(&other, &enc, &elen), KMB_OK);
+    CHECK_EQ_INT(kmb_index_complete(&ix, n, whole_buffer(enc, elen), elen, 54, 60), KMB_EINDEX);
+    CHECK(strstr(kmb_error_last()->message, "differ") != NULL);
+    free(enc);
+    kmb_index_free(&other);
+    /* shorter than what was used */
+    size_t slen = 0;
+    uint8_t *shorter = image_of(n - 1, &slen);
+    CHECK_EQ_INT(kmb_index_complete(&ix, n, whole_buffer(shorter, slen), slen, 54, 54),
+                 KMB_EINDEX);
+    free(shorter);
+    /* still partial and intact after every refusal */
+    CHECK_EQ_U64(ix.lo, lo);
+    CHECK_EQ_U64(ix.count, n);
+    CHECK(ix.positions[lo] == 54 * (uint64_t)lo && ix.positions[1] == 0);
+    /* longer (a writer saved more since): accepted, the index keeps its own count */
+    size_t llen = 0;
+    uint8_t *longer = image_of(n + 50, &llen);
+    CHECK_EQ_INT(kmb_index_complete(&ix, n, whole_buffer(longer, llen), llen, 54, 54), KMB_OK);
+    CHECK(ix.lo == 0 && ix.count == n && ix.positions[1] == 54);
+    free(longer);
+    /* a whole index: nothing to do, the buffer is taken */
+    CHECK_EQ_INT(kmb_index_complete(&ix, n, whole_buffer(img, len), len, 54, 54), KMB_OK);
+    kmb_index_free(&ix);
+    free(img);
+}
+
+TEST(index_partial_grows_and_truncates_and_completes_with_its_new_entries)
+{
+    size_t n = 300, len = 0, lo = 250, good = 0;
+    uint8_t *img = image_of(n, &len);
+    CHECK(img != NULL);
+    kmb_index ix;
+    kmb_index_init(&ix);
+    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, partial_buffer(img, len, lo), len, lo, 54, 54,
+                                         &good),
+                 KMB_OK);
+    /* entries found by a scan past the stored ones: the array moves, still partial */
+    CHECK_EQ_INT(kmb_index_append(&ix, 54 * 300), KMB_OK);
+    CHECK_EQ_INT(kmb_index_append(&ix, 54 * 301), KMB_OK);
+    CHECK(ix.block == NULL && ix.lo == lo && ix.count == n + 2 && ix.positions[1] == 0);
+    CHECK(ix.positions[0] == 0 && ix.positions[lo] == 54 * (uint64_t)lo);
+    CHECK_EQ_INT(kmb_index_complete(&ix, n, whole_buffer(img, len), len, 54, 54), KMB_OK);
+    int same = ix.lo == 0 && ix.count == n + 2;
+    for (size_t i = 0; same && i < n + 2; i++) same = ix.positions[i] == 54 * (uint64_t)i;
+    CHECK(same);
+    kmb_index_free(&ix);
+    /* truncated inside the window (a watermark), then scanned entries written in place:
+     * only the entries used from the file are compared */
+    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, partial_buffer(img, len, lo), len, lo, 54, 54,
+                                         &good),
+                 KMB_OK);
+    kmb_index_truncate(&ix, 260);
+    CHECK_EQ_U64(ix.lo, lo);
+    CHECK_EQ_INT(kmb_index_append(&ix, 54 * 260 + 5), KMB_OK); /* differs from the file */
+    CHECK(ix.block != NULL);
+    CHECK_EQ_INT(kmb_index_complete(&ix, 260, whole_buffer(img, len), len, 54, 54), KMB_OK);
+    CHECK(ix.lo == 0 && ix.count == 261 && ix.positions[260] == 54 * 260 + 5);
+    CHECK(ix.positions[100] == 54 * 100);
+    /* truncating to one entry or none makes an index whole */
+    kmb_index_free(&ix);
+    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, partial_buffer(img, len, lo), len, lo, 54, 54,
+                                         &good),
+                 KMB_OK);
+    kmb_index_truncate(&ix, 1);
+    CHECK(ix.lo == 0 && ix.count == 1);
+    CHECK_EQ_INT(kmb_index_append(&ix, 54), KMB_OK);
+    kmb_index_free(&ix);
+    free(img);
+}

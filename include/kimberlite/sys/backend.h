@@ -42,8 +42,9 @@ extern "C" {
  * 3: load_index's buffer comes from kmb_index_buffer_alloc (a version-2 backend's malloc'd
  * buffer would be released with kmb_index_buffer_free: refused instead); the tree data
  * callbacks.
+ * 4: the optional load_index_ends (a large index read in part at open).
  */
-#define KMB_BACKEND_VERSION 3
+#define KMB_BACKEND_VERSION 4
 #define KMB_WATERMARK_MAX 64 /* bytes of a stream's durable watermark record */
 
 /*
@@ -207,6 +208,24 @@ struct kmb_backend {
     int (*load_tree)(kmb_backend *b, uint64_t stream, uint64_t pos, void *buf, size_t len);
     int (*save_tree)(kmb_backend *b, uint64_t stream, uint64_t pos, const void *data,
                      size_t len);
+
+    /*
+     * The two ends of a segment's stored index, for a large index of which a new process
+     * needs only the end (docs/DESIGN.md, "Open reads the end of a large index"): *size is
+     * the stored index's length in bytes; when it is at least min_size (and at most max_len),
+     * its first head_len bytes go to head and its last tail_len bytes to tail (buffers of
+     * those sizes; min_size >= head_len + tail_len). A smaller index: KMB_OK with *size
+     * set and nothing read (the engine then calls load_index). Larger than max_len:
+     * KMB_EINDEX, nothing read. KMB_ENOTFOUND if there is none; a short read (the file
+     * shrank meanwhile) is an error (any code). The bytes come from one version of the
+     * index: one open file, read twice. The engine checks them, and reads the whole index
+     * with load_index (maybe a newer version by then) before it uses any other entry.
+     * NULL: the engine always reads the whole index with load_index (the memory backend,
+     * whose index is already in memory). Added in interface version 4.
+     */
+    int (*load_index_ends)(kmb_backend *b, uint64_t stream, uint32_t seg, uint64_t max_len,
+                           uint64_t min_size, uint8_t *head, size_t head_len, uint8_t *tail,
+                           size_t tail_len, uint64_t *size);
 };
 
 /*
