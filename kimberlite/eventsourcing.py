@@ -97,8 +97,9 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
-import kimberlite as _kerr  # the public API only (SPEC §4)
+import kimberlite as _kerr  # the public API only (SPEC §4) ...
 from kimberlite import MemoryStorage, Storage
+from kimberlite import _core  # ... and the insert path's C half (csrc/py_es.c)
 
 if TYPE_CHECKING:
     from threading import Event
@@ -142,7 +143,16 @@ def encode_record(first_id: int, stored_events: Sequence[StoredEvent],
     Raises ``DataError`` for values the format cannot hold (a version outside int64, an
     originator id that is neither ``UUID`` nor ``str``).
     """
-    return _encode(first_id, stored_events, tracking)[0]
+    # The C encoder (csrc/py_es.c) takes the plain values (UUID or str ids, int versions,
+    # str topics, bytes states, in a list or tuple) and says None for anything else: the
+    # Python encoder below, the reference, then encodes it or raises DataError.
+    record = _codec.encode(first_id, stored_events, tracking)
+    if record is None:
+        record = _encode(first_id, stored_events, tracking)[0]
+    return record
+
+
+_codec = _core._EsWriter(UUID)  # (encodes only: no storage)
 
 
 def _encode(first_id: int, stored_events: Sequence[StoredEvent],
@@ -467,8 +477,13 @@ class _Run:
 
 def _columns(flat: List[Any]) -> Tuple[bytes, "array[int]"]:
     """The keys and int64 columns of entries given flat (the key, then the columns, then
-    the next entry's key...): a few passes in C (slices with a step, one struct.pack per
-    column), much faster than packing entry by entry or filling an array."""
+    the next entry's key...), by the C half (csrc/py_es.c: one pass over the list)."""
+    keys, ints = _codec.columns(flat)
+    return keys, _int64s(ints)
+
+
+def _columns_py(flat: List[Any]) -> Tuple[bytes, "array[int]"]:
+    """:func:`_columns` in Python (the reference the tests compare it with)."""
     n = len(flat) // _STRIDE
     pack = struct.Struct(f"<{n}q").pack
     return b"".join(flat[0::_STRIDE]), _int64s(
@@ -593,8 +608,11 @@ def _add_version(known: Any, v: int) -> Any:
     return known
 
 
-class _StreamState:
+class _StreamState(_core._EsStream):
     """What this process knows of one stream: authoritative, in memory.
+
+    ``next_id``, ``indexed``, ``flush_at``, ``complete``, ``keys`` and ``pend`` are fields
+    of the C base (csrc/py_es.c), which the insert path in C reads and updates directly.
 
     ``keys`` maps an index key to its versions (see :func:`_has_version`) for every key
     whose versions have been looked at since the stream was loaded: it always holds all of
@@ -608,9 +626,8 @@ class _StreamState:
     (complete: the blocks carry all of them).
     """
 
-    __slots__ = ("stream_id", "indexed", "next_id", "error", "keys", "complete", "misses",
-                 "flushed", "flushed_id", "flush_at", "pend", "runs", "run_ids", "tracking",
-                 "fd", "file_size")
+    __slots__ = ("stream_id", "error", "misses", "flushed", "flushed_id", "runs", "run_ids",
+                 "tracking", "fd", "file_size")
 
     def __init__(self, stream_id: int, indexed: int, next_id: int, complete: bool) -> None:
         self.error: Optional[str] = None  # the stream holds a record this module cannot use
@@ -668,6 +685,11 @@ class _Store:
             else:
                 self.storage = Storage(path, read_only=read_only, **storage_kwargs)
         self._append = self.storage.append_batch
+        # The usual insert in C: the whole call under the lock (csrc/py_es.c); None when
+        # the call is not the usual one (insert_events then takes the Python path).
+        self._insert = _core._EsWriter(UUID, self.storage, self.lock, self._fast,
+                                       self.listeners, self.fsync, self._written_behind,
+                                       self.notify).insert
         self.index_dir = None if self.memory else os.path.join(path, "eventsourcing")
         if self.index_dir is not None and not read_only:
             try:
@@ -1076,13 +1098,32 @@ class _Store:
 
     def insert_events(self, sid: int, stored_events: Sequence[StoredEvent],
                       tracking: Optional[Tracking]) -> List[int]:
-        """What the recorders call: :meth:`insert`, with the usual call inline.
+        """What the recorders call (the application and aggregate recorders inline its
+        first step): :meth:`insert`, with the usual call made by the C half.
 
-        The usual call (a loaded, writable stream; one aggregate whose versions go up by
-        one, all new; no tracking record) is made here with as little Python as possible:
-        the index costs a dictionary lookup and update and seven values added to a list.
-        Anything else goes through :meth:`run` and :meth:`insert`, with the encoding
-        already done.
+        The usual call (a loaded, writable stream; one aggregate with a UUID id whose
+        versions go up by one, all new; no tracking record) is made whole in C
+        (``_EsWriter.insert``, csrc/py_es.c: the lock, the encoding, the duplicate check,
+        the append with the GIL released, the index entry and the ids), with exactly the
+        steps of :meth:`insert_python`'s fast path. Anything else: :meth:`insert_python`.
+        """
+        if tracking is None:
+            try:
+                ids = self._insert(sid, stored_events)
+            except (_kerr.StorageError, ValueError) as e:
+                raise _mapped(e) from e
+            if ids is not None:
+                return cast(List[int], ids)
+        return self.insert_python(sid, stored_events, tracking)
+
+    def insert_python(self, sid: int, stored_events: Sequence[StoredEvent],
+                      tracking: Optional[Tracking]) -> List[int]:
+        """:meth:`insert_events` when the C half says the call is not the usual one.
+
+        The same usual call with a str originator id is made here with as little Python
+        as possible: the index costs a dictionary lookup and update and seven values
+        added to a list. Anything else goes through :meth:`run` and :meth:`insert`, with
+        the encoding already done.
         """
         with self.lock:
             st = self._fast.get(sid)
@@ -1414,6 +1455,7 @@ class KimberliteRecorder(Recorder):
     def __init__(self, store: _Store, stream_id: int, owner: object = None) -> None:
         self._store = store
         self.stream_id = stream_id
+        self._insert = store._insert  # the usual insert, in C (see _Store.insert_events)
         self._owner = owner  # the factory: it closes the store when collected, not before
 
     @property
@@ -1449,7 +1491,13 @@ class KimberliteRecorder(Recorder):
 class KimberliteAggregateRecorder(KimberliteRecorder, AggregateRecorder):
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
                       ) -> Optional[Sequence[int]]:
-        self._store.insert_events(self.stream_id, stored_events, None)
+        # (_Store.insert_events, with its first step inline: one Python frame less per call)
+        try:
+            ids = self._insert(self.stream_id, stored_events)
+        except (_kerr.StorageError, ValueError) as e:
+            raise _mapped(e) from e
+        if ids is None:
+            self._store.insert_python(self.stream_id, stored_events, None)
         return None
 
     def select_events(self, originator_id: Any, *, gt: Optional[int] = None,
@@ -1462,7 +1510,14 @@ class KimberliteAggregateRecorder(KimberliteRecorder, AggregateRecorder):
 class KimberliteApplicationRecorder(KimberliteAggregateRecorder, ApplicationRecorder):
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
                       ) -> Optional[Sequence[int]]:
-        return self._store.insert_events(self.stream_id, stored_events, None)
+        # (_Store.insert_events, with its first step inline: one Python frame less per call)
+        try:
+            ids = self._insert(self.stream_id, stored_events)
+        except (_kerr.StorageError, ValueError) as e:
+            raise _mapped(e) from e
+        if ids is None:
+            return self._store.insert_python(self.stream_id, stored_events, None)
+        return cast(List[int], ids)
 
     def select_notifications(self, start: Optional[int], limit: int,
                              stop: Optional[int] = None, topics: Sequence[str] = (), *,
