@@ -409,6 +409,7 @@ static int kmb_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->buffer_type);
     Py_VISIT(st->es_stream_type);
     Py_VISIT(st->es_writer_type);
+    Py_VISIT(st->es_insert_type);
     Py_VISIT(st->StorageError);
     Py_VISIT(st->UnexpectedEofError);
     Py_VISIT(st->CorruptedRecordError);
@@ -432,6 +433,7 @@ static int kmb_module_clear(PyObject *module)
     Py_CLEAR(st->buffer_type);
     Py_CLEAR(st->es_stream_type);
     Py_CLEAR(st->es_writer_type);
+    Py_CLEAR(st->es_insert_type);
     Py_CLEAR(st->StorageError);
     Py_CLEAR(st->UnexpectedEofError);
     Py_CLEAR(st->CorruptedRecordError);

@@ -149,11 +149,14 @@ typedef struct {
     PyObject *listeners;      /* dict, or None */
     PyObject *written_behind; /* callable(st), or None */
     PyObject *notify;         /* callable(sid), or None */
+    PyObject *acquire, *release; /* lock.acquire, lock.release (bound), or None */
     int fsync;
-    PyTypeObject *stream_type; /* _EsStream (borrowed from the module state's type: see new) */
+    PyTypeObject *stream_type;   /* _EsStream, from the module state (borrowed: the module
+                                  * outlives this object, which its type references) */
+    PyObject *storage_error;     /* kimberlite.StorageError, the same (borrowed) */
     /* interned attribute names */
     PyObject *s_originator_id, *s_originator_version, *s_topic, *s_state, *s_int;
-    PyObject *s_application_name, *s_notification_id, *s_acquire, *s_release;
+    PyObject *s_application_name, *s_notification_id;
 } EsWriterObject;
 
 /* One event, as encoded: borrowed pointers into objects held by `hold` (new references). */
@@ -400,15 +403,22 @@ static PyObject *es_writer_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
     self->notify = Py_NewRef(notify);
     self->fsync = fsync;
     self->stream_type = ms->es_stream_type;
+    self->storage_error = ms->StorageError;
+    if (lock == Py_None) {
+        self->acquire = Py_NewRef(Py_None);
+        self->release = Py_NewRef(Py_None);
+    } else if ((self->acquire = PyObject_GetAttrString(lock, "acquire")) == NULL ||
+               (self->release = PyObject_GetAttrString(lock, "release")) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
     if ((self->s_originator_id = PyUnicode_InternFromString("originator_id")) == NULL ||
         (self->s_originator_version = PyUnicode_InternFromString("originator_version")) == NULL ||
         (self->s_topic = PyUnicode_InternFromString("topic")) == NULL ||
         (self->s_state = PyUnicode_InternFromString("state")) == NULL ||
         (self->s_int = PyUnicode_InternFromString("int")) == NULL ||
         (self->s_application_name = PyUnicode_InternFromString("application_name")) == NULL ||
-        (self->s_notification_id = PyUnicode_InternFromString("notification_id")) == NULL ||
-        (self->s_acquire = PyUnicode_InternFromString("acquire")) == NULL ||
-        (self->s_release = PyUnicode_InternFromString("release")) == NULL) {
+        (self->s_notification_id = PyUnicode_InternFromString("notification_id")) == NULL) {
         Py_DECREF(self);
         return NULL;
     }
@@ -425,6 +435,8 @@ static int es_writer_traverse(EsWriterObject *self, visitproc visit, void *arg)
     Py_VISIT(self->listeners);
     Py_VISIT(self->written_behind);
     Py_VISIT(self->notify);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
     return 0;
 }
 
@@ -437,6 +449,8 @@ static int es_writer_clear(EsWriterObject *self)
     Py_CLEAR(self->listeners);
     Py_CLEAR(self->written_behind);
     Py_CLEAR(self->notify);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
     return 0;
 }
 
@@ -452,8 +466,6 @@ static void es_writer_dealloc(EsWriterObject *self)
     Py_XDECREF(self->s_int);
     Py_XDECREF(self->s_application_name);
     Py_XDECREF(self->s_notification_id);
-    Py_XDECREF(self->s_acquire);
-    Py_XDECREF(self->s_release);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -508,10 +520,10 @@ static PyObject *es_writer_encode(EsWriterObject *self, PyObject *const *args, P
     return out;
 }
 
-/* lock.acquire() / lock.release(): 0 or -1. */
-static int es_call0(PyObject *obj, PyObject *name)
+/* lock.acquire() / lock.release() (bound): 0 or -1. */
+static int es_call0(PyObject *fn)
 {
-    PyObject *r = PyObject_CallMethodNoArgs(obj, name);
+    PyObject *r = PyObject_CallNoArgs(fn);
     if (r == NULL) return -1;
     Py_DECREF(r);
     return 0;
@@ -653,23 +665,20 @@ PyDoc_STRVAR(es_insert_doc,
 "the list of notification ids; None when it is not (nothing done). Engine failures raise\n"
 "kimberlite's exceptions, with nothing written or changed.");
 
-static PyObject *es_writer_insert(EsWriterObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* insert(sid, events): the lock taken around es_insert_locked. */
+static PyObject *es_insert_impl(EsWriterObject *self, PyObject *sid, PyObject *events)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "insert() takes 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    if (self->storage == NULL || self->storage == Py_None || self->lock == NULL ||
+    if (self->storage == NULL || self->storage == Py_None || self->acquire == NULL ||
         self->fast == NULL || self->listeners == NULL) {
         PyErr_SetString(PyExc_ValueError, "this _EsWriter has no storage (it only encodes)");
         return NULL;
     }
-    if (es_call0(self->lock, self->s_acquire) < 0) return NULL;
-    PyObject *result = es_insert_locked(self, args[0], args[1]);
+    if (es_call0(self->acquire) < 0) return NULL;
+    PyObject *result = es_insert_locked(self, sid, events);
     /* release() even after an error (the error stays the one reported) */
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    if (es_call0(self->lock, self->s_release) < 0) {
+    if (es_call0(self->release) < 0) {
         Py_XDECREF(exc_type);
         Py_XDECREF(exc_value);
         Py_XDECREF(exc_tb);
@@ -678,6 +687,15 @@ static PyObject *es_writer_insert(EsWriterObject *self, PyObject *const *args, P
     }
     PyErr_Restore(exc_type, exc_value, exc_tb);
     return result;
+}
+
+static PyObject *es_writer_insert(EsWriterObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "insert() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    return es_insert_impl(self, args[0], args[1]);
 }
 
 PyDoc_STRVAR(es_columns_doc,
@@ -767,8 +785,163 @@ static PyType_Spec es_writer_spec = {
     .slots = es_writer_slots,
 };
 
+/* ---- _EsInsert ------------------------------------------------------------------------- */
+
+/*
+ * _EsInsert(writer, sid, fallback, on_error, returns_ids): a recorder's insert_events made
+ * callable without a Python frame (kimberlite.eventsourcing sets one as the recorder's
+ * instance attribute). insert_events(events) is writer.insert(sid, events); when that says
+ * None (not the usual call), or for any other arguments (keywords such as tracking=), it is
+ * fallback(*args, **kwargs): the recorder's insert_events method. An engine error
+ * (kimberlite.StorageError or ValueError) is passed to on_error(exc), which raises the
+ * library's exception for it (chained). Returns the ids if returns_ids, else None.
+ */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *writer; /* _EsWriter */
+    PyObject *sid;
+    PyObject *fallback;
+    PyObject *on_error;
+    int returns_ids;
+} EsInsertObject;
+
+static PyObject *es_call_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                    PyObject *kwnames)
+{
+    EsInsertObject *self = (EsInsertObject *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0))
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    EsWriterObject *w = (EsWriterObject *)self->writer;
+    PyObject *ids = es_insert_impl(w, self->sid, args[0]);
+    if (ids == NULL) {
+        if (PyErr_ExceptionMatches(w->storage_error) || PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyObject *t, *v, *tb;
+            PyErr_Fetch(&t, &v, &tb);
+            PyErr_NormalizeException(&t, &v, &tb);
+            if (tb != NULL) PyException_SetTraceback(v, tb);
+            PyObject *r = PyObject_CallOneArg(self->on_error, v);
+            Py_XDECREF(t);
+            Py_XDECREF(v);
+            Py_XDECREF(tb);
+            if (r != NULL) {
+                Py_DECREF(r);
+                PyErr_SetString(PyExc_SystemError, "_EsInsert: on_error returned");
+            }
+        }
+        return NULL;
+    }
+    if (ids == Py_None) {
+        Py_DECREF(ids);
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    }
+    if (self->returns_ids) return ids;
+    Py_DECREF(ids);
+    Py_RETURN_NONE;
+}
+
+static PyObject *es_call_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"writer", "sid", "fallback", "on_error", "returns_ids", NULL};
+    PyObject *writer, *sid, *fallback, *on_error;
+    int returns_ids;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOp:_EsInsert", kwlist, &writer, &sid,
+                                     &fallback, &on_error, &returns_ids))
+        return NULL;
+    kmb_module_state *ms = kmb_state_of_type(tp);
+    if (ms == NULL) return NULL;
+    if (!PyObject_TypeCheck(writer, ms->es_writer_type)) {
+        PyErr_Format(PyExc_TypeError, "writer must be an _EsWriter, not %.100s",
+                     Py_TYPE(writer)->tp_name);
+        return NULL;
+    }
+    uint64_t unused;
+    if (kmb_stream_id(sid, &unused) < 0) return NULL;
+    if (!PyCallable_Check(fallback) || !PyCallable_Check(on_error)) {
+        PyErr_SetString(PyExc_TypeError, "fallback and on_error must be callable");
+        return NULL;
+    }
+    EsInsertObject *self = (EsInsertObject *)tp->tp_alloc(tp, 0);
+    if (self == NULL) return NULL;
+    self->vectorcall = es_call_vectorcall;
+    self->writer = Py_NewRef(writer);
+    self->sid = Py_NewRef(sid);
+    self->fallback = Py_NewRef(fallback);
+    self->on_error = Py_NewRef(on_error);
+    self->returns_ids = returns_ids;
+    return (PyObject *)self;
+}
+
+static int es_call_traverse(EsInsertObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->writer);
+    Py_VISIT(self->sid);
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->on_error);
+    return 0;
+}
+
+static int es_call_clear(EsInsertObject *self)
+{
+    Py_CLEAR(self->writer);
+    Py_CLEAR(self->sid);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->on_error);
+    return 0;
+}
+
+static void es_call_dealloc(EsInsertObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    es_call_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* (tp_call for callers without vectorcall: PyVectorcall_Call unpacks to the above) */
+static PyObject *es_call_call(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    if (((EsInsertObject *)self)->writer == NULL) {
+        PyErr_SetString(PyExc_ValueError, "_EsInsert was cleared");
+        return NULL;
+    }
+    return PyVectorcall_Call(self, args, kwds);
+}
+
+static PyMemberDef es_call_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(EsInsertObject, vectorcall), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyDoc_STRVAR(es_call_doc,
+"_EsInsert(writer, sid, fallback, on_error, returns_ids)\n--\n\n"
+"A recorder's insert_events(stored_events, **kwargs), the usual call made in C (private;\n"
+"see csrc/py_es.c).");
+
+static PyType_Slot es_call_slots[] = {
+    {Py_tp_doc, (void *)es_call_doc},
+    {Py_tp_new, (void *)es_call_new},
+    {Py_tp_call, (void *)es_call_call},
+    {Py_tp_dealloc, (void *)es_call_dealloc},
+    {Py_tp_traverse, (void *)es_call_traverse},
+    {Py_tp_clear, (void *)es_call_clear},
+    {Py_tp_members, es_call_members},
+    {0, NULL},
+};
+
+static PyType_Spec es_call_spec = {
+    .name = "kimberlite._core._EsInsert",
+    .basicsize = sizeof(EsInsertObject),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = es_call_slots,
+};
+
 int kmb_es_types_init(PyObject *module, kmb_module_state *st)
 {
     if (kmb_add_type(module, &es_stream_spec, &st->es_stream_type) < 0) return -1;
-    return kmb_add_type(module, &es_writer_spec, &st->es_writer_type);
+    if (kmb_add_type(module, &es_writer_spec, &st->es_writer_type) < 0) return -1;
+    return kmb_add_type(module, &es_call_spec, &st->es_insert_type);
 }

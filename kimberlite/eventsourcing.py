@@ -344,6 +344,11 @@ def _mapped(e: BaseException) -> DatabaseError:
     return DatabaseError(msg)
 
 
+def _raise_mapped(e: BaseException) -> None:
+    """Raise the library's exception for kimberlite's ``e`` (for the C half's errors)."""
+    raise _mapped(e) from e
+
+
 @contextmanager
 def _engine_errors() -> Iterator[None]:
     try:
@@ -687,9 +692,10 @@ class _Store:
         self._append = self.storage.append_batch
         # The usual insert in C: the whole call under the lock (csrc/py_es.c); None when
         # the call is not the usual one (insert_events then takes the Python path).
-        self._insert = _core._EsWriter(UUID, self.storage, self.lock, self._fast,
-                                       self.listeners, self.fsync, self._written_behind,
-                                       self.notify).insert
+        self.writer = _core._EsWriter(UUID, self.storage, self.lock, self._fast,
+                                      self.listeners, self.fsync, self._written_behind,
+                                      self.notify)
+        self._insert = self.writer.insert
         self.index_dir = None if self.memory else os.path.join(path, "eventsourcing")
         if self.index_dir is not None and not read_only:
             try:
@@ -1456,6 +1462,14 @@ class KimberliteRecorder(Recorder):
         self._store = store
         self.stream_id = stream_id
         self._insert = store._insert  # the usual insert, in C (see _Store.insert_events)
+        method = getattr(type(self), "insert_events", None)
+        if method in _C_INSERTS:
+            # insert_events without a Python frame: the usual call made by the C half, any
+            # other (keywords such as tracking=, or what the C half declines) by the method
+            # (csrc/py_es.c, _EsInsert). Not for subclasses that define their own.
+            self.insert_events = _core._EsInsert(  # type: ignore[method-assign]
+                store.writer, stream_id, method.__get__(self), _raise_mapped,
+                isinstance(self, ApplicationRecorder))
         self._owner = owner  # the factory: it closes the store when collected, not before
 
     @property
@@ -1563,6 +1577,12 @@ class KimberliteProcessRecorder(KimberliteTrackingRecorder, KimberliteApplicatio
                       ) -> Optional[Sequence[int]]:
         tracking: Optional[Tracking] = kwargs.get("tracking")
         return self._store.insert_events(self.stream_id, stored_events, tracking)
+
+
+# The recorders' insert_events that _EsInsert stands in for (KimberliteRecorder.__init__).
+_C_INSERTS = (KimberliteAggregateRecorder.insert_events,
+              KimberliteApplicationRecorder.insert_events,
+              KimberliteProcessRecorder.insert_events)
 
 
 # ---- factory -----------------------------------------------------------------------------
