@@ -1119,7 +1119,7 @@ class _Store:
             except (_kerr.StorageError, ValueError) as e:
                 raise _mapped(e) from e
             if ids is not None:
-                return cast(List[int], ids)
+                return ids
         return self.insert_python(sid, stored_events, tracking)
 
     def insert_python(self, sid: int, stored_events: Sequence[StoredEvent],
@@ -1467,9 +1467,9 @@ class KimberliteRecorder(Recorder):
             # insert_events without a Python frame: the usual call made by the C half, any
             # other (keywords such as tracking=, or what the C half declines) by the method
             # (csrc/py_es.c, _EsInsert). Not for subclasses that define their own.
-            self.insert_events = _core._EsInsert(  # type: ignore[method-assign]
+            setattr(self, "insert_events", _core._EsInsert(
                 store.writer, stream_id, method.__get__(self), _raise_mapped,
-                isinstance(self, ApplicationRecorder))
+                isinstance(self, ApplicationRecorder)))
         self._owner = owner  # the factory: it closes the store when collected, not before
 
     @property
@@ -1531,7 +1531,7 @@ class KimberliteApplicationRecorder(KimberliteAggregateRecorder, ApplicationReco
             raise _mapped(e) from e
         if ids is None:
             return self._store.insert_python(self.stream_id, stored_events, None)
-        return cast(List[int], ids)
+        return ids
 
     def select_notifications(self, start: Optional[int], limit: int,
                              stop: Optional[int] = None, topics: Sequence[str] = (), *,
