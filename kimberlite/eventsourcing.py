@@ -48,6 +48,11 @@ Design (docs/EVENTSOURCING.md has the whole story):
   by a read is confirmed against the record it points to.
 * **Tamper evidence**: every recorder has ``.storage``, ``.stream_id``, ``head_hash()`` and
   ``verify(expected_head=...)``; the factory has ``.storage`` too.
+* **The usual insert in C**: one aggregate with a UUID id, versions following the
+  recorded ones, no tracking record: the recorder's ``insert_events`` is a C callable
+  (``_core._EsInsert``, csrc/py_es.c) making the same steps as the Python fast path
+  (lock, encoding, duplicate check, append, index entry, ids); it declines anything else,
+  which the Python path below then handles.
 
 Record format, version 1 (little-endian; lengths are u32)::
 
