@@ -74,6 +74,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 import zlib
 from array import array
 from collections import OrderedDict
@@ -697,9 +698,21 @@ class _Store:
         self._append = self.storage.append_batch
         # The usual insert in C: the whole call under the lock (csrc/py_es.c); None when
         # the call is not the usual one (insert_events then takes the Python path).
+        # (its callbacks reach the store through a weak reference: no reference cycle,
+        # so a store dropped without close() is freed at once, as before the C half)
+        this = weakref.ref(self)
+
+        def written_behind(st: _StreamState) -> None:
+            store = this()
+            if store is not None:
+                store._written_behind(st)
+
+        def notify(sid: int) -> None:
+            store = this()
+            if store is not None:
+                store.notify(sid)
         self.writer = _core._EsWriter(UUID, self.storage, self.lock, self._fast,
-                                      self.listeners, self.fsync, self._written_behind,
-                                      self.notify)
+                                      self.listeners, self.fsync, written_behind, notify)
         self._insert = self.writer.insert
         self.index_dir = None if self.memory else os.path.join(path, "eventsourcing")
         if self.index_dir is not None and not read_only:
@@ -1472,9 +1485,23 @@ class KimberliteRecorder(Recorder):
             # insert_events without a Python frame: the usual call made by the C half, any
             # other (keywords such as tracking=, or what the C half declines) by the method
             # (csrc/py_es.c, _EsInsert). Not for subclasses that define their own.
+            # The fallback is what the method does after the C half declined, without a
+            # reference to the recorder (which would make a cycle, and a recorder dropped
+            # right after `.insert_events` is looked up must still work).
+            tracked = method is KimberliteProcessRecorder.insert_events
+            returns_ids = method is not KimberliteAggregateRecorder.insert_events
+
+            def fallback(stored_events: Sequence[StoredEvent], **kwargs: Any
+                         ) -> Optional[Sequence[int]]:
+                if kwargs:  # (not tried in C)
+                    ids = store.insert_events(
+                        stream_id, stored_events,
+                        cast(Optional[Tracking], kwargs.get("tracking")) if tracked else None)
+                else:
+                    ids = store.insert_python(stream_id, stored_events, None)
+                return ids if returns_ids else None
             setattr(self, "insert_events", _core._EsInsert(
-                store.writer, stream_id, method.__get__(self), _raise_mapped,
-                isinstance(self, ApplicationRecorder)))
+                store.writer, stream_id, fallback, _raise_mapped, returns_ids))
         self._owner = owner  # the factory: it closes the store when collected, not before
 
     @property

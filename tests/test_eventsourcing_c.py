@@ -490,3 +490,49 @@ def test_struct_layout_of_a_c_record():
             + b"\x00" + a.bytes + struct.pack("<q", 3)
             + struct.pack("<I", 2) + b"tp" + struct.pack("<I", 3) + b"xyz")
     assert got == want
+
+
+def test_dropped_recorders_and_factory_are_freed_without_the_cycle_collector(tmp_path):
+    # The C half makes no reference cycle: a factory and its recorders dropped without
+    # close() are freed at once (the factory's __del__ closes the store, releasing the
+    # directory's lock), as before it.
+    import gc
+    import weakref
+    path = str(tmp_path / "d")
+    gc.collect()
+    gc.disable()
+    try:
+        f = factory(path)
+        recs = [f.application_recorder(), f.aggregate_recorder(), f.process_recorder()]
+        recs[0].insert_events([ev(uuid.uuid4(), 1)])
+        refs = [weakref.ref(x) for x in (f, f.store, *recs)]
+        del f, recs
+        assert [r() for r in refs] == [None] * len(refs)
+        kimberlite.Storage(path).close()  # not locked any more
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("kind", ["aggregate", "application", "process"])
+def test_a_recorder_dropped_before_its_call_runs_still_inserts(tmp_path, kind):
+    # `factory.x_recorder().insert_events(...)`: the recorder may be freed once the bound
+    # attribute is looked up; the calls the C half declines still go through.
+    import gc
+    f = factory(tmp_path / "d")
+    gc.disable()
+    try:
+        make = getattr(f, f"{kind}_recorder")
+        want = None if kind == "aggregate" else [1, 2]
+        assert make().insert_events([ev("text-id", 1), ev("text-id", 2)]) == want  # declined
+        want = None if kind == "aggregate" else [3]
+        assert make().insert_events([ev(uuid.uuid4(), 1)]) == want
+        if kind == "process":
+            assert make().insert_events([ev("text-id", 3)], tracking=Tracking("up", 1)) == [4]
+            assert make().insert_events([ev("text-id", 4)], tracking=None) == [5]
+        with pytest.raises(IntegrityError):
+            make().insert_events([ev("text-id", 1)])
+    finally:
+        gc.enable()
+    assert [e.originator_version for e in f.application_recorder().select_events("text-id")
+            ][:2] == [1, 2]
+    f.close()
