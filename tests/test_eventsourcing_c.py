@@ -536,3 +536,19 @@ def test_a_recorder_dropped_before_its_call_runs_still_inserts(tmp_path, kind):
     assert [e.originator_version for e in f.application_recorder().select_events("text-id")
             ][:2] == [1, 2]
     f.close()
+
+
+def test_insert_callable_without_vectorcall(tmp_path):
+    # (callers that go through tp_call, e.g. the slot wrapper, reach the same path)
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    call = rec.__dict__["insert_events"]
+    a = uuid.uuid4()
+    assert type(call).__call__(call, [ev(a, 1)]) == [1]
+    assert type(call).__call__(call, [ev(a, 2)]) == [2]
+    assert type(call).__call__(call, stored_events=[ev(a, 3)]) == [3]  # keywords: the method
+    with pytest.raises(TypeError):
+        call()
+    with pytest.raises(IntegrityError):
+        type(call).__call__(call, [ev(a, 3)])
+    f.close()
