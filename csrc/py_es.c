@@ -38,6 +38,7 @@
  */
 #include "py_kimberlite.h"
 
+#include <limits.h>
 #include <string.h>
 
 #include <structmember.h>
@@ -577,14 +578,15 @@ static PyObject *es_insert_locked(EsWriterObject *self, PyObject *sid, PyObject 
         st->keys == NULL || !PyDict_CheckExact(st->keys) || st->pend == NULL ||
         !PyList_CheckExact(st->pend))
         goto fallback;
-    /* One aggregate with a UUID id, versions going up by one. */
-    long long v0 = e.ev[0].version;
+    /* One aggregate with a UUID id, versions going up by one (compared pairwise: no
+     * arithmetic that could overflow near INT64_MAX). */
     for (Py_ssize_t i = 0; i < e.n; i++) {
         if (!e.ev[i].is_uuid || memcmp(e.ev[i].key, e.ev[0].key, ES_KEY_SIZE) != 0 ||
-            e.ev[i].version != v0 + i)
+            (i > 0 && (e.ev[i - 1].version == LLONG_MAX ||
+                       e.ev[i].version != e.ev[i - 1].version + 1)))
             goto fallback;
     }
-    long long v1 = v0 + (e.n - 1);
+    long long v0 = e.ev[0].version, v1 = e.ev[e.n - 1].version;
     if ((key = PyBytes_FromStringAndSize((const char *)e.ev[0].key, ES_KEY_SIZE)) == NULL)
         goto done;
     /* Versions 1..known recorded (an int), none (absent, or None), or a set: fallback. */
@@ -810,6 +812,10 @@ static PyObject *es_call_vectorcall(PyObject *callable, PyObject *const *args, s
                                     PyObject *kwnames)
 {
     EsInsertObject *self = (EsInsertObject *)callable;
+    if (self->writer == NULL || self->fallback == NULL) { /* (cleared by the collector) */
+        PyErr_SetString(PyExc_ValueError, "_EsInsert was cleared");
+        return NULL;
+    }
     if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0))
         return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
     EsWriterObject *w = (EsWriterObject *)self->writer;
@@ -903,10 +909,6 @@ static void es_call_dealloc(EsInsertObject *self)
 /* (tp_call for callers without vectorcall: PyVectorcall_Call unpacks to the above) */
 static PyObject *es_call_call(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    if (((EsInsertObject *)self)->writer == NULL) {
-        PyErr_SetString(PyExc_ValueError, "_EsInsert was cleared");
-        return NULL;
-    }
     return PyVectorcall_Call(self, args, kwds);
 }
 

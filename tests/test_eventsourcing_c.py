@@ -552,3 +552,21 @@ def test_insert_callable_without_vectorcall(tmp_path):
     with pytest.raises(IntegrityError):
         type(call).__call__(call, [ev(a, 3)])
     f.close()
+
+
+def test_versions_at_the_ends_of_int64(tmp_path):
+    # (no overflow in the C half's checks; what it declines the Python path records)
+    f = factory(tmp_path / "d")
+    rec = f.application_recorder()
+    made = counting(rec)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    top = 2**63 - 1
+    assert rec.insert_events([ev(a, 1)]) == [1]
+    assert rec.insert_events([ev(a, top), ev(a, top - 1)]) == [2, 3]     # declined
+    assert rec.insert_events([ev(b, -2**63), ev(b, -2**63 + 1)]) == [4, 5]  # declined
+    assert rec.insert_events([ev(uuid.uuid4(), 1), ev(uuid.uuid4(), 1)][:1]) == [6]
+    with pytest.raises(IntegrityError):
+        rec.insert_events([ev(a, top)])
+    assert made["c"] == 1
+    assert [e.originator_version for e in rec.select_events(a)] == [1, top - 1, top]
+    f.close()
