@@ -407,6 +407,9 @@ static int kmb_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->memory_storage_type);
     Py_VISIT(st->index_type);
     Py_VISIT(st->buffer_type);
+    Py_VISIT(st->es_stream_type);
+    Py_VISIT(st->es_writer_type);
+    Py_VISIT(st->es_insert_type);
     Py_VISIT(st->StorageError);
     Py_VISIT(st->UnexpectedEofError);
     Py_VISIT(st->CorruptedRecordError);
@@ -428,6 +431,9 @@ static int kmb_module_clear(PyObject *module)
     Py_CLEAR(st->memory_storage_type);
     Py_CLEAR(st->index_type);
     Py_CLEAR(st->buffer_type);
+    Py_CLEAR(st->es_stream_type);
+    Py_CLEAR(st->es_writer_type);
+    Py_CLEAR(st->es_insert_type);
     Py_CLEAR(st->StorageError);
     Py_CLEAR(st->UnexpectedEofError);
     Py_CLEAR(st->CorruptedRecordError);
@@ -516,6 +522,7 @@ static int kmb_module_exec(PyObject *module)
     if (import_record_class(st) < 0) goto done;
     if (kmb_storage_types_init(module, st) < 0) goto done;
     if (kmb_index_type_init(module, st) < 0) goto done;
+    if (kmb_es_types_init(module, st) < 0) goto done;
     if (kmb_tlog_init(module) < 0) goto done;
 
     if (PyModule_AddIntConstant(module, "RECORD_OVERHEAD", KMB_RECORD_OVERHEAD) < 0) goto done;

@@ -51,6 +51,9 @@ typedef struct kmb_module_state {
     PyTypeObject *memory_storage_type;
     PyTypeObject *index_type;
     PyTypeObject *buffer_type; /* _ColumnBuffer (py_arrow.c) */
+    PyTypeObject *es_stream_type; /* _EsStream (py_es.c) */
+    PyTypeObject *es_writer_type; /* _EsWriter (py_es.c) */
+    PyTypeObject *es_insert_type; /* _EsInsert (py_es.c) */
 
     /* Exception classes from kimberlite._errors (strong references). */
     PyObject *StorageError;
@@ -150,6 +153,8 @@ int kmb_type_add_methods(PyTypeObject *tp, PyMethodDef *defs);
 int kmb_storage_types_init(PyObject *module, kmb_module_state *st);
 int kmb_index_type_init(PyObject *module, kmb_module_state *st);
 int kmb_record_type_init(PyObject *module, kmb_module_state *st);
+/* _EsStream, _EsWriter and _EsInsert, the insert path of kimberlite.eventsourcing (py_es.c). */
+int kmb_es_types_init(PyObject *module, kmb_module_state *st);
 
 /* ---- the shared Storage object (py_storage.c), for py_testing.c ---------------------- */
 

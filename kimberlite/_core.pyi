@@ -2,7 +2,7 @@
 
 import os
 from types import TracebackType
-from typing import ClassVar, Iterable, List, Optional, Tuple, Type, Union, final
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Tuple, Type, Union, final
 
 from typing_extensions import Buffer as _Buffer, Self, disjoint_base
 
@@ -225,6 +225,28 @@ class OffsetIndex:
     def __eq__(self, other: object, /) -> bool: ...
     def __ne__(self, other: object, /) -> bool: ...
     __hash__: ClassVar[None]  # type: ignore[assignment]
+
+# ---- kimberlite.eventsourcing's insert path (csrc/py_es.c; private) ----
+@disjoint_base
+class _EsStream:
+    next_id: int
+    indexed: int
+    flush_at: int
+    complete: bool
+    keys: Dict[bytes, Any]
+    pend: List[Any]
+
+@final
+class _EsWriter:
+    def __new__(cls, uuid_type: type, storage: Optional[Union[Storage, MemoryStorage]] = None, lock: Any = None, fast: Optional[Dict[int, Any]] = None, listeners: Optional[Dict[Any, int]] = None, fsync: bool = True, written_behind: Optional[Callable[[Any], None]] = None, notify: Optional[Callable[[int], None]] = None) -> Self: ...
+    def encode(self, first_id: int, events: Any, tracking: Any = None, /) -> Optional[bytes]: ...
+    def insert(self, sid: int, events: Any, /) -> Optional[List[int]]: ...
+    def columns(self, pend: List[Any], /) -> Tuple[bytes, bytes]: ...
+
+@final
+class _EsInsert:
+    def __new__(cls, writer: _EsWriter, sid: int, fallback: Callable[..., Any], on_error: Callable[[BaseException], None], returns_ids: bool) -> Self: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 # ---- verifiable log (csrc/py_tlog.c; public API in kimberlite/tlog.py) ----
 def tlog_leaf_hash(entry: _Buffer, /) -> bytes: ...

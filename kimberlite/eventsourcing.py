@@ -48,6 +48,11 @@ Design (docs/EVENTSOURCING.md has the whole story):
   by a read is confirmed against the record it points to.
 * **Tamper evidence**: every recorder has ``.storage``, ``.stream_id``, ``head_hash()`` and
   ``verify(expected_head=...)``; the factory has ``.storage`` too.
+* **The usual insert in C**: one aggregate with a UUID id, versions following the
+  recorded ones, no tracking record: the recorder's ``insert_events`` is a C callable
+  (``_core._EsInsert``, csrc/py_es.c) making the same steps as the Python fast path
+  (lock, encoding, duplicate check, append, index entry, ids); it declines anything else,
+  which the Python path below then handles.
 
 Record format, version 1 (little-endian; lengths are u32)::
 
@@ -69,6 +74,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 import zlib
 from array import array
 from collections import OrderedDict
@@ -97,8 +103,9 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
-import kimberlite as _kerr  # the public API only (SPEC §4)
+import kimberlite as _kerr  # the public API only (SPEC §4) ...
 from kimberlite import MemoryStorage, Storage
+from kimberlite import _core  # ... and the insert path's C half (csrc/py_es.c)
 
 if TYPE_CHECKING:
     from threading import Event
@@ -142,7 +149,16 @@ def encode_record(first_id: int, stored_events: Sequence[StoredEvent],
     Raises ``DataError`` for values the format cannot hold (a version outside int64, an
     originator id that is neither ``UUID`` nor ``str``).
     """
-    return _encode(first_id, stored_events, tracking)[0]
+    # The C encoder (csrc/py_es.c) takes the plain values (UUID or str ids, int versions,
+    # str topics, bytes states, in a list or tuple) and says None for anything else: the
+    # Python encoder below, the reference, then encodes it or raises DataError.
+    record = _codec.encode(first_id, stored_events, tracking)
+    if record is None:
+        record = _encode(first_id, stored_events, tracking)[0]
+    return record
+
+
+_codec = _core._EsWriter(UUID)  # (encodes only: no storage)
 
 
 def _encode(first_id: int, stored_events: Sequence[StoredEvent],
@@ -334,6 +350,11 @@ def _mapped(e: BaseException) -> DatabaseError:
     return DatabaseError(msg)
 
 
+def _raise_mapped(e: BaseException) -> None:
+    """Raise the library's exception for kimberlite's ``e`` (for the C half's errors)."""
+    raise _mapped(e) from e
+
+
 @contextmanager
 def _engine_errors() -> Iterator[None]:
     try:
@@ -467,8 +488,13 @@ class _Run:
 
 def _columns(flat: List[Any]) -> Tuple[bytes, "array[int]"]:
     """The keys and int64 columns of entries given flat (the key, then the columns, then
-    the next entry's key...): a few passes in C (slices with a step, one struct.pack per
-    column), much faster than packing entry by entry or filling an array."""
+    the next entry's key...), by the C half (csrc/py_es.c: one pass over the list)."""
+    keys, ints = _codec.columns(flat)
+    return keys, _int64s(ints)
+
+
+def _columns_py(flat: List[Any]) -> Tuple[bytes, "array[int]"]:
+    """:func:`_columns` in Python (the reference the tests compare it with)."""
     n = len(flat) // _STRIDE
     pack = struct.Struct(f"<{n}q").pack
     return b"".join(flat[0::_STRIDE]), _int64s(
@@ -593,8 +619,11 @@ def _add_version(known: Any, v: int) -> Any:
     return known
 
 
-class _StreamState:
+class _StreamState(_core._EsStream):
     """What this process knows of one stream: authoritative, in memory.
+
+    ``next_id``, ``indexed``, ``flush_at``, ``complete``, ``keys`` and ``pend`` are fields
+    of the C base (csrc/py_es.c), which the insert path in C reads and updates directly.
 
     ``keys`` maps an index key to its versions (see :func:`_has_version`) for every key
     whose versions have been looked at since the stream was loaded: it always holds all of
@@ -608,9 +637,8 @@ class _StreamState:
     (complete: the blocks carry all of them).
     """
 
-    __slots__ = ("stream_id", "indexed", "next_id", "error", "keys", "complete", "misses",
-                 "flushed", "flushed_id", "flush_at", "pend", "runs", "run_ids", "tracking",
-                 "fd", "file_size")
+    __slots__ = ("stream_id", "error", "misses", "flushed", "flushed_id", "runs", "run_ids",
+                 "tracking", "fd", "file_size")
 
     def __init__(self, stream_id: int, indexed: int, next_id: int, complete: bool) -> None:
         self.error: Optional[str] = None  # the stream holds a record this module cannot use
@@ -668,6 +696,24 @@ class _Store:
             else:
                 self.storage = Storage(path, read_only=read_only, **storage_kwargs)
         self._append = self.storage.append_batch
+        # The usual insert in C: the whole call under the lock (csrc/py_es.c); None when
+        # the call is not the usual one (insert_events then takes the Python path).
+        # (its callbacks reach the store through a weak reference: no reference cycle,
+        # so a store dropped without close() is freed at once, as before the C half)
+        this = weakref.ref(self)
+
+        def written_behind(st: _StreamState) -> None:
+            store = this()
+            if store is not None:
+                store._written_behind(st)
+
+        def notify(sid: int) -> None:
+            store = this()
+            if store is not None:
+                store.notify(sid)
+        self.writer = _core._EsWriter(UUID, self.storage, self.lock, self._fast,
+                                      self.listeners, self.fsync, written_behind, notify)
+        self._insert = self.writer.insert
         self.index_dir = None if self.memory else os.path.join(path, "eventsourcing")
         if self.index_dir is not None and not read_only:
             try:
@@ -1076,13 +1122,32 @@ class _Store:
 
     def insert_events(self, sid: int, stored_events: Sequence[StoredEvent],
                       tracking: Optional[Tracking]) -> List[int]:
-        """What the recorders call: :meth:`insert`, with the usual call inline.
+        """What the recorders call (the application and aggregate recorders inline its
+        first step): :meth:`insert`, with the usual call made by the C half.
 
-        The usual call (a loaded, writable stream; one aggregate whose versions go up by
-        one, all new; no tracking record) is made here with as little Python as possible:
-        the index costs a dictionary lookup and update and seven values added to a list.
-        Anything else goes through :meth:`run` and :meth:`insert`, with the encoding
-        already done.
+        The usual call (a loaded, writable stream; one aggregate with a UUID id whose
+        versions go up by one, all new; no tracking record) is made whole in C
+        (``_EsWriter.insert``, csrc/py_es.c: the lock, the encoding, the duplicate check,
+        the append with the GIL released, the index entry and the ids), with exactly the
+        steps of :meth:`insert_python`'s fast path. Anything else: :meth:`insert_python`.
+        """
+        if tracking is None:
+            try:
+                ids = self._insert(sid, stored_events)
+            except (_kerr.StorageError, ValueError) as e:
+                raise _mapped(e) from e
+            if ids is not None:
+                return ids
+        return self.insert_python(sid, stored_events, tracking)
+
+    def insert_python(self, sid: int, stored_events: Sequence[StoredEvent],
+                      tracking: Optional[Tracking]) -> List[int]:
+        """:meth:`insert_events` when the C half says the call is not the usual one.
+
+        The same usual call with a str originator id is made here with as little Python
+        as possible: the index costs a dictionary lookup and update and seven values
+        added to a list. Anything else goes through :meth:`run` and :meth:`insert`, with
+        the encoding already done.
         """
         with self.lock:
             st = self._fast.get(sid)
@@ -1414,6 +1479,29 @@ class KimberliteRecorder(Recorder):
     def __init__(self, store: _Store, stream_id: int, owner: object = None) -> None:
         self._store = store
         self.stream_id = stream_id
+        self._insert = store._insert  # the usual insert, in C (see _Store.insert_events)
+        method = getattr(type(self), "insert_events", None)
+        if method in _C_INSERTS:
+            # insert_events without a Python frame: the usual call made by the C half, any
+            # other (keywords such as tracking=, or what the C half declines) by the method
+            # (csrc/py_es.c, _EsInsert). Not for subclasses that define their own.
+            # The fallback is what the method does after the C half declined, without a
+            # reference to the recorder (which would make a cycle, and a recorder dropped
+            # right after `.insert_events` is looked up must still work).
+            tracked = method is KimberliteProcessRecorder.insert_events
+            returns_ids = method is not KimberliteAggregateRecorder.insert_events
+
+            def fallback(stored_events: Sequence[StoredEvent], **kwargs: Any
+                         ) -> Optional[Sequence[int]]:
+                if kwargs:  # (not tried in C)
+                    ids = store.insert_events(
+                        stream_id, stored_events,
+                        cast(Optional[Tracking], kwargs.get("tracking")) if tracked else None)
+                else:
+                    ids = store.insert_python(stream_id, stored_events, None)
+                return ids if returns_ids else None
+            setattr(self, "insert_events", _core._EsInsert(
+                store.writer, stream_id, fallback, _raise_mapped, returns_ids))
         self._owner = owner  # the factory: it closes the store when collected, not before
 
     @property
@@ -1449,7 +1537,13 @@ class KimberliteRecorder(Recorder):
 class KimberliteAggregateRecorder(KimberliteRecorder, AggregateRecorder):
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
                       ) -> Optional[Sequence[int]]:
-        self._store.insert_events(self.stream_id, stored_events, None)
+        # (_Store.insert_events, with its first step inline: one Python frame less per call)
+        try:
+            ids = self._insert(self.stream_id, stored_events)
+        except (_kerr.StorageError, ValueError) as e:
+            raise _mapped(e) from e
+        if ids is None:
+            self._store.insert_python(self.stream_id, stored_events, None)
         return None
 
     def select_events(self, originator_id: Any, *, gt: Optional[int] = None,
@@ -1462,7 +1556,14 @@ class KimberliteAggregateRecorder(KimberliteRecorder, AggregateRecorder):
 class KimberliteApplicationRecorder(KimberliteAggregateRecorder, ApplicationRecorder):
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
                       ) -> Optional[Sequence[int]]:
-        return self._store.insert_events(self.stream_id, stored_events, None)
+        # (_Store.insert_events, with its first step inline: one Python frame less per call)
+        try:
+            ids = self._insert(self.stream_id, stored_events)
+        except (_kerr.StorageError, ValueError) as e:
+            raise _mapped(e) from e
+        if ids is None:
+            return self._store.insert_python(self.stream_id, stored_events, None)
+        return ids
 
     def select_notifications(self, start: Optional[int], limit: int,
                              stop: Optional[int] = None, topics: Sequence[str] = (), *,
@@ -1508,6 +1609,12 @@ class KimberliteProcessRecorder(KimberliteTrackingRecorder, KimberliteApplicatio
                       ) -> Optional[Sequence[int]]:
         tracking: Optional[Tracking] = kwargs.get("tracking")
         return self._store.insert_events(self.stream_id, stored_events, tracking)
+
+
+# The recorders' insert_events that _EsInsert stands in for (KimberliteRecorder.__init__).
+_C_INSERTS = (KimberliteAggregateRecorder.insert_events,
+              KimberliteApplicationRecorder.insert_events,
+              KimberliteProcessRecorder.insert_events)
 
 
 # ---- factory -----------------------------------------------------------------------------
