@@ -1439,6 +1439,14 @@ class _Store:
 # so factories of this process that name the same directory share it (reference counted).
 _stores: Dict[Tuple[str, bool], _Store] = {}
 _stores_lock = threading.Lock()
+# A factory's __del__ runs whenever the garbage collector does, at any allocation: also
+# while this thread holds _stores_lock (inside _acquire_store) or is inside a call on the
+# very store (holding its RLock). Releasing there would deadlock, or close a store under a
+# call. So a finalizer only queues its store here; the queue is worked off at once when
+# that cannot block this thread, else at the next safe point (any _acquire_store or
+# _release_store, by whichever thread holds the lock then).
+_released_late: List[_Store] = []  # one reference each, not yet given back
+_closing_late: List[_Store] = []   # no reference left, not closed yet
 
 
 def _acquire_store(path: str, *, read_only: bool, fsync: bool, storage_kwargs: Dict[str, int],
@@ -1456,18 +1464,56 @@ def _acquire_store(path: str, *, read_only: bool, fsync: bool, storage_kwargs: D
                            storage_kwargs=storage_kwargs, poll_interval=poll_interval)
             _stores[key] = found
         found.refs += 1
-        return found
+    _release_late_stores()
+    return found
 
 
-def _release_store(store: _Store) -> None:
-    with _stores_lock:
-        store.refs -= 1
-        if store.refs > 0:
-            return
-        for key, s in list(_stores.items()):
-            if s is store:
-                del _stores[key]
-    store.close()
+def _drop_ref(store: _Store) -> bool:
+    """Give back one reference (with _stores_lock held); True: the store is to be closed."""
+    store.refs -= 1
+    if store.refs > 0:
+        return False
+    for key, s in list(_stores.items()):
+        if s is store:
+            del _stores[key]
+    return True
+
+
+def _release_store(store: _Store, *, late: bool = False) -> None:
+    """Give back a factory's reference; late: from a finalizer (queued, never blocks)."""
+    if late:
+        _released_late.append(store)  # atomic under the GIL
+    else:
+        with _stores_lock:
+            closing = _drop_ref(store)
+        if closing:
+            store.close()
+    _release_late_stores()
+
+
+def _owned(lock: Any) -> bool:
+    is_owned = getattr(lock, "_is_owned", None)  # RLock: held by this thread
+    return bool(is_owned()) if is_owned is not None else False
+
+
+def _release_late_stores() -> None:
+    """Work off what finalizers queued, as far as that cannot block this thread."""
+    while _released_late or _closing_late:
+        if not _stores_lock.acquire(blocking=False):
+            return  # its holder (maybe this thread, further up) calls this after it
+        try:
+            while _released_late:
+                store = _released_late.pop()
+                if _drop_ref(store):
+                    _closing_late.append(store)
+            todo = [s for s in _closing_late if not _owned(s.lock)]
+            _closing_late[:] = [s for s in _closing_late if _owned(s.lock)]
+        finally:
+            _stores_lock.release()
+        for store in todo:
+            store.close()
+        if not todo:
+            return  # only stores in use further up this thread's stack are left
 
 
 # ---- recorders ---------------------------------------------------------------------------
@@ -1741,8 +1787,11 @@ class KimberliteFactory(InfrastructureFactory[KimberliteTrackingRecorder]):
             _release_store(store)
 
     def __del__(self) -> None:
+        store, self._store = getattr(self, "_store", None), None
+        if store is None:
+            return
         try:
-            self.close()
+            _release_store(store, late=True)  # never blocks: see _released_late
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
 

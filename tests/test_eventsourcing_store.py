@@ -478,3 +478,69 @@ def test_record_format_round_trip_and_rejects_garbage():
         encode_record(1, [ev("a", 2**63)])
     with pytest.raises(DataError):
         encode_record(1, [ev(12, 1)])
+
+
+# ---- finalizers never block ------------------------------------------------------------
+
+FINALIZER_SCRIPT = r"""
+import gc, sys
+import kimberlite
+import kimberlite.eventsourcing as es
+
+def factory(path):
+    return es.KimberliteFactory({"KIMBERLITE_PATH": path, "KIMBERLITE_FSYNC": "n"})
+
+def in_a_cycle(path):
+    f = factory(path)
+    f.application_recorder()
+    f.cycle = [f]  # only the cycle collector frees it: at any allocation, anywhere
+    store = f.store
+    return store
+
+def locked(path):  # the directory's writer lock is held by this process
+    try:
+        kimberlite.Storage(path).close()
+    except kimberlite.LockedError:
+        return True
+    return False
+
+a, b = sys.argv[1], sys.argv[2]
+gc.disable()
+# 1. the collector runs a factory's __del__ while this thread holds _stores_lock (what
+#    happened inside _acquire_store): it used to wait for itself for ever
+store = in_a_cycle(a)
+with es._stores_lock:
+    gc.collect()
+    assert not store.closed and locked(a)  # queued, not released under the lock
+es._release_late_stores()  # the next safe point
+assert store.closed and not locked(a)
+
+# 2. ... while this thread is inside a call on the very store (holding its lock): the store
+#    must not be closed under the call, and is closed at the next safe point after it
+store = in_a_cycle(b)
+with store.lock:
+    gc.collect()
+    es._release_late_stores()  # a safe point inside the call: still in use
+    assert not store.closed and locked(b)
+f = factory(a)  # any later factory is a safe point
+assert store.closed and not locked(b)
+f.close()
+assert not locked(a)
+
+# 3. a factory dropped outside any lock is still released at once
+f = factory(a)
+assert locked(a)
+del f
+assert not locked(a)
+print("ok")
+"""
+
+
+def test_a_factory_finalized_under_a_lock_is_released_later_never_deadlocks(tmp_path):
+    from helpers import child_env
+
+    p = subprocess.run([sys.executable, "-c", FINALIZER_SCRIPT, str(tmp_path / "a"),
+                        str(tmp_path / "b")], capture_output=True, text=True, timeout=120,
+                       env=child_env())
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.strip() == "ok"
