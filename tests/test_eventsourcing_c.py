@@ -570,3 +570,50 @@ def test_versions_at_the_ends_of_int64(tmp_path):
     assert made["c"] == 1
     assert [e.originator_version for e in rec.select_events(a)] == [1, top - 1, top]
     f.close()
+
+
+_MEDDLE = r"""
+import sys, threading, time, uuid
+from eventsourcing.persistence import StoredEvent
+import kimberlite
+from kimberlite import _core
+storage = kimberlite.Storage(sys.argv[1])
+st = _core._EsStream()
+st.next_id, st.indexed, st.complete = 1, 0, True
+w = _core._EsWriter(uuid.UUID, storage, threading.RLock(), {1: st}, {}, False,
+                    lambda s: None, lambda sid: None)
+stop = False
+def meddle():
+    while not stop:
+        del st.pend, st.keys
+        time.sleep(0.00005)
+        st.pend, st.keys = [], {}
+        time.sleep(0.0003)
+t = threading.Thread(target=meddle)
+t.start()
+sys.setswitchinterval(1e-6)
+a, v, made = uuid.uuid4(), 1, 0
+deadline = time.monotonic() + 1.5
+try:
+    while time.monotonic() < deadline:
+        ids = w.insert(1, [StoredEvent(originator_id=a, originator_version=v, topic="t",
+                                       state=b"y" * 4000)])
+        if ids is not None:
+            v, made = v + 1, made + 1
+finally:
+    stop = True
+    t.join()
+print(made)
+"""
+
+
+def test_keys_and_pend_replaced_by_another_thread_during_the_append(tmp_path):
+    # keys and pend are writable attributes of _EsStream: a thread deleting or replacing
+    # them while the GIL is released around the append must not crash the C half (it used
+    # the fields again after the append: a NULL dereference once deleted).
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _MEDDLE, str(tmp_path / "d")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert int(r.stdout) > 0
