@@ -620,3 +620,32 @@ TEST(index_partial_grows_and_truncates_and_completes_with_its_new_entries)
     kmb_index_free(&ix);
     free(img);
 }
+
+TEST(index_partial_truncated_below_its_window_then_grown_and_completed)
+{
+    /* Truncated before lo (but to more than one entry): none of the window is left. The
+     * index stays partial (entries 1 .. count-1 not loaded); growing it must not copy a
+     * window of (count - lo) entries, which wrapped to a huge size. */
+    size_t n = 5000, len = 0, lo = 4990, good = 0;
+    uint8_t *img = image_of(n, &len);
+    CHECK(img != NULL);
+    kmb_index ix;
+    kmb_index_init(&ix);
+    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, partial_buffer(img, len, lo), len, lo, 54, 54,
+                                         &good),
+                 KMB_OK);
+    kmb_index_truncate(&ix, 100);
+    CHECK(ix.count == 100 && ix.lo >= 1 && ix.lo <= 100);
+    uint64_t pos = 1;
+    CHECK(!kmb_index_lookup(&ix, 50, &pos)); /* not loaded */
+    for (size_t i = 100; i < n + 10; i++) /* grows past the image: the array moves */
+        CHECK_EQ_INT(kmb_index_append(&ix, 54 * (uint64_t)i), KMB_OK);
+    CHECK(ix.block == NULL && ix.count == n + 10 && ix.positions[0] == 0);
+    CHECK(!kmb_index_lookup(&ix, 50, &pos) && kmb_index_lookup(&ix, 120, &pos) && pos == 54 * 120);
+    CHECK_EQ_INT(kmb_index_complete(&ix, 100, whole_buffer(img, len), len, 54, 54), KMB_OK);
+    int same = ix.lo == 0 && ix.count == n + 10;
+    for (size_t i = 0; same && i < n + 10; i++) same = ix.positions[i] == 54 * (uint64_t)i;
+    CHECK(same);
+    kmb_index_free(&ix);
+    free(img);
+}
