@@ -641,7 +641,7 @@ codes = []
 for _ in range(10):
     pid = os.fork()
     if pid == 0:
-        faulthandler.dump_traceback_later(5, exit=True)  # (a hang: exit code 1)
+        faulthandler.dump_traceback_later(15, exit=True)  # (a hang: exit code 1)
         try:
             ns = rec.select_notifications(1, 10**6)
             vs = [e.originator_version for e in rec.select_events(a)]
@@ -668,6 +668,6 @@ def test_fork_while_another_thread_inserts(tmp_path, where):
     import sys
     path = str(tmp_path / "d") if where == "disk" else ":memory:"
     r = subprocess.run([sys.executable, "-c", _FORK, path], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     assert ast.literal_eval(r.stdout) == [2 if where == "disk" else 0] * 10, r.stderr[-2000:]
