@@ -33,8 +33,9 @@
  *     failure raises kimberlite's exception (StorageError and subclasses, or ValueError for
  *     a closed storage or an oversized record) with nothing changed in the state.
  *
- * Memory: the writer holds strong references to what it was given (GC-tracked: the
- * callbacks are bound methods of the store that holds the writer). No global state.
+ * Memory: the writer holds strong references to what it was given (GC-tracked, for
+ * callbacks that reach back to it; kimberlite.eventsourcing passes closures over a weak
+ * reference to the store, so there is no cycle). No global state.
  */
 #include "py_kimberlite.h"
 
