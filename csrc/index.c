@@ -176,6 +176,9 @@ void kmb_index_truncate(kmb_index *ix, size_t count)
 {
     if (count < ix->count) ix->count = count;
     if (ix->count <= 1) ix->lo = 0; /* entry 0 is always loaded */
+    /* Cut before the loaded window: none of it is left, and entries 1 .. count-1 are not
+     * loaded (lo > count would make count - lo wrap where the window is copied). */
+    else if (ix->lo > ix->count) ix->lo = ix->count;
 }
 
 int kmb_index_lookup(const kmb_index *ix, uint64_t i, uint64_t *out)

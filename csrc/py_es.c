@@ -33,8 +33,9 @@
  *     failure raises kimberlite's exception (StorageError and subclasses, or ValueError for
  *     a closed storage or an oversized record) with nothing changed in the state.
  *
- * Memory: the writer holds strong references to what it was given (GC-tracked: the
- * callbacks are bound methods of the store that holds the writer). No global state.
+ * Memory: the writer holds strong references to what it was given (GC-tracked, for
+ * callbacks that reach back to it; kimberlite.eventsourcing passes closures over a weak
+ * reference to the store, so there is no cycle). No global state.
  */
 #include "py_kimberlite.h"
 
@@ -570,6 +571,7 @@ static PyObject *es_insert_locked(EsWriterObject *self, PyObject *sid, PyObject 
     Py_INCREF(st_obj); /* (held across the append: the dict may drop it meanwhile) */
     EsStreamObject *st = (EsStreamObject *)st_obj;
     PyObject *result = NULL, *payload = NULL, *key = NULL, *ids = NULL;
+    PyObject *keys = NULL, *pend = NULL;
     PyObject *entry[7] = {NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     es_events e;
     int rc = es_fetch(self, events, &e);
@@ -578,6 +580,10 @@ static PyObject *es_insert_locked(EsWriterObject *self, PyObject *sid, PyObject 
         st->keys == NULL || !PyDict_CheckExact(st->keys) || st->pend == NULL ||
         !PyList_CheckExact(st->pend))
         goto fallback;
+    /* Held from here on: keys and pend are writable (and deletable) attributes, which
+     * another thread may change while the GIL is released around the append. */
+    keys = Py_NewRef(st->keys);
+    pend = Py_NewRef(st->pend);
     /* One aggregate with a UUID id, versions going up by one (compared pairwise: no
      * arithmetic that could overflow near INT64_MAX). */
     for (Py_ssize_t i = 0; i < e.n; i++) {
@@ -590,7 +596,7 @@ static PyObject *es_insert_locked(EsWriterObject *self, PyObject *sid, PyObject 
     if ((key = PyBytes_FromStringAndSize((const char *)e.ev[0].key, ES_KEY_SIZE)) == NULL)
         goto done;
     /* Versions 1..known recorded (an int), none (absent, or None), or a set: fallback. */
-    PyObject *known = PyDict_GetItemWithError(st->keys, key); /* borrowed */
+    PyObject *known = PyDict_GetItemWithError(keys, key); /* borrowed */
     if (known == NULL && PyErr_Occurred()) goto done;
     if (known == NULL || known == Py_None) {
         if (v0 != 1 || (known == NULL && !st->complete)) goto fallback;
@@ -619,10 +625,10 @@ static PyObject *es_insert_locked(EsWriterObject *self, PyObject *sid, PyObject 
     for (int i = 1; i < 7; i++)
         if (entry[i] == NULL) goto done;
 
+    uint64_t stream; /* (may call sid.__index__: before the storage is checked) */
+    if (kmb_stream_id(sid, &stream) < 0) goto done;
     kmb_storage_object *so = (kmb_storage_object *)self->storage;
     if (kmb_storage_check_open(so) < 0) goto done;
-    uint64_t stream;
-    if (kmb_stream_id(sid, &stream) < 0) goto done;
     uint64_t expected = (uint64_t)offset, next = 0;
     kmb_slice slice = {PyBytes_AS_STRING(payload), (size_t)PyBytes_GET_SIZE(payload)};
     int arc;
@@ -634,7 +640,7 @@ static PyObject *es_insert_locked(EsWriterObject *self, PyObject *sid, PyObject 
     /* Stored: from here on nothing may report failure for the record itself. */
     st->next_id = first + (long long)e.n;
     st->indexed = offset + 1;
-    if (PyDict_SetItem(st->keys, key, v1_obj) < 0 || es_extend(st->pend, entry, 7) < 0)
+    if (PyDict_SetItem(keys, key, v1_obj) < 0 || es_extend(pend, entry, 7) < 0)
         goto done; /* (MemoryError: the Python path would fail the same way) */
     if (st->indexed > st->flush_at) {
         PyObject *r = PyObject_CallOneArg(self->written_behind, st_obj);
@@ -657,6 +663,8 @@ done:
     Py_XDECREF(ids);
     Py_XDECREF(key);
     Py_XDECREF(payload);
+    Py_XDECREF(keys);
+    Py_XDECREF(pend);
     Py_DECREF(st_obj);
     return result;
 }

@@ -727,6 +727,31 @@ class _Store:
                 self.storage.close()
                 raise OperationalError(f"cannot create the index directory "
                                        f"{self.index_dir!r}: {e}") from e
+        _live_stores.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a child of os.fork(). If another thread of the parent held the lock at the
+        fork (an insert in progress, across its append), the child would wait for it
+        forever: the lock is made new and the in-memory state, which may be half-updated,
+        dropped (the streams are loaded again from the records on next use, as after
+        _reset_index, without touching the index files: the parent's). A lock that was
+        free (or held by the forking thread, which goes on in the child) keeps it all."""
+        if self.lock.acquire(blocking=False):
+            self.lock.release()
+            return
+        self.lock._at_fork_reinit()  # type: ignore[attr-defined]
+        self._poller = None  # (the parent's thread: not in the child)
+        for st in self.streams.values():
+            if st.fd is not None:
+                try:
+                    os.close(st.fd)  # (the child's copy only)
+                except OSError:
+                    pass
+                st.fd = None
+        self._payloads.clear()
+        self._cached_bytes = 0
+        self.streams.clear()
+        self._fast.clear()
 
     # -- index files ----------------------------------------------------------------------
 
@@ -1447,6 +1472,21 @@ _stores_lock = threading.Lock()
 # _release_store, by whichever thread holds the lock then).
 _released_late: List[_Store] = []  # one reference each, not yet given back
 _closing_late: List[_Store] = []   # no reference left, not closed yet
+_live_stores: "weakref.WeakSet[_Store]" = weakref.WeakSet()  # every open store, memory too
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held these at the fork (an insert in progress): the
+    # child would wait for it forever (kimberlite._fork does the same for the engine).
+    global _stores_lock
+    _stores_lock = threading.Lock()
+    _released_late.clear()  # a parent's queue: its stores are the parent's to release
+    _closing_late.clear()
+    for store in list(_live_stores):
+        store._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _acquire_store(path: str, *, read_only: bool, fsync: bool, storage_kwargs: Dict[str, int],

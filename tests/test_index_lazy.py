@@ -406,3 +406,52 @@ def test_any_damaged_byte_reads_as_an_eager_open_does(template, at, xor, read_on
                                 s.latest_chain_hash(1)))
         assert results[0] == results[1]
         assert results[0][1] == [_payload(1, i) for i in range(N)]
+
+
+_HOSTILE = r"""
+import os, resource, struct, sys, zlib
+import kimberlite as km
+path, how, n, window = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+idx = os.path.join(path, "1", "segment_000000.log.idx")
+image = open(idx, "rb").read()
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+with km.Storage(path, read_only=True) as s:
+    assert s.read_from(1, n - 1) == [b"1:%d" % (n - 1)]
+    assert s._index_window(1) == [n - window]
+    os.remove(idx)
+    if how == "fifo":
+        os.mkfifo(idx)
+    elif how == "directory":
+        os.mkdir(idx)
+    elif how == "symlink_to_dev_zero":
+        os.symlink("/dev/zero", idx)
+    elif how == "symlink_to_the_same_index":  # (links are not followed: rebuilt)
+        with open(idx + ".real", "wb") as f:
+            f.write(image)
+        os.symlink(idx + ".real", idx)
+    elif how == "sparse_1TiB":
+        with open(idx, "wb") as f:
+            f.truncate(1 << 40)
+    elif how == "header_count_2_60":  # CRC right, count not the file's
+        b = bytearray(image)
+        struct.pack_into("<Q", b, 8, 1 << 60)
+        b[-4:] = struct.pack("<I", zlib.crc32(bytes(b[:-4])))
+        with open(idx, "wb") as f:
+            f.write(b)
+    assert s.read_from(1) == [b"1:%d" % i for i in range(n)]
+    assert s._index_window(1) == [0]
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["fifo", "directory", "symlink_to_dev_zero",
+                                 "symlink_to_the_same_index", "sparse_1TiB",
+                                 "header_count_2_60"])
+def test_hostile_index_swapped_in_between_open_and_completion(store, how):
+    # (a subprocess: a FIFO could block an open, a huge claimed size could allocate)
+    import subprocess
+    import sys
+    env = dict(os.environ, KIMBERLITE_INDEX_LAZY=LAZY, KIMBERLITE_INDEX_CHECKS="1")
+    r = subprocess.run([sys.executable, "-c", _HOSTILE, str(store), how, str(N), str(WINDOW)],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert (r.returncode, r.stdout.strip()) == (0, "ok"), r.stderr[-2000:]

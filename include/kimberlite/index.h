@@ -63,7 +63,8 @@ int kmb_index_reserve(kmb_index *ix, size_t extra);
 
 /*
  * Drop the entries from `count` on (no-op if count >= ix->count). A partial index
- * truncated to one entry or none is whole again.
+ * truncated to one entry or none is whole again; truncated before its loaded window, it
+ * stays partial with entries 1 .. count-1 not loaded (lo = count).
  */
 void kmb_index_truncate(kmb_index *ix, size_t count);
 

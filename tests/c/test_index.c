@@ -446,6 +446,20 @@ static uint8_t *partial_buffer(const uint8_t *img, size_t len, size_t lo)
     return p;
 }
 
+/* make_index(n)'s image (returned, *len bytes; NULL on failure), partly adopted into *ix
+ * (entries lo.. loaded), as a lazy open loads it. */
+static uint8_t *partial_of(kmb_index *ix, size_t n, size_t lo, size_t *len)
+{
+    size_t good = 0;
+    uint8_t *img = image_of(n, len);
+    kmb_index_init(ix);
+    if (img != NULL && kmb_index_adopt_partial(ix, partial_buffer(img, *len, lo), *len, lo, 54,
+                                               54, &good) == KMB_OK)
+        return img;
+    free(img);
+    return NULL;
+}
+
 /* A whole-image buffer for kmb_index_complete. */
 static uint8_t *whole_buffer(const uint8_t *img, size_t len)
 {
@@ -527,14 +541,10 @@ TEST(index_partial_adopt_checks_the_header_the_window_and_lo)
 
 TEST(index_complete_refuses_an_image_that_disagrees_and_keeps_the_partial_index)
 {
-    size_t n = 300, len = 0, lo = 200, good = 0;
-    uint8_t *img = image_of(n, &len);
-    CHECK(img != NULL);
+    size_t n = 300, len = 0, lo = 200;
     kmb_index ix;
-    kmb_index_init(&ix);
-    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, partial_buffer(img, len, lo), len, lo, 54, 54,
-                                         &good),
-                 KMB_OK);
+    uint8_t *img = partial_of(&ix, n, lo, &len);
+    CHECK(img != NULL);
     uint8_t *bad = whole_buffer(img, len);
     bad[KMB_INDEX_HEADER_SIZE + 8 * 10] ^= 1; /* an early entry: the CRC fails */
     CHECK_EQ_INT(kmb_index_complete(&ix, n, bad, len, 54, 54), KMB_EINDEX);
@@ -580,13 +590,9 @@ TEST(index_complete_refuses_an_image_that_disagrees_and_keeps_the_partial_index)
 TEST(index_partial_grows_and_truncates_and_completes_with_its_new_entries)
 {
     size_t n = 300, len = 0, lo = 250, good = 0;
-    uint8_t *img = image_of(n, &len);
-    CHECK(img != NULL);
     kmb_index ix;
-    kmb_index_init(&ix);
-    CHECK_EQ_INT(kmb_index_adopt_partial(&ix, partial_buffer(img, len, lo), len, lo, 54, 54,
-                                         &good),
-                 KMB_OK);
+    uint8_t *img = partial_of(&ix, n, lo, &len);
+    CHECK(img != NULL);
     /* entries found by a scan past the stored ones: the array moves, still partial */
     CHECK_EQ_INT(kmb_index_append(&ix, 54 * 300), KMB_OK);
     CHECK_EQ_INT(kmb_index_append(&ix, 54 * 301), KMB_OK);
@@ -617,6 +623,31 @@ TEST(index_partial_grows_and_truncates_and_completes_with_its_new_entries)
     kmb_index_truncate(&ix, 1);
     CHECK(ix.lo == 0 && ix.count == 1);
     CHECK_EQ_INT(kmb_index_append(&ix, 54), KMB_OK);
+    kmb_index_free(&ix);
+    free(img);
+}
+
+TEST(index_partial_truncated_below_its_window_then_grown_and_completed)
+{
+    /* Truncated before lo (but to more than one entry): none of the window is left. The
+     * index stays partial (entries 1 .. count-1 not loaded); growing it must not copy a
+     * window of (count - lo) entries, which wrapped to a huge size. */
+    size_t n = 5000, len = 0, lo = 4990;
+    kmb_index ix;
+    uint8_t *img = partial_of(&ix, n, lo, &len);
+    CHECK(img != NULL);
+    kmb_index_truncate(&ix, 100);
+    CHECK(ix.count == 100 && ix.lo >= 1 && ix.lo <= 100);
+    uint64_t pos = 1;
+    CHECK(!kmb_index_lookup(&ix, 50, &pos)); /* not loaded */
+    for (size_t i = 100; i < n + 10; i++) /* grows past the image: the array moves */
+        CHECK_EQ_INT(kmb_index_append(&ix, 54 * (uint64_t)i), KMB_OK);
+    CHECK(ix.block == NULL && ix.count == n + 10 && ix.positions[0] == 0);
+    CHECK(!kmb_index_lookup(&ix, 50, &pos) && kmb_index_lookup(&ix, 120, &pos) && pos == 54 * 120);
+    CHECK_EQ_INT(kmb_index_complete(&ix, 100, whole_buffer(img, len), len, 54, 54), KMB_OK);
+    int same = ix.lo == 0 && ix.count == n + 10;
+    for (size_t i = 0; same && i < n + 10; i++) same = ix.positions[i] == 54 * (uint64_t)i;
+    CHECK(same);
     kmb_index_free(&ix);
     free(img);
 }
