@@ -613,15 +613,19 @@ def build_store(impl: str, path: str, batches, warm, fsync=False):
     return obj
 
 
+def read_data(size: int, args, data: dict) -> tuple:
+    """The batches (and warm-up batch) that read, verify and scaling runs store, made once
+    per size and shared through `data`."""
+    if size not in data:
+        n = events_per_run(size, args)
+        data[size] = (make_batches(size, n, args.batch, seed=1),
+                      make_batches(size, args.batch, args.batch, seed=2)[0])
+    return data[size]
+
+
 def scenario_read_verify(args, tmp, impls, hashlim, results, data, which):
     for size in args.sizes:
-        if size in data:
-            batches, warm = data[size]
-        else:
-            n = events_per_run(size, args)
-            batches = make_batches(size, n, args.batch, seed=1)
-            warm = make_batches(size, args.batch, args.batch, seed=2)[0]
-            data[size] = (batches, warm)
+        batches, warm = read_data(size, args, data)
         n = sum(len(b) for b in batches) + len(warm)
         expected_head = None
         objs = {}
@@ -695,12 +699,7 @@ def scenario_read_verify(args, tmp, impls, hashlim, results, data, which):
 def scenario_scaling(args, tmp, hashlim, results, data):
     """verify and read_from of 16 KiB events with read pools of 1, 2, ... CPUs."""
     size = 16384
-    if size in data:
-        batches, warm = data[size]
-    else:
-        n = events_per_run(size, args)
-        batches = make_batches(size, n, args.batch, seed=1)
-        warm = make_batches(size, args.batch, args.batch, seed=2)[0]
+    batches, warm = read_data(size, args, data)
     n = sum(len(b) for b in batches) + len(warm)
     path = fresh_dir(tmp, "scaling")
     build_store("kimberlite", path, batches, warm).close()

@@ -33,6 +33,7 @@ import sys
 import time
 
 import kimberlite
+from bench import cpu_model  # benchmarks/bench.py, beside this script
 from kimberlite import tlog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,16 +54,6 @@ t5 = time.perf_counter()
 print(t2 - t1, t3 - t2, t4 - t3, (t5 - t4) / k)
 """
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def per_call(fn, n: int, rounds: int) -> float:
@@ -112,7 +103,7 @@ def main() -> None:
     ap.add_argument("--append-records", type=int, default=200_000)
     a = ap.parse_args()
     print(f"# bench_tree.py — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{cpu_name()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
+          f"{cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
           f"Python {platform.python_version()}, {a.records:,} records of {a.size} B, "
           f"medians of {a.rounds}")
     data = os.path.join(a.dir, "data")
