@@ -88,7 +88,9 @@ TEST(crc32_variants_agree_on_large_buffers_and_nonzero_start)
     kt_fill_random(buf, N, 7);
     size_t nv;
     const kmb_crc32_variant *v = kmb_crc32_variants(&nv);
-    static const size_t lens[] = {63, 64, 65, 79, 80, 127, 128, 129, 4095, 4096, 65537, N - 3};
+    /* Around each variant's thresholds: 64 (pclmul), 256 and 128-byte steps (vpclmul). */
+    static const size_t lens[] = {63,  64,  65,  79,   80,   127,  128,   129,  255, 256,
+                                  257, 383, 384, 385, 1040, 4095, 4096, 65537, N - 3};
     int bad = 0;
     for (size_t l = 0; l < sizeof lens / sizeof lens[0] && !bad; l++) {
         uint32_t want = crc32_bitwise(0xA5A5A5A5u, buf + 3, lens[l]);
