@@ -17,18 +17,10 @@
 /* ---------------------------------------------------------------- writing records */
 
 /*
- * Encode a batch whose hashes the worker chains meanwhile, and write it at byte `pos` of
- * segment g, a piece at a time (piece_limit): for each piece this thread copies the payloads
- * and computes their CRCs, waits for the hashes the piece's headers need, completes each
- * record's CRC as CRC(header || payload) = combine(CRC(header), CRC(payload)) and writes.
- * Fills g->ix.positions past g->ix.count; *end is where the batch ends, head the hash of
- * its last record. On failure the worker has stopped and nothing refers to `events`.
- */
-/*
  * The most bytes of the piece that starts `done` bytes into a batch of `total`: WRITE_CHUNK,
  * but smaller at both ends (never below PIECE_MIN). The worker can hash nothing before this
- * thread has copied the first piece, and this thread can seal and write the last piece
- * only after the worker has hashed it: with small end pieces neither waits long (with
+ * thread has copied the first piece, and this thread can write the last piece only after
+ * the worker has sealed and hashed it: with small end pieces neither waits long (with
  * 256 KiB pieces throughout, a 1 MiB batch lost about a tenth of its time so).
  */
 #define PIECE_MIN ((size_t)16 << 10)
@@ -54,11 +46,11 @@ static size_t piece_end(const kmb_slice *events, size_t count, size_t i, uint64_
 }
 
 /*
- * First pass over a piece: offsets, lengths, payloads, and the CRCs of long payloads (kept
- * in their records' CRC fields until the headers are complete). No hash is needed yet.
- * From here on only this copy is read: another thread may change the caller's buffers, and
- * each record's CRC, payload and chain hash must come from the same bytes. copies[k] is
- * pointed at record k's copied payload, for the hashing worker.
+ * First pass over a piece, on the caller's thread: offsets, lengths, payloads, and the
+ * CRCs of long payloads (kept in their records' CRC fields until the headers are complete).
+ * No hash is needed yet. From here on only this copy is read: another thread may change
+ * the caller's buffers, and each record's CRC, payload and chain hash must come from the
+ * same bytes. copies[k] is pointed at record k's copied payload, for the hashing worker.
  */
 static void encode_bodies(uint8_t *p, seg_state *g, const kmb_slice *events, size_t i,
                           size_t j, uint64_t next, uint64_t pos, kmb_slice *copies)
@@ -77,39 +69,47 @@ static void encode_bodies(uint8_t *p, seg_state *g, const kmb_slice *events, siz
 }
 
 /*
- * Second pass, once the hashes are ready: each record's prev_hash, then its CRC, whole for
- * short payloads, as CRC(header || payload) = combine(CRC(header), CRC(payload)) for long
- * ones. *op_len and *op cache the combine operator of the last length.
+ * Second pass, record by record, on the thread that chains the hashes (kmb_hash_job.seal),
+ * each just before its hash: the record's prev_hash, then its CRC, whole for short
+ * payloads, as CRC(header || payload) = combine(CRC(header), CRC(payload)) for long ones.
+ * The worker has the previous hash at hand and the payload in its cache, and this takes
+ * work off the caller, which at 1 KiB and less is the slower of the two (it also copies
+ * and writes). `p` walks the piece; op_len and op cache the combine operator of the last
+ * length. Only one thread uses a sealer at a time: the caller sets `p` between jobs.
  */
-static void seal_records(uint8_t *p, const kmb_slice *events, size_t i, size_t j,
-                         uint64_t next, const uint8_t (*hashes)[KMB_HASH_SIZE],
-                         const uint8_t *head, uint64_t *op_len, uint32_t *op)
+typedef struct sealer {
+    uint8_t *p;
+    uint64_t op_len;
+    uint32_t op;
+} sealer;
+
+static void seal_record(void *ctx, size_t size, const uint8_t *prev)
 {
-    for (size_t k = i; k < j; k++) {
-        uint32_t len = (uint32_t)events[k].len;
-        kmb_rec_put_prev_hash(p, next + k == 0 ? NULL : k ? hashes[k - 1] : head);
-        if (len < COMBINE_MIN_LEN) { /* cheaper to checksum it whole than to combine */
-            kmb_rec_put_crc(p, len, kmb_crc32(p, kmb_rec_crc_at(len)));
-        } else {
-            if (len != *op_len) {
-                *op = kmb_crc32_combine_gen(len);
-                *op_len = len;
-            }
-            uint32_t header_crc = kmb_crc32(p, KMB_HEADER_SIZE);
-            kmb_rec_put_crc(p, len, kmb_crc32_combine_op(header_crc, kmb_rec_crc_of(p, len), *op));
+    sealer *z = ctx;
+    uint8_t *p = z->p;
+    uint32_t len = (uint32_t)size;
+    kmb_rec_put_prev_hash(p, prev);
+    if (len < COMBINE_MIN_LEN) { /* cheaper to checksum it whole than to combine */
+        kmb_rec_put_crc(p, len, kmb_crc32(p, kmb_rec_crc_at(len)));
+    } else {
+        if (len != z->op_len) {
+            z->op = kmb_crc32_combine_gen(len);
+            z->op_len = len;
         }
-        p += kmb_record_size(len);
+        uint32_t header_crc = kmb_crc32(p, KMB_HEADER_SIZE);
+        kmb_rec_put_crc(p, len, kmb_crc32_combine_op(header_crc, kmb_rec_crc_of(p, len), z->op));
     }
+    z->p = p + kmb_record_size(len);
 }
 
 /*
  * Encode a large batch and write it at byte *end of segment g, a piece (up to WRITE_CHUNK
- * bytes, less at both ends: piece_limit) at a time, with the chain hashed on the worker from this thread's copy of the
- * payloads: while the worker hashes piece k, this thread copies and checksums piece k+1
- * (encode_bodies), then seals piece k once its hashes are ready and writes it. The two
- * halves of the scratch buffer alternate between the pieces. Fills g->ix.positions past
- * g->ix.count; *end is where the batch ends, head the hash of its last record. On failure
- * the worker has stopped and nothing refers to `events`.
+ * bytes, less at both ends: piece_limit) at a time, the chain hashed and the records sealed
+ * on the worker from this thread's copy of the payloads: while the worker seals and hashes
+ * piece k, this thread copies and checksums piece k+1 (encode_bodies), then writes piece k
+ * once it is done. The two halves of the scratch buffer alternate between the pieces.
+ * Fills g->ix.positions past g->ix.count; *end is where the batch ends, head the hash of
+ * its last record. On failure the worker has stopped and nothing refers to `events`.
  */
 static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
                                  const kmb_slice *events, size_t count, uint64_t next,
@@ -132,9 +132,9 @@ static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
     kmb_slice *copies = (kmb_slice *)(void *)(st->hashes + count * KMB_HASH_SIZE);
     uint8_t *buf[2] = {st->scratch, st->scratch + half};
 
-    uint64_t start = *end, pos = *end, op_len = UINT64_MAX;
-    uint32_t op = 0;
-    size_t i = 0, j = piece_end(events, count, 0, 0, total, &bytes);
+    uint64_t start = *end, pos = *end;
+    sealer z = {buf[0], UINT64_MAX, 0};
+    size_t j = piece_end(events, count, 0, 0, total, &bytes);
     encode_bodies(buf[0], g, events, 0, j, next, pos, copies);
     kmb_hash_job job;
     memset(&job, 0, sizeof(job));
@@ -142,28 +142,28 @@ static int write_batch_pipelined(kmb_storage *st, stream_state *s, seg_state *g,
     job.out = hashes;
     job.events = copies;
     job.start = next ? s->head : NULL;
+    job.seal = seal_record;
+    job.seal_ctx = &z;
     kmb_hasher_post(w, &job);
     for (int k = 0;; k ^= 1) {
-        size_t next_bytes = 0;
+        size_t next_bytes = 0, i = j - job.count;
         size_t nj = j < count ? piece_end(events, count, j, pos - start + bytes, total, &next_bytes)
                               : j;
         if (j < count) encode_bodies(buf[k ^ 1], g, events, j, nj, next, pos + bytes, copies);
-        if (!kmb_hasher_stalled(w, kmb_hasher_wait(w, j - i))) /* piece [i, j) is hashed */
-            kmb_hasher_recovered(w);
+        /* Piece [i, j) is sealed and hashed. */
+        if (!kmb_hasher_stalled(w, kmb_hasher_wait(w, j - i))) kmb_hasher_recovered(w);
         if (j < count) {
+            z.p = buf[k ^ 1];
             job.count = nj - j;
             job.out = hashes + j;
             job.events = copies + j;
             job.start = hashes[j - 1];
             kmb_hasher_post(w, &job);
         }
-        seal_records(buf[k], events, i, j, next, (const uint8_t(*)[KMB_HASH_SIZE])hashes,
-                     s->head, &op_len, &op);
         rc = st->backend->write(st->backend, s->id, g->number, pos, buf[k], bytes);
         if (rc) goto fail;
         pos += bytes;
         if (j == count) break;
-        i = j;
         j = nj;
         bytes = next_bytes;
     }

@@ -41,7 +41,9 @@
 #ifndef WORKER_MIN_BYTES /* (overridable at build time, for experiments) */
 #define WORKER_MIN_BYTES ((size_t)256 << 10) /* smaller operations hash inline */
 #endif
+#ifndef COMBINE_MIN_LEN
 #define COMBINE_MIN_LEN 1024 /* shorter payloads are checksummed with their header */
+#endif
 #define READER_SETTLE_TRIES 20         /* a reader's retries before calling a tail damaged */
 
 typedef struct seg_state {

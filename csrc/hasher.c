@@ -74,8 +74,9 @@ size_t kmb_hash_job_run(const kmb_hash_job *j, kmb_hasher *w)
     size_t mine = 0;
     if (j->events) {
         for (size_t i = 0; i < j->count; i++) {
-            kmb_chain_hash(j->out[i], i ? j->out[i - 1] : j->start, j->events[i].data,
-                           j->events[i].len);
+            const uint8_t *prev = i ? j->out[i - 1] : j->start;
+            if (j->seal) j->seal(j->seal_ctx, j->events[i].len, prev);
+            kmb_chain_hash(j->out[i], prev, j->events[i].data, j->events[i].len);
             if (!w) continue;
             worker_progress(w, i + 1, 0);
             if (atomic_load_explicit(&w->cancel, memory_order_relaxed)) break;

@@ -62,6 +62,14 @@ typedef struct kmb_hash_job {
     const kmb_slice *events;
     const uint8_t *start;
     /*
+     * Appends, optional: called with seal_ctx just before event i is hashed, with its
+     * length and the hash it follows (NULL at genesis), on the thread that runs the chain,
+     * in order: the engine completes each record's header and CRC there (append.c), so
+     * that the caller only copies and writes.
+     */
+    void (*seal)(void *seal_ctx, size_t len, const uint8_t *prev);
+    void *seal_ctx;
+    /*
      * Reads (events NULL): records 0..count-1 lie back to back in buf; record i starts at
      * byte pos[i] - pos[0] and ends where record i+1 starts, the last at `end` (positions
      * are the segment's, as in its index). Each is checked (CRC and offset: status[i],
