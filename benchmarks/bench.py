@@ -21,6 +21,10 @@ stalls a shared VM adds to writes of new data):
   hash_par the parallel hashing limit (reads and verify): the same hashes, each record from
            its stored prev_hash, split over as many threads as kimberlite's read pool has
            (--threads, else its default: one per CPU, at most 8), timed in C the same way
+  floor    the append floor (appends only): the chain on one thread while another copies
+           the records into 256 KiB pieces and pwrites them to a file, nothing else (no
+           CRC, no waiting), timed in C the same way: what these CPUs and this file system
+           leave for an append; shown beside the append rows
 
 Pool size: --threads N pins kimberlite's read pool (KIMBERLITE_READ_THREADS=N for every
 process of the run) and the parallel limit to N threads; --scaling adds a table of verify
@@ -93,6 +97,7 @@ LABEL = {
     "lmdb": "lmdb",
     "hash": "hash limit",
     "hash_par": "parallel hash limit",
+    "floor": "append floor",
 }
 STREAM = 1
 MB = 1e6
@@ -458,6 +463,17 @@ class HashLimit:
                 if line.startswith("ns_per_event")]
         return statistics.median(vals)
 
+    def floor_ns_per_event(self, size: int, count: int, workdir: str) -> float | None:
+        """The append floor (hashlimit.c): the chain on one thread while another copies the
+        records and pwrites them to a file in workdir, with nothing else; one repetition."""
+        if not self.exe:
+            return None
+        out = subprocess.run([self.exe, str(size), str(count), "1", "0", workdir],
+                             capture_output=True, text=True, check=True).stdout
+        vals = [float(line.split()[1]) for line in out.splitlines()
+                if line.startswith("ns_per_event")]
+        return statistics.median(vals) if vals else None
+
 
 # ==================================================================== results
 
@@ -512,6 +528,7 @@ def scenario_append(args, tmp, impls, hashlim, results, data):
         data[size] = (batches, warm)
         ev_s = {i: [] for i in impls}
         ev_s["hash"] = []
+        ev_s["floor"] = []
         print(f"  append {size} B x {n} events ({len(batches)} batches)", flush=True)
         for r in range(args.runs):
             for impl in order_for(r, impls):
@@ -531,8 +548,11 @@ def scenario_append(args, tmp, impls, hashlim, results, data):
                 ev_s[impl].append(n / best)
             ns = hashlim.ns_per_event(size, n)
             ev_s["hash"].append(1e9 / ns if ns else None)
-        if not any(ev_s["hash"]):
-            del ev_s["hash"]
+            ns = hashlim.floor_ns_per_event(size, n, tmp)
+            ev_s["floor"].append(1e9 / ns if ns else None)
+        for k in ("hash", "floor"):
+            if not any(ev_s[k]):
+                del ev_s[k]
         summ = summarise(ev_s, True)
         results.add(scenario="append", size=size, variant="fsync=False", metric="events/s",
                     higher_is_better=True, events=n, runs=ev_s, **summ,
@@ -1124,7 +1144,7 @@ def ratio_cell(row, peer):
     v = row["ratios"].get(peer)
     if v is None:
         return "—"
-    if peer in ("hash", "hash_par"):
+    if peer in ("hash", "hash_par", "floor"):
         return f"{100 * v:.0f}%"
     return f"{v:.2f}x"
 
@@ -1187,6 +1207,9 @@ def markdown(meta, results: Results, tgts, args, impls) -> str:
         if row["scenario"] == "open" and row.get("python_import_kimberlite_s"):
             extra = (f"`python -c 'import kimberlite'` alone: "
                      f"{fmt_time(row['python_import_kimberlite_s'])}; ")
+        elif row["scenario"] == "append" and "floor" in row["median"]:
+            extra = (f"append floor {fmt_cell(row, 'floor')}, kimberlite "
+                     f"{ratio_cell(row, 'floor')} of it; ")
         elif row["scenario"] == "fsync":
             ref = row["reference"]
             extra = (f"ref: nosync {fmt_time(ref['kimberlite_nosync_s'])} + fdatasync "
@@ -1233,7 +1256,11 @@ def markdown(meta, results: Results, tgts, args, impls) -> str:
                  "appends cannot beat it, since each hash needs the one before. Reads and "
                  "verify know every record's stored prev_hash, so their limit is the parallel "
                  f"one: the same hashes split over {args.pool} threads (kimberlite's read pool "
-                 "size in this run). lmdb's verify is a scan of every value (it has no checks). "
+                 "size in this run). The append floor (benchmarks/hashlimit.c with a directory) "
+                 "is the chain on one thread while another only copies the records and "
+                 "pwrites them to a file beside the stores, with no CRC and no waiting: what "
+                 "an append can reach on these CPUs and this file system. "
+                 "lmdb's verify is a scan of every value (it has no checks). "
                  "Reads are from a warm page cache.")
     return "\n".join(lines) + "\n"
 

@@ -19,6 +19,15 @@
  * split into THREADS equal ranges, each hashed by its own thread (this one included), and
  * the wall time from a common start to the last thread's end is what is reported.
  *
+ * With THREADS 0 and a directory WRITEDIR, the *append floor* instead: the chain as above
+ * on a second thread while this thread does the least any append must also do, with a
+ * perfect pipeline and nothing else: copy each event behind a 48-byte header into 256 KiB
+ * pieces and pwrite them to a fresh file in WRITEDIR (removed afterwards). No CRC, no
+ * index, no waiting between the two: the wall time of both together bounds what an append
+ * can reach on this machine's CPUs and file system (each line also gives each side alone).
+ *
+ *     ./hashlimit SIZE COUNT REPS 0 WRITEDIR
+ *
  * Output: one line per repetition, "ns_per_event <float>", then "head <hex>" (the head hash,
  * so the work cannot be optimised away and can be cross-checked against the engine's).
  * Payload bytes are a fixed pseudo-random pattern; COUNT events of SIZE bytes are laid out
@@ -27,6 +36,7 @@
 #define OPENSSL_SUPPRESS_DEPRECATED 1
 #define _POSIX_C_SOURCE 200809L
 
+#include <fcntl.h>
 #include <openssl/sha.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -34,8 +44,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define BUFFER_CAP ((size_t)256 << 20)
+#define PIECE ((size_t)256 << 10) /* an append's write size (csrc/engine.h WRITE_CHUNK) */
+#define HEADER 48                 /* a record's header (SPEC §2) */
 
 static double now_ns(void)
 {
@@ -91,18 +104,99 @@ static double parallel_ns(const uint8_t *buf, size_t size, size_t slots, size_t 
     return (t1 - t0) / (double)count;
 }
 
+/* The single-core chain over all events; the append floor runs it on its own thread. */
+typedef struct chain {
+    const uint8_t *buf;
+    size_t size, slots, count;
+    uint8_t head[SHA256_DIGEST_LENGTH];
+    pthread_barrier_t *start;
+    double t_end;
+} chain;
+
+static void *hash_chain(void *arg)
+{
+    chain *c = arg;
+    if (c->start) pthread_barrier_wait(c->start);
+    for (size_t i = 0; i < c->count; i++) {
+        const uint8_t *p = c->buf + (i % c->slots) * c->size;
+        SHA256_CTX ctx;
+        SHA256_Init(&ctx);
+        if (i > 0) SHA256_Update(&ctx, c->head, sizeof(c->head));
+        if (c->size > 0) SHA256_Update(&ctx, p, c->size);
+        SHA256_Final(c->head, &ctx);
+    }
+    c->t_end = now_ns();
+    return NULL;
+}
+
+/*
+ * The append floor: ns per event for the chain (another thread) and the copy + pwrite of
+ * the records (this one) together; *writer_ns, *chain_ns: each side's own time.
+ */
+static int floor_ns(const uint8_t *buf, size_t size, size_t slots, size_t count,
+                    const char *dir, uint8_t head[SHA256_DIGEST_LENGTH], double out[3])
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/hashlimit-floor.%ld", dir, (long)getpid());
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    size_t rec = HEADER + size, cap = rec > PIECE ? rec : PIECE;
+    uint8_t *piece = malloc(cap);
+    if (fd < 0 || !piece) {
+        perror(path);
+        free(piece);
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    memset(piece, 0, cap);
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, 2);
+    chain c = {buf, size, slots, count, {0}, &start, 0};
+    pthread_t tid;
+    pthread_create(&tid, NULL, hash_chain, &c);
+    pthread_barrier_wait(&start);
+    double t0 = now_ns();
+    size_t used = 0;
+    off_t off = 0;
+    int rc = 0;
+    for (size_t i = 0; i < count && rc == 0; i++) {
+        if (used + rec > cap) {
+            if (pwrite(fd, piece, used, off) != (ssize_t)used) rc = -1;
+            off += (off_t)used;
+            used = 0;
+        }
+        memcpy(piece + used, &i, sizeof i); /* a header that differs per record */
+        memcpy(piece + used + HEADER, buf + (i % slots) * size, size);
+        used += rec;
+    }
+    if (rc == 0 && used && pwrite(fd, piece, used, off) != (ssize_t)used) rc = -1;
+    double t_writer = now_ns();
+    pthread_join(tid, NULL);
+    double t1 = t_writer > c.t_end ? t_writer : c.t_end;
+    if (rc) perror("pwrite");
+    pthread_barrier_destroy(&start);
+    close(fd);
+    unlink(path);
+    free(piece);
+    memcpy(head, c.head, SHA256_DIGEST_LENGTH);
+    out[0] = (t1 - t0) / (double)count;
+    out[1] = (t_writer - t0) / (double)count;
+    out[2] = (c.t_end - t0) / (double)count;
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s SIZE COUNT [REPS]\n", argv[0]);
+        fprintf(stderr, "usage: %s SIZE COUNT [REPS [THREADS [WRITEDIR]]]\n", argv[0]);
         return 2;
     }
     size_t size = strtoull(argv[1], NULL, 10);
     size_t count = strtoull(argv[2], NULL, 10);
     int reps = argc > 3 ? atoi(argv[3]) : 3;
     int threads = argc > 4 ? atoi(argv[4]) : 0;
-    if (count == 0 || reps <= 0 || threads < 0 || threads > 64) {
-        fprintf(stderr, "COUNT and REPS must be positive, THREADS from 1 to 64\n");
+    const char *writedir = argc > 5 ? argv[5] : NULL;
+    if (count == 0 || reps <= 0 || threads < 0 || threads > 64 || (writedir && threads)) {
+        fprintf(stderr, "COUNT and REPS must be positive, THREADS from 1 to 64 (0 with WRITEDIR)\n");
         return 2;
     }
     size_t slots = count;
@@ -124,18 +218,17 @@ int main(int argc, char **argv)
     uint8_t head[SHA256_DIGEST_LENGTH];
     for (int r = 0; threads > 0 && r < reps; r++)
         printf("ns_per_event %.3f\n", parallel_ns(buf, size, slots, count, threads, head));
-    for (int r = 0; threads == 0 && r < reps; r++) {
+    for (int r = 0; writedir && r < reps; r++) {
+        double ns[3];
+        if (floor_ns(buf, size, slots, count, writedir, head, ns)) return 1;
+        printf("ns_per_event %.3f writer %.3f chain %.3f\n", ns[0], ns[1], ns[2]);
+    }
+    for (int r = 0; threads == 0 && !writedir && r < reps; r++) {
+        chain c = {buf, size, slots, count, {0}, NULL, 0};
         double t0 = now_ns();
-        for (size_t i = 0; i < count; i++) {
-            const uint8_t *p = buf + (i % slots) * size;
-            SHA256_CTX ctx;
-            SHA256_Init(&ctx);
-            if (i > 0) SHA256_Update(&ctx, head, sizeof(head));
-            if (size > 0) SHA256_Update(&ctx, p, size);
-            SHA256_Final(head, &ctx);
-        }
-        double t1 = now_ns();
-        printf("ns_per_event %.3f\n", (t1 - t0) / (double)count);
+        hash_chain(&c);
+        memcpy(head, c.head, sizeof(head));
+        printf("ns_per_event %.3f\n", (c.t_end - t0) / (double)count);
     }
     printf("head ");
     for (size_t i = 0; i < sizeof(head); i++) printf("%02x", head[i]);
