@@ -1180,7 +1180,8 @@ def markdown(meta, results: Results, tgts, args, impls) -> str:
     )
     lines.append("")
     lines.append(
-        f"Medians of {args.runs} rounds (peers interleaved in each round; append, read and "
+        f"Medians of {args.runs} rounds (the new-process open: of {args.open_runs} runs; the "
+        f"RSS rows: of {args.rss_runs} builds; peers interleaved in each round; append, read and "
         f"verify keep the best of {args.inner} measurements within a round); ratios are medians "
         "of the per-round ratios, kimberlite ÷ peer for throughputs and peer ÷ kimberlite "
         "for times, so > 1x means kimberlite is faster. Throughput: events/s and payload MB/s."
