@@ -3,11 +3,14 @@
  */
 #include "harness.h"
 
+#include <errno.h>
 #include <ftw.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kimberlite/errors.h"
@@ -126,4 +129,22 @@ void kt_fill_random(uint8_t *buf, size_t len, uint64_t seed)
         x ^= x << 17;
         buf[i] = (uint8_t)(x >> 24);
     }
+}
+
+void kt_child_report(int fd, int code)
+{
+    unsigned char c = (unsigned char)code;
+    if (write(fd, &c, 1) != 1) c = 0; /* the parent then sees no verdict: a failure */
+    for (;;) kill(getpid(), SIGKILL);
+}
+
+int kt_child_result(int fd, pid_t pid)
+{
+    unsigned char c;
+    ssize_t n;
+    do n = read(fd, &c, 1);
+    while (n < 0 && errno == EINTR);
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) continue;
+    return n == 1 ? c : -1;
 }

@@ -12,6 +12,7 @@
 #include <inttypes.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 typedef struct kt_test {
     const char *name;
@@ -89,5 +90,16 @@ void kt_remove_tree(const char *path);
 
 /* Deterministic pseudo-random bytes (xorshift), so failures reproduce. */
 void kt_fill_random(uint8_t *buf, size_t len, uint64_t seed);
+
+/*
+ * A forked child's verdict, without its exit: the child reports `code` (0..255) on the
+ * write end of a pipe and ends by SIGKILL, the parent reads it (-1 if the child ended
+ * without reporting) and reaps the child. Why not _exit(code): under valgrind every
+ * process checks for leaks at its exit, and a child forked while other threads held
+ * memory finds that memory unreachable (its owners do not exist in the child) and turns
+ * its exit status into valgrind's error code. The memory is the parent's, checked there.
+ */
+void kt_child_report(int fd, int code) __attribute__((noreturn));
+int kt_child_result(int fd, pid_t pid);
 
 #endif

@@ -9,7 +9,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -83,17 +82,23 @@ TEST(fork_child_uses_a_memory_storage_busy_in_another_thread)
     int failures = 0;
     for (int round = 0; round < 20; round++) {
         usleep(500 + 300 * (unsigned)(round % 5));
+        int verdict[2];
+        if (pipe(verdict) != 0) {
+            failures++;
+            break;
+        }
         kmb_storage_fork_prepare(st);
         pid_t pid = fork();
         if (pid == 0) {
             kmb_storage_fork_child(st);
-            alarm(20); /* a hang dies of SIGALRM */
-            _exit(child_work(st, v));
+            close(verdict[0]);
+            alarm(20); /* a hang dies of SIGALRM, without a verdict */
+            kt_child_report(verdict[1], child_work(st, v));
         }
         kmb_storage_fork_parent(st);
-        int status = 0;
-        waitpid(pid, &status, 0);
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) failures++;
+        close(verdict[1]);
+        if (kt_child_result(verdict[0], pid) != 0) failures++;
+        close(verdict[0]);
     }
     atomic_store(&b.stop, 1);
     pthread_join(t, NULL);
@@ -112,8 +117,8 @@ TEST(fork_child_of_a_writer_refuses_and_never_keeps_the_lock)
     kmb_slice ev = {"parent", 6};
     CHECK_EQ_INT(kmb_storage_open(&st, dir, NULL), KMB_OK);
     CHECK_EQ_INT(kmb_storage_append(st, 1, &ev, 1, NULL, 1, NULL), KMB_OK);
-    int go[2], done[2];
-    CHECK(pipe(go) == 0 && pipe(done) == 0);
+    int go[2], done[2], verdict[2];
+    CHECK(pipe(go) == 0 && pipe(done) == 0 && pipe(verdict) == 0);
     kmb_storage_fork_prepare(st);
     pid_t pid = fork();
     if (pid == 0) {
@@ -126,9 +131,10 @@ TEST(fork_child_of_a_writer_refuses_and_never_keeps_the_lock)
         /* Keep the inherited writer open while the parent closes and reopens. */
         if (write(done[1], "x", 1) != 1 || read(go[0], &c, 1) != 1) code = 3;
         kmb_storage_free(st); /* releases nothing of the parent's */
-        _exit(code);
+        kt_child_report(verdict[1], code);
     }
     kmb_storage_fork_parent(st);
+    close(verdict[1]);
     char c;
     CHECK(read(done[0], &c, 1) == 1); /* the child has run its part */
     kmb_storage *again = NULL;
@@ -141,10 +147,8 @@ TEST(fork_child_of_a_writer_refuses_and_never_keeps_the_lock)
     CHECK_EQ_INT(kmb_storage_next_offset(again, 1, &next), KMB_OK);
     CHECK_EQ_U64(next, 2);
     CHECK(write(go[1], "x", 1) == 1);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK_EQ_INT(kt_child_result(verdict[0], pid), 0);
     kmb_storage_free(again);
-    close(go[0]), close(go[1]), close(done[0]), close(done[1]);
+    close(go[0]), close(go[1]), close(done[0]), close(done[1]), close(verdict[0]);
     kt_remove_tree(dir);
 }
