@@ -654,6 +654,11 @@ def scenario_read_verify(args, tmp, impls, hashlim, results, data, which):
             path = fresh_dir(tmp, f"read-{impl}")
             build_store(impl, path, batches, warm).close()
             objs[impl] = FACTORIES[impl](path)  # reopened: loads the stream from disk
+        # Write back the stores (and earlier scenarios' data) now: otherwise the kernel's
+        # flusher threads do it during the timed reads, on the same two CPUs (verify of
+        # 16 KiB events measured 130% of the chain limit after the append scenarios, 150%
+        # alone).
+        os.sync()
         # cross-check: kimberlite reads the pure peer's files, and the heads agree
         if "pure" in objs and "kimberlite" in objs:
             import logging
@@ -723,6 +728,7 @@ def scenario_scaling(args, tmp, hashlim, results, data):
     n = sum(len(b) for b in batches) + len(warm)
     path = fresh_dir(tmp, "scaling")
     build_store("kimberlite", path, batches, warm).close()
+    os.sync()  # no writeback during the timed reads (scenario_read_verify)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     for threads in range(1, max(cpus, 1) + 1):
         st = kimberlite.Storage(path, read_only=True, read_threads=threads)
