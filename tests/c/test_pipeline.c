@@ -62,10 +62,14 @@ static void free_events(events *e)
     free(e->data);
 }
 
+/* A memory storage with a pool of 2 asked for explicitly: it runs even on one CPU. */
 static kmb_storage *memory_storage(void)
 {
     kmb_storage *st = NULL;
-    if (kmb_storage_open_memory(&st, NULL) != KMB_OK) return NULL;
+    kmb_options o;
+    kmb_options_init(&o);
+    o.read_threads = 2;
+    if (kmb_storage_open_memory(&st, &o) != KMB_OK) return NULL;
     return st;
 }
 
@@ -75,10 +79,11 @@ TEST(pipelined_append_writes_exactly_the_bytes_of_small_batches)
     events e;
     CHECK(make_events(&e, 1500, 3000, 7));
     CHECK(e.bytes > 2 * BIG);
-    kmb_storage *a = memory_storage(), *b = memory_storage();
-    CHECK(a && b);
+    kmb_storage *a = memory_storage(), *b = memory_storage(), *c = memory_storage();
+    CHECK(a && b && c);
     uint64_t next = 0;
-    /* a: 10 events per batch; b: a genesis batch of 3, then the rest in two big batches */
+    /* a: 10 events per batch; b: a genesis batch of 3, then the rest in two big batches;
+     * c: all in one big batch, so that the worker seals the genesis record too */
     for (size_t i = 0; i < e.n; i += 10) {
         size_t k = e.n - i < 10 ? e.n - i : 10;
         CHECK_EQ_INT(kmb_storage_append(a, 1, e.v + i, k, NULL, 0, &next), KMB_OK);
@@ -87,14 +92,20 @@ TEST(pipelined_append_writes_exactly_the_bytes_of_small_batches)
     CHECK_EQ_INT(kmb_storage_append(b, 1, e.v + 3, 700, NULL, 0, &next), KMB_OK);
     CHECK_EQ_INT(kmb_storage_append(b, 1, e.v + 703, e.n - 703, NULL, 1, &next), KMB_OK);
     CHECK_EQ_U64(next, e.n);
-    uint8_t *sa = NULL, *sb = NULL;
-    size_t la = 0, lb = 0;
+    CHECK_EQ_INT(kmb_storage_append(c, 1, e.v, e.n, NULL, 0, &next), KMB_OK);
+    CHECK_EQ_U64(next, e.n);
+    uint8_t *sa = NULL, *sb = NULL, *sc = NULL;
+    size_t la = 0, lb = 0, lc = 0;
     CHECK_EQ_INT(kmb_storage_segment_bytes(a, 1, 0, &sa, &la), KMB_OK);
     CHECK_EQ_INT(kmb_storage_segment_bytes(b, 1, 0, &sb, &lb), KMB_OK);
+    CHECK_EQ_INT(kmb_storage_segment_bytes(c, 1, 0, &sc, &lc), KMB_OK);
     int same = la == lb && memcmp(sa, sb, la) == 0;
+    int same_c = la == lc && memcmp(sa, sc, la) == 0;
     free(sa);
     free(sb);
+    free(sc);
     CHECK(same);
+    CHECK(same_c);
     uint8_t ha[32], hb[32];
     int has_a = 0, has_b = 0;
     CHECK_EQ_INT(kmb_storage_head(a, 1, ha, &has_a), KMB_OK);
@@ -107,6 +118,7 @@ TEST(pipelined_append_writes_exactly_the_bytes_of_small_batches)
     CHECK_EQ_U64(n, e.n);
     kmb_storage_free(a);
     kmb_storage_free(b);
+    kmb_storage_free(c);
     free_events(&e);
 }
 
