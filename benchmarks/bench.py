@@ -454,21 +454,19 @@ class HashLimit:
     def ns_per_event(self, size: int, count: int, reps: int = 3,
                      threads: int = 0) -> float | None:
         """The chain limit; with threads, the parallel limit on that many threads."""
-        if not self.exe:
-            return None
         extra = [str(threads)] if threads else []
-        out = subprocess.run([self.exe, str(size), str(count), str(reps), *extra],
-                             capture_output=True, text=True, check=True).stdout
-        vals = [float(line.split()[1]) for line in out.splitlines()
-                if line.startswith("ns_per_event")]
-        return statistics.median(vals)
+        return self._median_ns(size, count, reps, *extra)
 
     def floor_ns_per_event(self, size: int, count: int, workdir: str) -> float | None:
         """The append floor (hashlimit.c): the chain on one thread while another copies the
         records and pwrites them to a file in workdir, with nothing else; one repetition."""
+        return self._median_ns(size, count, 1, "0", workdir)
+
+    def _median_ns(self, size: int, count: int, reps: int, *extra: str) -> float | None:
+        """Run hashlimit with these arguments: the median of its ns_per_event lines."""
         if not self.exe:
             return None
-        out = subprocess.run([self.exe, str(size), str(count), "1", "0", workdir],
+        out = subprocess.run([self.exe, str(size), str(count), str(reps), *extra],
                              capture_output=True, text=True, check=True).stdout
         vals = [float(line.split()[1]) for line in out.splitlines()
                 if line.startswith("ns_per_event")]
